@@ -1,0 +1,61 @@
+"""Protected text: character spans that must survive compression byte for byte."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import regex
+
+from ..errors import UsageError
+
+NUMBER_PATTERN = r"[-+]?\d+(?:[.,:/]\d+)*%?"
+
+
+def protected_spans(
+    text: str,
+    patterns: Iterable[str] = (),
+    literals: Iterable[str] = (),
+    spans: Iterable[tuple[int, int]] = (),
+    keep_numbers: bool = False,
+) -> list[tuple[int, int]]:
+    """All protected [start, end) spans: regex matches, literal occurrences, given spans."""
+    out: list[tuple[int, int]] = []
+    pats = list(patterns) + ([NUMBER_PATTERN] if keep_numbers else [])
+    for pat in pats:
+        if not isinstance(pat, str) or not pat:
+            raise UsageError(f"protect patterns must be non-empty regex strings, got {pat!r}")
+        try:
+            rx = regex.compile(pat)
+        except regex.error as exc:
+            raise UsageError(f"invalid protect regex {pat!r}: {exc}; escape special characters "
+                             "or pass the text as a literal (--keep).") from exc
+        out += [(m.start(), m.end()) for m in rx.finditer(text) if m.end() > m.start()]
+    for lit in literals:
+        if not isinstance(lit, str) or not lit:
+            raise UsageError(f"protected literals must be non-empty strings, got {lit!r}")
+        start = text.find(lit)
+        while start >= 0:
+            out.append((start, start + len(lit)))
+            start = text.find(lit, start + 1)
+    for span in spans:
+        try:
+            s, e = (int(v) for v in span)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"protected spans must be (start, end) pairs, got {span!r}") from exc
+        if not 0 <= s < e <= len(text):
+            raise UsageError(f"protected span {span!r} is outside the text (length {len(text)}).")
+        out.append((s, e))
+    return sorted(out)
+
+
+def words_touching(words: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """Boolean mask of the words overlapping any of ``spans``."""
+    mask = np.zeros(len(words), dtype=bool)
+    if not spans or len(words) == 0:
+        return mask
+    for s, e in spans:
+        lo = np.searchsorted(words[:, 1], s, side="right")  # first word ending after s
+        hi = np.searchsorted(words[:, 0], e, side="left")  # words starting before e
+        mask[lo:hi] = True
+    return mask
