@@ -134,7 +134,7 @@ class LevelSelector:
             self._level_scores[level] = np.nan_to_num(raw, nan=-1e9)
         return self._level_scores[level]
 
-    def run(self, target: int, allow_over: bool) -> Selection:
+    def run(self, target: int) -> Selection:
         alive = np.ones(len(self.units.spans), dtype=bool)
         for k, level in enumerate(self.levels):
             last = k == len(self.levels) - 1
@@ -146,8 +146,10 @@ class LevelSelector:
             if not last and cost.sum() <= capacity:
                 continue
             scores = np.where(live, self._scores(level), -np.inf)
+            # forced units may overflow here: the exact forced-only count was checked before,
+            # and a coarse unit holding protected text is trimmed by the finer levels
             keep = select_under_budget(np.where(live, scores, -1e18), np.where(live, cost, 0),
-                                       capacity, forced, allow_forced_overflow=allow_over)
+                                       capacity, forced, allow_forced_overflow=True)
             alive &= keep[unit_of]
         return self._fit(alive, target)
 
@@ -295,7 +297,10 @@ def _compress_text(text, breaks, budget: Budget, ctx: ScoringContext, *, method,
                      "returned unchanged")
         return result(text, [(0, len(text))], original, np.zeros(len(units.spans)),
                       np.ones(len(units.spans), bool))
-    needed = _forced_only_tokens(units, forced, counter) if forced.any() else 0
+    # protected text keeps its whole unit of the finest selected level (e.g. its sentence)
+    unit_of = units.unit_of(levels[-1])
+    must = (np.bincount(unit_of, weights=forced.astype(float)) > 0)[unit_of]
+    needed = _forced_only_tokens(units, must, counter) if must.any() else 0
     if needed > target:
         what = "code outside comments" if fmt == "code" else "protected text"
         msg = (f"{what} alone needs {needed} tokens but the budget is {target} "
@@ -304,11 +309,11 @@ def _compress_text(text, breaks, budget: Budget, ctx: ScoringContext, *, method,
             raise BudgetError(msg + "; raise the budget (ratio / target tokens), protect less, "
                               "or allow going over budget (--allow-over-budget).")
         notes.append(msg + "; kept only the protected text, as asked")
-        out, spans = assemble(text, units.spans, forced)
-        return result(out, spans, needed, np.zeros(len(units.spans)), forced)
+        out, spans = assemble(text, units.spans, must)
+        return result(out, spans, needed, np.zeros(len(units.spans)), must)
     selector = LevelSelector(units, levels, scorers, ctx, counter, forced)
     t = time.perf_counter()
-    sel = selector.run(target, allow_over)
+    sel = selector.run(target)
     timings["score_select"] = time.perf_counter() - t
     return result(sel.text, sel.spans, sel.tokens, sel.scores, sel.keep)
 

@@ -55,7 +55,9 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
     notes: list[str] = []
     values: list[str] = []
     _map_strings(obj, lambda v: values.append(v) or v)
-    skeleton_tokens = counter.count(dump(_map_strings(obj, lambda v: "")))
+    # blank strings are never changed, so they belong to the skeleton
+    skeleton = dump(_map_strings(obj, lambda v: "" if v.strip() else v))
+    skeleton_tokens = counter.count(skeleton)
 
     def result(out: str, n: int, spans, units=None, scores=None, kept=None, forced=None):
         scored = []
@@ -66,9 +68,8 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
                                  fmt, timings, notes)
 
     nonempty = [v for v in values if v.strip()]
-    if original <= target or not nonempty:
-        notes.append("within the budget, returned unchanged" if original <= target
-                     else "no string values to compress; returned unchanged")
+    if original <= target:
+        notes.append("within the budget, returned unchanged")
         return result(text, original, [(0, len(text))])
     if skeleton_tokens > target:
         msg = (f"the JSON structure (keys, numbers, punctuation) alone needs {skeleton_tokens} "
@@ -76,8 +77,10 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
         if not allow_over:
             raise BudgetError(msg + "; raise the budget or allow going over budget.")
         notes.append(msg + "; emptied every string, as asked")
-        out = dump(_map_strings(obj, lambda v: ""))
-        return result(out, counter.count(out), [])
+        return result(skeleton, skeleton_tokens, [])
+    if not nonempty:  # nothing to cut, but re-serialising alone fits
+        notes.append("no string values to compress; re-serialised")
+        return result(skeleton, skeleton_tokens, [])
 
     strings, breaks = _join_documents(nonempty)
     sub_ctx = replace(ctx, text=strings, cache={})
@@ -88,7 +91,7 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
     t = time.perf_counter()
     avail = target - skeleton_tokens
     for _ in range(16):
-        sel = selector.run(max(avail, 0), allow_over)
+        sel = selector.run(max(avail, 0))
         pieces, all_spans = [], []
         for d in range(len(nonempty)):
             mask = doc_of == d

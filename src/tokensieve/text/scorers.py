@@ -14,6 +14,9 @@ from ..errors import UsageError
 from .surprisal import TokenSurprisal, token_surprisal
 
 _TERM = regex.compile(r"\w+", regex.UNICODE)
+# Contrastive scores compare against a question-shaped but empty prefix, so that merely
+# having some prefix (which helps the first sentence most) is not mistaken for relevance.
+NEUTRAL_QUESTION = "What does the following text say?"
 
 
 @dataclass
@@ -35,12 +38,17 @@ class ScoringContext:
 
         return load_causal_lm(self.lm)
 
-    def surprisal(self, conditioned: bool) -> TokenSurprisal:
-        """Token surprisal of the text, optionally conditioned on the question (cached)."""
+    def surprisal(self, conditioned: bool | str) -> TokenSurprisal:
+        """Token surprisal of the text (cached): plain (False), conditioned on the question
+        (True), or after a neutral question of the same shape ('neutral')."""
         key = f"surprisal:{conditioned}"
         if key not in self.cache:
             loaded = self.causal_lm()
-            prefix = f"Question: {self.question}\n\n" if conditioned else None
+            prefix = None
+            if conditioned == "neutral":
+                prefix = f"Question: {NEUTRAL_QUESTION}\n\n"
+            elif conditioned:
+                prefix = f"Question: {self.question}\n\n"
             self.cache[key] = token_surprisal(
                 loaded.model, loaded.tokenizer, self.text, prefix=prefix,
                 window=self.window, progress=self.progress,
@@ -99,7 +107,8 @@ class QuestionSurprisalScorer(SurprisalScorer):
 
 class ContrastiveScorer(Scorer):
     """How much the question lowers a unit's surprisal (LongLLMLingua's contrastive idea):
-    s(x) - s(x | q); high where the question makes the text predictable, i.e. relevant."""
+    s(x | neutral question) - s(x | q); high where the question makes the text
+    predictable, i.e. relevant."""
 
     name = "contrastive"
     uses_lm = True
@@ -108,7 +117,7 @@ class ContrastiveScorer(Scorer):
     def score(self, spans, level, ctx):
         ctx.require_question(self.name)
         how = "sum" if level in ("token", "word") else "mean"
-        plain = ctx.surprisal(False).aggregate(spans, how)
+        plain = ctx.surprisal("neutral").aggregate(spans, how)
         cond = ctx.surprisal(True).aggregate(spans, how)
         return plain - cond
 

@@ -16,7 +16,9 @@ import regex
 _UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
 _WORD_RE = regex.compile(
     rf"(?=[{_UNSPACED}])\X"  # one unspaced-script grapheme = one word
-    rf"|(?:(?![\s{_UNSPACED}])\X)+",  # otherwise a run of graphemes not starting with space
+    # otherwise a run of graphemes that are not all whitespace (a space carrying a combining
+    # mark is one grapheme and belongs to a word, so the word never starts inside it)
+    rf"|(?:(?![{_UNSPACED}])(?:(?!\s)\X|\X(?<!\s)))+",
     regex.V1,
 )
 _SENTENCE_END = regex.compile(r"(?:[.!?…]+|[。！？])[\"'”’)\]»」』]*$")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import regex
 
 _MD_HEADING = regex.compile(r"^[ \t]{0,3}#{1,6}[ \t].*$", regex.M)
-_MD_MARKER = regex.compile(r"^[ \t]*(?:[-*+]|\d{1,9}[.)]|>)(?=[ \t])", regex.M)
+# a list / quote marker stays together with the item's first word, so no item is left empty
+_MD_MARKER = regex.compile(r"^[ \t]*(?:[-*+]|\d{1,9}[.)]|>)[ \t]+\S+", regex.M)
 _MD_FENCE = regex.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[ \t]*$", regex.M | regex.S)
 _MD_TABLE_RULE = regex.compile(r"^[ \t]*\|?[ \t]*:?-{3,}.*$", regex.M)
 

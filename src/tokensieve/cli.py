@@ -1,0 +1,184 @@
+"""Command line: ``tokensieve compress``, ``tokensieve models``.
+
+Exit codes: 0 ok, 2 usage error (bad option, missing file), 1 runtime error. Errors are
+one line on stderr; set TOKENSIEVE_DEBUG=1 for a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import InputError, TokensieveError, UsageError
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def _read_input(path: str) -> str:
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        name = "standard input"
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise UsageError(f"no such file: {path}")
+        if p.is_dir():
+            raise UsageError(f"{path} is a folder; pass a text file or - for standard input.")
+        data = p.read_bytes()
+        name = path
+    if b"\x00" in data:
+        raise InputError(f"{name} contains NUL bytes, so it looks binary; pass a UTF-8 text file.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not valid UTF-8 (byte {exc.start}); convert it to UTF-8, "
+                         "e.g. with iconv.") from exc
+
+
+def _explain(result, original: str) -> None:
+    """Print the input with every unit coloured by its score rank: red = most informative,
+    blue = least; dropped units dimmed and struck through."""
+    import numpy as np
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    units = result.scores
+    if not units or result.format == "json":
+        console.print(result.text, markup=False)
+        return
+    scores = np.array([u.score for u in units])
+    rank = np.argsort(np.argsort(scores, kind="stable"), kind="stable") / max(1, len(units) - 1)
+    out, pos = Text(), 0
+    for u, q in zip(units, rank, strict=True):
+        out.append(original[pos : u.start])
+        r, b = int(255 * q), int(255 * (1 - q))
+        out.append(u.text, style=f"rgb({r},60,{b})" if u.kept else "dim strike")
+        pos = u.end
+    out.append(original[pos:])
+    console.print(out)
+    console.print(f"{result.original_tokens} -> {result.compressed_tokens} tokens "
+                  f"(target {result.target_tokens}); red = informative, struck = dropped",
+                  style="dim", markup=False)
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .text import compress
+
+    text = _read_input(args.path)
+    result = compress(
+        text,
+        ratio=args.ratio,
+        target_tokens=args.target_tokens,
+        question=args.question,
+        method=args.method,
+        granularity=args.granularity,
+        protect=args.protect,
+        keep=args.keep,
+        keep_numbers=args.keep_numbers,
+        format=args.format,
+        tokenizer=args.tokenizer,
+        model=args.model,
+        seed=args.seed,
+        allow_over_budget=args.allow_over_budget,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    elif args.explain:
+        _explain(result, text)
+    else:
+        sys.stdout.write(result.text + ("" if result.text.endswith("\n") else "\n"))
+    if args.stats:
+        print(f"tokens: {result.original_tokens} -> {result.compressed_tokens} "
+              f"(target {result.target_tokens}, {result.ratio:.0%} kept) in "
+              f"{result.timings.get('total', 0):.2f}s", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "kind", "status", "path")
+    for row in rows:
+        table.add_row(row["name"], row["kind"], row["status"], row["path"])
+    Console().print(table)
+    return EXIT_OK
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .text.compressor import FORMATS, GRANULARITIES, METHODS
+
+    parser = _Parser(prog="tokensieve", description="Keep the informative tokens, drop the rest.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("compress", help="compress a prompt (file or - for stdin)")
+    c.add_argument("path", help="text file to compress, or - for standard input")
+    budget = c.add_mutually_exclusive_group()
+    budget.add_argument("--ratio", type=float, help="fraction of tokens to keep, in (0, 1] "
+                        "(default 0.5)")
+    budget.add_argument("--target-tokens", type=int, help="keep at most this many tokens")
+    c.add_argument("--question", help="question the prompt must still answer")
+    c.add_argument("--method", default="default", choices=METHODS, help="scorer (default: "
+                   "coarse-to-fine, question-aware when --question is given)")
+    c.add_argument("--granularity", default="auto", choices=GRANULARITIES)
+    c.add_argument("--format", default="text", choices=FORMATS)
+    c.add_argument("--protect", action="append", default=[], metavar="REGEX",
+                   help="keep every match of REGEX byte for byte (repeatable)")
+    c.add_argument("--keep", action="append", default=[], metavar="TEXT",
+                   help="keep every occurrence of TEXT byte for byte (repeatable)")
+    c.add_argument("--keep-numbers", action="store_true", help="keep every number")
+    c.add_argument("--allow-over-budget", action="store_true",
+                   help="if protected text alone exceeds the budget, keep it and report")
+    c.add_argument("--model", default="default", help="scoring LM: 'default' or a local folder")
+    c.add_argument("--tokenizer", default=None, help="count the budget with this model's "
+                   "tokenizer (default: the scoring model's)")
+    c.add_argument("--seed", type=int, default=0)
+    out = c.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the full typed result as JSON")
+    out.add_argument("--explain", action="store_true", help="show every unit coloured by score")
+    c.add_argument("--stats", action="store_true", help="print token counts to stderr")
+    c.set_defaults(func=_cmd_compress)
+    m = sub.add_parser("models", help="list the installed models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"tokensieve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TokensieveError as exc:
+        print(f"tokensieve: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print("tokensieve: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line, traceback on request
+        if os.environ.get("TOKENSIEVE_DEBUG"):
+            raise
+        print(f"tokensieve: internal error: {type(exc).__name__}: {exc} "
+              "(set TOKENSIEVE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())
