@@ -153,27 +153,50 @@ def _offline_error(name: str, exc: Exception) -> ModelNotFoundError:
     )
 
 
-def load_causal_lm(name: str = DEFAULT_LM, *, device: str = "cpu") -> LoadedModel:
-    """Load a causal LM and its tokenizer (cached per process), never touching the network."""
-    key = ("lm", f"{name}@{device}")
+def resolve_dtype(dtype: str, device: str = "cpu"):
+    """'auto' is bfloat16 where the hardware runs it fast (CUDA, or a CPU with native bf16:
+    there SmolLM2 scores ~2.5x faster with surprisal within ~0.03 nats of float32), else
+    float32; 'float32' / 'bfloat16' / 'float16' force one."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16
+        try:
+            fast = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            fast = False
+        return torch.bfloat16 if fast else torch.float32
+    if dtype not in ("float32", "bfloat16", "float16"):
+        from .errors import UsageError
+
+        raise UsageError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16.")
+    return getattr(torch, dtype)
+
+
+def load_causal_lm(name: str = DEFAULT_LM, *, device: str = "cpu",
+                   dtype: str = "float32") -> LoadedModel:
+    """Load a causal LM and its tokenizer (cached per process), never touching the network.
+    ``dtype``: 'float32' (default), 'bfloat16', 'float16' or 'auto' (see resolve_dtype)."""
+    key = ("lm", f"{name}@{device}:{dtype}")
     with _lock:
         if key in _loaded:
             return _loaded[key]
         start = time.perf_counter()
         where, source = resolve_lm(name)
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         _quiet_transformers()
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(
-                where, local_files_only=True, dtype=torch.float32
+                where, local_files_only=True, dtype=resolve_dtype(dtype, device)
             )
         except (OSError, ValueError) as exc:
             raise _offline_error(name, exc) from exc
         model.to(device).eval()
-        loaded = LoadedModel(model, tokenizer, name, source, time.perf_counter() - start)
+        loaded = LoadedModel(model, tokenizer, name, source, time.perf_counter() - start,
+                             {"dtype": str(model.dtype).removeprefix("torch.")})
         _loaded[key] = loaded
         return loaded
 
@@ -210,8 +233,9 @@ def load_tokenizer(name: str = DEFAULT_LM) -> Any:
     with _lock:
         if key in _loaded:
             return _loaded[key].tokenizer
-        if ("lm", f"{name}@cpu") in _loaded:
-            return _loaded[("lm", f"{name}@cpu")].tokenizer
+        for (kind, lm_key), loaded in _loaded.items():
+            if kind == "lm" and lm_key.startswith(f"{name}@"):
+                return loaded.tokenizer
         start = time.perf_counter()
         where, source = resolve_lm(name)
         from transformers import AutoTokenizer

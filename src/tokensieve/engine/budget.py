@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ class Budget:
             raise UsageError("Give exactly one budget: a ratio, a target count or a threshold.")
         if self.ratio is not None:
             r = self.ratio
-            bad_type = isinstance(r, bool) or not isinstance(r, int | float)
+            bad_type = isinstance(r, bool) or not isinstance(r, numbers.Real)  # np.float32 too
             if bad_type or math.isnan(r) or not 0 < r <= 1:
                 raise UsageError(
                     f"ratio must be a fraction of tokens to keep in (0, 1], got {r!r}; "
@@ -59,7 +60,9 @@ def split_pool(total: int, weights: np.ndarray, caps: np.ndarray | None = None) 
     ``weights`` (largest remainders), never giving a segment more than its cap."""
     w = np.clip(np.asarray(weights, dtype=np.float64), 0, None)
     n = len(w)
-    caps = np.full(n, np.iinfo(np.int64).max) if caps is None else np.asarray(caps, dtype=np.int64)
+    # uncapped: no segment can get more than the whole pool (an int64-max cap would overflow
+    # caps.sum() and hand out nothing)
+    caps = np.full(n, max(int(total), 0)) if caps is None else np.asarray(caps, dtype=np.int64)
     alloc = np.zeros(n, dtype=np.int64)
     remaining = min(int(total), int(caps.sum()))
     active = caps > 0

@@ -20,7 +20,7 @@ from .result import CompressionResult, ScoredUnit
 from .scorers import (
     SCORERS,
     EncoderRelevanceScorer,
-    QuestionSurprisalScorer,
+    QuestionAwareScorer,
     Scorer,
     ScoringContext,
     SurprisalScorer,
@@ -39,15 +39,15 @@ _ORDER = ("document", "sentence", "word", "token")
 
 def method_scorers(method: str, question: str | None) -> dict[str, Scorer]:
     """The scorer for each level. 'default': with a question, encoder relevance for
-    documents/sentences and question-conditioned surprisal for words; without one,
-    LM surprisal at every level."""
+    documents/sentences and question-aware surprisal for words; without one, LM surprisal
+    at every level."""
     if method == "default":
         if question:
-            rel, fine = EncoderRelevanceScorer(), QuestionSurprisalScorer()
+            rel, fine = EncoderRelevanceScorer(), QuestionAwareScorer()
             return {"document": rel, "sentence": rel, "word": fine, "token": fine}
         s = SurprisalScorer()
         return dict.fromkeys(_ORDER, s)
-    if method not in SCORERS:
+    if not isinstance(method, str) or method not in SCORERS:
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
     s = SCORERS[method]()
     return dict.fromkeys(_ORDER, s)
@@ -76,6 +76,11 @@ def _check_text(text: Any) -> str:
         raise InputError(f"text must be a string or a list of strings, got {type(text).__name__}.")
     if "\x00" in text:
         raise InputError("input contains NUL bytes, so it looks binary; pass UTF-8 text.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"input is not valid UTF-8 (unpaired surrogate at character "
+                         f"{exc.start}); convert it to UTF-8 text first.") from None
     if not text.strip():
         raise InputError("input text is empty or only whitespace; there is nothing to compress.")
     return text
@@ -117,6 +122,22 @@ class Selection:
     tokens: int
 
 
+def _fill_coarse(keep: np.ndarray, scores: np.ndarray, cost: np.ndarray,
+                 capacity: float) -> np.ndarray:
+    """At a coarse level, while room is left, also keep the best units that did not fit
+    whole (e.g. one long sentence): the finer levels trim them to the budget, so a unit
+    larger than the room is not lost entirely."""
+    keep = keep.copy()
+    used = float(cost[keep].sum())
+    for i in np.argsort(-scores, kind="stable"):
+        if used >= capacity:
+            break
+        if not keep[i] and cost[i] > 0:
+            keep[i] = True
+            used += float(cost[i])
+    return keep
+
+
 class LevelSelector:
     """Runs the levels for one text and fits the result to the budget exactly."""
 
@@ -150,6 +171,8 @@ class LevelSelector:
             # and a coarse unit holding protected text is trimmed by the finer levels
             keep = select_under_budget(np.where(live, scores, -1e18), np.where(live, cost, 0),
                                        capacity, forced, allow_forced_overflow=True)
+            if not last:
+                keep = _fill_coarse(keep, scores, np.where(live, cost, 0), capacity)
             alive &= keep[unit_of]
         return self._fit(alive, target)
 
@@ -231,6 +254,7 @@ def compress(
     allow_over_budget: bool = False,
     progress: bool | None = None,
     window: int = 1024,
+    dtype: str = "auto",
 ) -> CompressionResult:
     """Compress a prompt to at most ``ratio`` x its tokens (or ``target_tokens``).
 
@@ -239,7 +263,8 @@ def compress(
     Tokens are counted with ``tokenizer`` (a HF tokenizer, a callable or a model name;
     default: the scoring model's). ``format``: text, markdown, json or code.
     ``allow_over_budget``: when protected text alone exceeds the budget, keep just it and
-    report instead of raising :class:`BudgetError`.
+    report instead of raising :class:`BudgetError`. ``window``: LM scoring window in tokens;
+    ``dtype``: the scoring model's precision ('auto' = bfloat16 where the CPU runs it fast).
     """
     t0 = time.perf_counter()
     if granularity not in GRANULARITIES:
@@ -252,6 +277,8 @@ def compress(
     question = question.strip() or None if question else None
     scorers = method_scorers(method, question)
     budget = Budget.from_options(ratio, target_tokens)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise UsageError(f"seed must be a non-negative whole number, got {seed!r}.")
     if format == "code" and granularity not in ("auto", "sentence"):
         raise UsageError("format='code' drops whole comment lines only; use granularity "
                          "'auto' or 'sentence'.")
@@ -260,7 +287,7 @@ def compress(
         text, breaks = _join_documents(text)
     text = _check_text(text)
     counter = make_counter(tokenizer, model)
-    ctx = ScoringContext(text, question, model, encoder, seed, progress, window)
+    ctx = ScoringContext(text, question, model, encoder, seed, progress, window, dtype)
     timings = {"setup": time.perf_counter() - t0}
     opts = dict(method=method, granularity=granularity, fmt=format, scorers=scorers,
                 counter=counter, model=model, protect=protect, keep=keep, keep_spans=keep_spans,

@@ -12,6 +12,18 @@ from ..errors import UsageError
 NUMBER_PATTERN = r"[-+]?\d+(?:[.,:/]\d+)*%?"
 
 
+def _items(value, what: str) -> list:
+    """A list of options: None is none, a lone string is one (not its characters)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise UsageError(f"{what} must be a list, got {type(value).__name__}.") from None
+
+
 def protected_spans(
     text: str,
     patterns: Iterable[str] = (),
@@ -21,7 +33,9 @@ def protected_spans(
 ) -> list[tuple[int, int]]:
     """All protected [start, end) spans: regex matches, literal occurrences, given spans."""
     out: list[tuple[int, int]] = []
-    pats = list(patterns) + ([NUMBER_PATTERN] if keep_numbers else [])
+    patterns, literals = _items(patterns, "protect"), _items(literals, "keep")
+    spans = _items(spans, "keep_spans")
+    pats = patterns + ([NUMBER_PATTERN] if keep_numbers else [])
     for pat in pats:
         if not isinstance(pat, str) or not pat:
             raise UsageError(f"protect patterns must be non-empty regex strings, got {pat!r}")

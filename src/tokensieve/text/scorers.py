@@ -31,12 +31,13 @@ class ScoringContext:
     seed: int = 0
     progress: bool | None = None
     window: int = 1024
+    dtype: str = "auto"
     cache: dict[str, Any] = field(default_factory=dict)
 
     def causal_lm(self):
         from ..models import load_causal_lm
 
-        return load_causal_lm(self.lm)
+        return load_causal_lm(self.lm, dtype=self.dtype)
 
     def surprisal(self, conditioned: bool | str) -> TokenSurprisal:
         """Token surprisal of the text (cached): plain (False), conditioned on the question
@@ -120,6 +121,23 @@ class ContrastiveScorer(Scorer):
         plain = ctx.surprisal("neutral").aggregate(spans, how)
         cond = ctx.surprisal(True).aggregate(spans, how)
         return plain - cond
+
+
+class QuestionAwareScorer(Scorer):
+    """Information plus relevance: surprisal after a neutral question, plus how much the
+    real question lowers it. Plain conditioned surprisal alone would drop exactly the words
+    the question mentions (they become predictable); the contrastive term keeps them."""
+
+    name = "question-aware"
+    uses_lm = True
+    needs_question = True
+
+    def score(self, spans, level, ctx):
+        ctx.require_question(self.name)
+        how = "sum" if level in ("token", "word") else "mean"
+        neutral = ctx.surprisal("neutral").aggregate(spans, how)
+        cond = ctx.surprisal(True).aggregate(spans, how)
+        return neutral + (neutral - cond)
 
 
 def embed(texts: list[str], encoder_name: str = "default", batch_size: int = 64) -> np.ndarray:
@@ -245,7 +263,7 @@ class RandomScorer(Scorer):
 
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls
-    for cls in (SurprisalScorer, QuestionSurprisalScorer, ContrastiveScorer,
+    for cls in (SurprisalScorer, QuestionAwareScorer, QuestionSurprisalScorer, ContrastiveScorer,
                 EncoderRelevanceScorer, BM25Scorer, LexRankScorer, WordFrequencyScorer,
                 RandomScorer)
 }
