@@ -5,6 +5,10 @@ concatenation of input spans."""
 from __future__ import annotations
 
 import numpy as np
+import regex
+
+# whitespace as the segmenter sees it (str.strip() would also eat \x1c-\x1f, which are words)
+_SPACE = regex.compile(r"\s*")
 
 
 def _separator(text: str, units: np.ndarray, a: int, b: int) -> tuple[int, int]:
@@ -31,7 +35,7 @@ def _separator(text: str, units: np.ndarray, a: int, b: int) -> tuple[int, int]:
 def _indent_before(text: str, start: int) -> int:
     """Start of the indentation of the line ``start`` is on, if only spaces precede it."""
     line_start = text.rfind("\n", 0, start) + 1
-    return line_start if not text[line_start:start].strip() else start
+    return line_start if _SPACE.fullmatch(text, line_start, start) else start
 
 
 def assemble(text: str, units: np.ndarray, keep: np.ndarray) -> tuple[str, list[tuple[int, int]]]:

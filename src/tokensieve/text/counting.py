@@ -56,5 +56,6 @@ class TokenCounter:
             return np.maximum(costs, 1.0)
         prev_end = np.r_[0, words[:-1, 1]]
         pieces = [text[p:e] for p, e in zip(prev_end, words[:, 1], strict=True)]
-        pieces[0] = text[words[0, 0] : words[0, 1]]
+        # the first word brings its line's indentation along when kept (see assemble)
+        pieces[0] = text[text.rfind("\n", 0, int(words[0, 0])) + 1 : words[0, 1]]
         return np.array([max(1, self.count(p)) for p in pieces], dtype=np.float64)

@@ -102,7 +102,9 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
         n = counter.count(out)
         if n <= target or not (sel.keep & ~forced).any():
             break
-        avail -= n - target
+        # shrink from what was selected, not from the allowance, so escaping overhead
+        # (\n, \u00e9 ...) is paid back in one step instead of one token per round
+        avail = min(avail, sel.tokens) - (n - target)
     timings["score_select"] = time.perf_counter() - t
     if n > target:
         raise BudgetError(f"could not fit the JSON into {target} tokens (best: {n}); "
