@@ -87,3 +87,21 @@ def test_markdown_keeps_headings_and_markers():
     for keep in ("# Release notes", "## Fixes", "## Features", "- ", "1. "):
         assert keep in r.text
     assert r.compressed_tokens <= r.target_tokens
+
+
+def test_coarse_to_fine_scores_words_only_inside_kept_sentences(report_text, monkeypatch):
+    from tokensieve.text import scorers
+
+    seen: list[int] = []
+    real = scorers.token_surprisal
+
+    def spy(model, tokenizer, text, **kw):
+        seen.append(len(text))
+        return real(model, tokenizer, text, **kw)
+
+    monkeypatch.setattr(scorers, "token_surprisal", spy)
+    r = compress(report_text, ratio=0.25, question="How many field technicians were there?")
+    assert r.granularity == "document+sentence+word"
+    assert seen and max(seen) < 0.75 * len(report_text)  # the LM never read the whole text
+    assert r.compressed_tokens <= r.target_tokens
+    assert "212" in r.text or "technicians" in r.text

@@ -90,6 +90,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         _explain(result, text)
     else:
         sys.stdout.write(result.text + ("" if result.text.endswith("\n") else "\n"))
+    sys.stdout.flush()
     if args.stats:
         print(f"tokens: {result.original_tokens} -> {result.compressed_tokens} "
               f"(target {result.target_tokens}, {result.ratio:.0%} kept) in "

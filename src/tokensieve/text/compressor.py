@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -146,17 +146,41 @@ class LevelSelector:
         self.units, self.levels, self.scorers = units, levels, scorers
         self.ctx, self.counter, self.forced = ctx, counter, forced
         self.costs = counter.word_costs(units.text, units.spans)
-        self._level_scores: dict[str, np.ndarray] = {}
+        self._full_scores: dict[str, np.ndarray] = {}
+        self._restricted: dict[tuple[str, bytes], np.ndarray] = {}
+        self._last_scores = np.zeros(0)
 
-    def _scores(self, level: str) -> np.ndarray:
-        if level not in self._level_scores:
-            spans = self.units.level_spans(level)
-            raw = np.asarray(self.scorers[level].score(spans, level, self.ctx), dtype=np.float64)
-            self._level_scores[level] = np.nan_to_num(raw, nan=-1e9)
-        return self._level_scores[level]
+    def _scores(self, level: str, alive: np.ndarray, live: np.ndarray,
+                reuse_full: bool) -> np.ndarray:
+        """Scores of the units at ``level``. An LM scorer that did not already run on the
+        full text scores only the text still alive (coarse-to-fine: words are scored
+        inside the kept sentences, with those sentences as their context)."""
+        scorer = self.scorers[level]
+        spans = self.units.level_spans(level)
+        if reuse_full or not scorer.uses_lm or alive.all():
+            if level not in self._full_scores:
+                raw = scorer.score(spans, level, self.ctx)
+                self._full_scores[level] = np.nan_to_num(np.asarray(raw, float), nan=-1e9)
+            return self._full_scores[level]
+        key = (level, alive.tobytes())
+        if key not in self._restricted:
+            sub_text, kept = assemble(self.units.text, self.units.spans, alive)
+            starts = np.array([a for a, _ in kept], dtype=np.int64)
+            offsets = np.r_[0, np.cumsum([b - a for a, b in kept])][:-1]
+            live_spans = spans[live]
+            i = np.searchsorted(starts, live_spans[:, 0], side="right") - 1
+            j = np.searchsorted(starts, live_spans[:, 1] - 1, side="right") - 1
+            mapped = np.stack([offsets[i] + live_spans[:, 0] - starts[i],
+                               offsets[j] + live_spans[:, 1] - starts[j]], axis=1)
+            raw = scorer.score(mapped, level, replace(self.ctx, text=sub_text, cache={}))
+            out = np.full(len(spans), -1e9)
+            out[live] = np.nan_to_num(np.asarray(raw, float), nan=-1e9)
+            self._restricted[key] = out
+        return self._restricted[key]
 
     def run(self, target: int) -> Selection:
         alive = np.ones(len(self.units.spans), dtype=bool)
+        used_on_full: list[Scorer] = []
         for k, level in enumerate(self.levels):
             last = k == len(self.levels) - 1
             unit_of = self.units.unit_of(level)
@@ -166,7 +190,11 @@ class LevelSelector:
             capacity = target if last else COARSE_SLACK[level] * target
             if not last and cost.sum() <= capacity:
                 continue
-            scores = np.where(live, self._scores(level), -np.inf)
+            reuse = any(self.scorers[level] is s for s in used_on_full)
+            level_scores = self._scores(level, alive, live, reuse)
+            if alive.all():
+                used_on_full.append(self.scorers[level])
+            scores = np.where(live, level_scores, -np.inf)
             # forced units may overflow here: the exact forced-only count was checked before,
             # and a coarse unit holding protected text is trimmed by the finer levels
             keep = select_under_budget(np.where(live, scores, -1e18), np.where(live, cost, 0),
@@ -174,17 +202,18 @@ class LevelSelector:
             if not last:
                 keep = _fill_coarse(keep, scores, np.where(live, cost, 0), capacity)
             alive &= keep[unit_of]
+        self._last_scores = level_scores
         return self._fit(alive, target)
 
     def fine_scores(self) -> np.ndarray:
         level = self.levels[-1]
-        return self._scores(level)[self.units.unit_of(level)]
+        return self._last_scores[self.units.unit_of(level)]
 
     def _fit(self, alive: np.ndarray, target: int) -> Selection:
         """Drop the lowest-scoring last-level units until the exact count fits."""
         level = self.levels[-1]
         unit_of = self.units.unit_of(level)
-        unit_scores = self._scores(level)
+        unit_scores = self._last_scores
         unit_cost = np.bincount(unit_of, weights=self.costs, minlength=len(unit_scores))
         unit_forced = np.bincount(unit_of, weights=self.forced.astype(float),
                                   minlength=len(unit_scores)) > 0
