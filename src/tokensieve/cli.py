@@ -117,6 +117,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.text_bench import main as bench_text
+
+    return bench_text(args.rest)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -154,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--explain", action="store_true", help="show every unit coloured by score")
     c.add_argument("--stats", action="store_true", help="print token counts to stderr")
     c.set_defaults(func=_cmd_compress)
+    b = sub.add_parser("bench", help="run a benchmark (text); see tokensieve bench text --help",
+                       add_help=False)
+    b.add_argument("target", choices=["text"])
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_cmd_bench)
     m = sub.add_parser("models", help="list the installed models")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
