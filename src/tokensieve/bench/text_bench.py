@@ -109,7 +109,10 @@ class Run:
 
 
 def run(tasks: list[str], n_items: int, ratios: list[float], methods: list[str],
-        readers: list[str], out: Path, seed: int = 0, threads: int = 2) -> dict:
+        readers: list[str], out: Path, seed: int = 0, threads: int = 2,
+        data: dict[str, list[Item]] | None = None) -> dict:
+    """Run every method at every ratio on the tasks' items (``data`` overrides the built
+    tasks, e.g. a tiny task in a smoke test) and write the report into ``out``."""
     torch.set_num_threads(threads)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -117,7 +120,7 @@ def run(tasks: list[str], n_items: int, ratios: list[float], methods: list[str],
     started = time.perf_counter()
     anchor_dir = str(converted_default_lm_dir()) + "-tf4"
     r = Run(out, readers, anchor_dir)
-    data = build_tasks(tasks, n_items, seed)
+    data = data if data is not None else build_tasks(tasks, n_items, seed)
     total = sum(len(v) for v in data.values()) * (1 + len(ratios) * len(methods)) * len(readers)
     bar = tqdm(total=total, desc="bench text", unit="eval")
     for items in data.values():

@@ -1,0 +1,67 @@
+"""Smoke test of the text benchmark harness on a tiny in-test task (no downloads)."""
+
+import json
+
+import pytest
+
+from tokensieve.bench import metrics
+from tokensieve.bench.data import Item, data_dir
+
+pytestmark = pytest.mark.model
+
+
+def test_metrics():
+    assert metrics.exact_match("The Eiffel Tower!", "eiffel tower") == 1.0
+    assert metrics.f1("Ingrid's home town is Hobart", "Hobart") == pytest.approx(1 / 3, abs=0.05)
+    assert metrics.is_char_subsequence("a c", "a b c")
+    assert not metrics.is_char_subsequence("c a", "a b c")
+    assert metrics.altered_numbers("paid 48. and 482", "paid 48.2 and 4 82") == ["48", "482"]
+    assert metrics.answer_retained("... the Late 1970s, ...", "late 1970s")
+
+
+def _items():
+    facts = [("Mira", "mango"), ("Hugo", "quince")]
+    filler = ("The committee met on a grey Tuesday to discuss the budget for the coming year, "
+              "and after a long debate about roads and parks it adjourned without a vote. ")
+    items = []
+    for k, (name, fruit) in enumerate(facts):
+        docs = [filler * 2, f"{name}'s favourite fruit is {fruit}. {filler}", filler * 2]
+        items.append(Item(f"tiny-{k}", "tiny", docs, f"What is {name}'s favourite fruit?", fruit))
+    items.append(Item("tiny-math", "math_qa", ["Problem: 2 + 2 = ?\nAnswer: 4"] * 3,
+                      "3 + 4 = ?", "7", choices=["6", "7", "8"]))
+    return items
+
+
+def test_harness_runs_resumes_and_reports(tmp_path):
+    from tokensieve.bench.text_bench import run
+
+    items = _items()
+    data = {"tiny": items[:2], "math_qa": items[2:]}
+    out = tmp_path / "bench"
+    result = run(["tiny", "math_qa"], 2, [0.5], ["tokensieve", "random-word"], ["default"],
+                 out, data=data)
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 3  # full + 2 methods, per item
+    compressed = [r for r in rows if r["method"] != "full"]
+    assert all(r["reader_tokens"] <= r["target"] for r in compressed)  # no overshoot
+    assert all(r["faithful"] for r in compressed)
+    summary = {(r["task"], r["method"]): r for r in result["summary"]}
+    assert summary[("tiny", "tokensieve")]["overshoots"] == 0
+    assert summary[("math_qa", "full")]["quality_metric"] == "accuracy"
+    assert (out / "report.md").read_text().count("| tiny |") == 3
+    assert all((out / p).is_file() for p in result["meta"]["plots"])
+    # resuming evaluates nothing new
+    run(["tiny", "math_qa"], 2, [0.5], ["tokensieve", "random-word"], ["default"], out, data=data)
+    assert len((out / "records.jsonl").read_text().splitlines()) == len(rows)
+
+
+@pytest.mark.skipif(not (data_dir() / "downloads").is_dir(), reason="benchmark data not cached")
+def test_task_builders_are_reproducible():
+    from tokensieve.bench.data import build_tasks
+
+    a = build_tasks(["needle_qa", "math_qa"], 2, seed=5)
+    b = build_tasks(["needle_qa", "math_qa"], 2, seed=5)
+    assert a == b
+    needle = a["needle_qa"][0]
+    assert needle.meta["needle"].rstrip(".") in needle.documents[needle.gold_document]
+    assert a["math_qa"][0].answer in a["math_qa"][0].choices
