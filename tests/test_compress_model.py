@@ -100,8 +100,16 @@ def test_coarse_to_fine_scores_words_only_inside_kept_sentences(report_text, mon
         return real(model, tokenizer, text, **kw)
 
     monkeypatch.setattr(scorers, "token_surprisal", spy)
-    r = compress(report_text, ratio=0.25, question="How many field technicians were there?")
-    assert r.granularity == "document+sentence+word"
+    r = compress(report_text, ratio=0.25, question="How many field technicians were there?",
+                 protect=[r"\$\d+(?:\.\d+)? million"])
+    assert r.granularity == "document+sentence+word"  # protection: down to words
     assert seen and max(seen) < 0.75 * len(report_text)  # the LM never read the whole text
     assert r.compressed_tokens <= r.target_tokens
     assert "212" in r.text or "technicians" in r.text
+
+
+def test_question_default_selects_whole_sentences(report_text):
+    r = compress(report_text, ratio=0.25, question="How many field technicians were there?")
+    assert r.granularity == "document+sentence"
+    assert "We ended the quarter with 212 field technicians against a plan of 230." in r.text
+    assert r.compressed_tokens <= r.target_tokens

@@ -34,7 +34,7 @@ def _fill(obj: Any, pieces: list[str]) -> Any:
 
 def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, granularity, fmt,
                   scorers, counter, model, protect, keep, keep_spans, keep_numbers, allow_over,
-                  timings) -> CompressionResult:
+                  timings, finest) -> CompressionResult:
     from .compressor import LevelSelector, _join_documents, prepare_units
 
     try:
@@ -85,7 +85,7 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
     strings, breaks = _join_documents(nonempty)
     sub_ctx = replace(ctx, text=strings, cache={})
     units, levels, forced = prepare_units(strings, breaks, "text", granularity, scorers,
-                                          counter, model, protect, keep, (), keep_numbers)
+                                          counter, model, protect, keep, (), keep_numbers, finest)
     selector = LevelSelector(units, levels, scorers, sub_ctx, counter, forced)
     doc_of = units.unit_of("document")
     t = time.perf_counter()
