@@ -11,6 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+# Spinning OpenMP threads steal the CPU from other processes (a benchmark's subprocesses,
+# parallel jobs); must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 from .errors import InputError, TokensieveError, UsageError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
