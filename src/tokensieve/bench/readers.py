@@ -37,21 +37,26 @@ class Reader:
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _chat(self, text: str) -> bool:
+        """Instruct readers with a chat template answer far better in it; few-shot
+        continuations (ending in 'Answer:') and base models read plain text."""
+        return bool(getattr(self.tokenizer, "chat_template", None)) and not text_ends_plain(text)
+
     def _ids(self, text: str) -> list[int]:
-        """Token ids of a prompt: in the model's chat format when it has one (instruct
-        readers answer far better that way), except for few-shot continuations."""
-        if getattr(self.tokenizer, "chat_template", None) and not text.endswith("Answer:"):
+        if self._chat(text):
             chat = [{"role": "user", "content": text}]
             rendered = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True,
                                                           tokenize=False)
             return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        if not text_ends_plain(text):
+            text += "\nAnswer:"
         return self.bos + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
     def answer_nll(self, prompt: str, answer: str) -> float:
         """-log p(answer | prompt) in nats, summed over the answer's tokens."""
         head = self._ids(prompt)
-        lead = " " if text_ends_plain(prompt) else ""
+        lead = "" if self._chat(prompt) else " "
         tail = self.tokenizer(lead + answer.strip(), add_special_tokens=False)["input_ids"]
         x = torch.tensor([head + tail])
         logits = self.model(input_ids=x).logits[0, len(head) - 1 : -1].float()

@@ -158,6 +158,28 @@ def run(tasks: list[str], n_items: int, ratios: list[float], methods: list[str],
     return write_report(rows, meta, out)
 
 
+def report_only(out: Path) -> int:
+    """Rebuild report.md / results.json / plots from ``records.jsonl`` (e.g. of a run that
+    is still going or was stopped), listing what it covers."""
+    rows = Run._load(out / "records.jsonl")
+    if not rows:
+        raise SystemExit(f"no records in {out}")
+    methods = sorted({r["method"] for r in rows} - {"full"})
+    ok, why = anchors_available()
+    meta = {"tasks": sorted({r["task"] for r in rows}),
+            "items_per_task": max(sum(1 for r in rows if r["method"] == "full" and r["task"] == t
+                                      and r["reader"] == rows[0]["reader"])
+                                  for t in {r["task"] for r in rows}),
+            "ratios": sorted({r["ratio"] for r in rows if r["method"] != "full"}, reverse=True),
+            "methods": methods, "readers": sorted({r["reader"] for r in rows}), "seed": 0,
+            "threads": 2, "machine": platform.processor() or platform.machine(),
+            "wall_seconds": "n/a (rebuilt from records)",
+            "anchors": "ran" if ok else f"not run: {why}", "not_runnable": NOT_RUNNABLE}
+    write_report(rows, meta, out)
+    print((out / "report.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tokensieve bench text", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-anchors", action="store_true", help="skip the anchor tools")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only rebuild the report from the rows already in --out")
     args = ap.parse_args(argv)
+    if args.report_only:
+        return report_only(args.out)
     cfg = dict(tasks=args.tasks, items=args.items, ratios=args.ratios, methods=args.methods,
                readers=args.readers)
     if args.quick:
