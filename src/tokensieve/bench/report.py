@@ -108,20 +108,27 @@ def plot(summary: list[dict], out: Path) -> list[str]:
         tasks = sorted({r["task"] for r in rows})
         for metric, label in (("rel_nll_increase", "gold-answer NLL increase vs full"),
                               ("retained", "gold answer retained"), ("quality", "quality")):
-            fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4),
+            fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 4.2),
                                      squeeze=False)
+            methods = sorted({r["method"] for r in rows})
+            colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(2, len(methods))))
             for ax, task in zip(axes[0], tasks, strict=True):
-                for method in sorted({r["method"] for r in rows}):
+                for colour, method in zip(colours, methods, strict=False):
                     pts = sorted((1 / r["ratio"], r[metric]) for r in rows if r["task"] == task
                                  and r["method"] == method and r[metric] is not None)
-                    if pts:
-                        ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+                    if not pts:
+                        continue
+                    ours = method.startswith(("tokensieve", "ts-"))
+                    style = "-" if ours else (":" if method.startswith("random") else "--")
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", color=colour,
+                            label=method, linewidth=2.6 if method == "tokensieve" else 1.2)
                 ax.set_xscale("log", base=2)
                 ax.set_title(task)
                 ax.set_xlabel("compression (x)")
                 ax.set_ylabel(label)
-            axes[0][-1].legend(fontsize=7, loc="best")
-            fig.tight_layout()
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), fontsize=7)
+            fig.tight_layout(rect=(0, 0.14, 1, 1))
             name = f"{metric}-{Path(reader).name}.png"
             fig.savefig(out / name, dpi=110)
             plt.close(fig)
