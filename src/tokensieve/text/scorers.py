@@ -106,6 +106,15 @@ class QuestionSurprisalScorer(SurprisalScorer):
         return super().score(spans, level, ctx)
 
 
+def neutral_and_conditioned(name: str, spans, level: str, ctx: ScoringContext):
+    """Unit surprisal after a neutral question and after the real one (words sum their
+    tokens, longer units average them)."""
+    ctx.require_question(name)
+    how = "sum" if level in ("token", "word") else "mean"
+    return (ctx.surprisal("neutral").aggregate(spans, how),
+            ctx.surprisal(True).aggregate(spans, how))
+
+
 class ContrastiveScorer(Scorer):
     """How much the question lowers a unit's surprisal (LongLLMLingua's contrastive idea):
     s(x | neutral question) - s(x | q); high where the question makes the text
@@ -116,11 +125,8 @@ class ContrastiveScorer(Scorer):
     needs_question = True
 
     def score(self, spans, level, ctx):
-        ctx.require_question(self.name)
-        how = "sum" if level in ("token", "word") else "mean"
-        plain = ctx.surprisal("neutral").aggregate(spans, how)
-        cond = ctx.surprisal(True).aggregate(spans, how)
-        return plain - cond
+        neutral, cond = neutral_and_conditioned(self.name, spans, level, ctx)
+        return neutral - cond
 
 
 class QuestionAwareScorer(Scorer):
@@ -133,10 +139,7 @@ class QuestionAwareScorer(Scorer):
     needs_question = True
 
     def score(self, spans, level, ctx):
-        ctx.require_question(self.name)
-        how = "sum" if level in ("token", "word") else "mean"
-        neutral = ctx.surprisal("neutral").aggregate(spans, how)
-        cond = ctx.surprisal(True).aggregate(spans, how)
+        neutral, cond = neutral_and_conditioned(self.name, spans, level, ctx)
         return neutral + (neutral - cond)
 
 
