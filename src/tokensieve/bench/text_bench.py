@@ -28,7 +28,7 @@ from .methods import ANCHORS, METHODS, NOT_RUNNABLE, anchors_available, run_anch
 from .readers import Reader, build_prompt
 from .report import write_report
 
-QUICK = {"tasks": list(TASKS), "items": 2, "ratios": [0.5, 0.25, 0.125],
+QUICK = {"tasks": list(TASKS), "items": 2, "ratios": [0.5, 0.125],
          "methods": ["tokensieve", "tokensieve-noq", "random-word", "llmlingua",
                      "longllmlingua", "selective-context"], "readers": ["default"]}
 FULL_METHODS = list(METHODS)
