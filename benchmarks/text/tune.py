@@ -71,18 +71,6 @@ def install() -> None:
         return real(method, question)
 
     compressor.method_scorers = patched
-    real_run = compressor.LevelSelector.run
-
-    def run_with_slack(self, target):
-        slack = self.ctx.cache.get("__slack__", {})
-        saved = dict(compressor.COARSE_SLACK)
-        compressor.COARSE_SLACK.update(slack)
-        try:
-            return real_run(self, target)
-        finally:
-            compressor.COARSE_SLACK.update(saved)
-
-    compressor.LevelSelector.run = run_with_slack
     real_ts = bench_methods.run_tokensieve
 
     def run_ts(method, items, targets, tokenizer, seed=0):
