@@ -1,0 +1,145 @@
+"""The user-facing KV API: ``kv.compress`` (a context manager around any generate / forward
+call) and ``kv.answer`` (compress a context once, answer many questions from it)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError, UsageError
+from .attention import SUPPORTED_ARCHITECTURES, attention_modules
+from .cache import CompressedCache
+from .hooks import CompressionHooks
+from .plan import Plan
+
+
+def check_model(model) -> None:
+    """Refuse architectures whose attention the hooks do not understand, by name."""
+    config = getattr(model, "config", None)
+    kind = getattr(getattr(config, "get_text_config", lambda **_: config)(decoder=True),
+                   "model_type", None) if config is not None else None
+    if kind not in SUPPORTED_ARCHITECTURES or not attention_modules(model):
+        raise UsageError(
+            f"KV compression does not support model type {kind!r}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}. Load one of those with transformers.")
+    if getattr(config, "_attn_implementation", "eager") not in ("sdpa", "eager"):
+        raise UsageError(
+            f"KV compression runs with attn_implementation 'sdpa' or 'eager', not "
+            f"{config._attn_implementation!r}; load the model with attn_implementation='sdpa'.")
+
+
+class Session:
+    """What ``kv.compress`` yields: makes caches for its plan and remembers the last one."""
+
+    def __init__(self, model, plan: Plan):
+        self.model, self.plan = model, plan
+        self.last_cache: CompressedCache | None = None
+
+    def new_cache(self) -> CompressedCache:
+        self.last_cache = CompressedCache(self.model.config, self.plan)
+        return self.last_cache
+
+
+@contextmanager
+def compress(model, policy="default", ratio: float = 0.5, *, sinks: int = 4, recent: int = 32,
+             window: int = 32, protect=None, max_size: int | None = None, seed: int = 0):
+    """Inside the block, every ``generate`` / forward call with a cache compresses the
+    context's KV at prefill, keeping ``1 - ratio`` of it; ``max_size`` also caps the cache
+    during generation. Leaving the block removes every hook."""
+    check_model(model)
+    plan = Plan.build(policy, ratio, sinks=sinks, recent=recent, window=window,
+                      protect=protect, max_size=max_size, seed=seed)
+    session = Session(model, plan)
+    hooks = CompressionHooks(model, session.new_cache)
+    try:
+        yield session
+    finally:
+        hooks.remove()
+
+
+@dataclass
+class Answers:
+    """Answers from one compressed context, with what the compression cost and saved."""
+
+    answers: list[str]
+    context_tokens: int
+    stored_bytes: int
+    full_bytes: int
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.stored_bytes / self.full_bytes if self.full_bytes else 1.0
+
+
+def chat_parts(tokenizer, context: str, question: str) -> tuple[list[int], list[int]]:
+    """Token ids of the context part and the question part of one chat-formatted prompt
+    (plain "context\\n\\nquestion\\nAnswer:" for tokenizers without a chat template)."""
+    marker = "\x00QUESTION\x00"
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{context}\n\n{marker}"}],
+            tokenize=False, add_generation_prompt=True)
+    else:
+        text = f"{context}\n\n{marker}\nAnswer:"
+    head, tail = text.split(marker)
+    ctx_ids = tokenizer(head, add_special_tokens=not getattr(tokenizer, "chat_template", None))
+    q_ids = tokenizer(question + tail, add_special_tokens=False)
+    return ctx_ids["input_ids"], q_ids["input_ids"]
+
+
+def _full_bytes(model, n_tokens: int) -> int:
+    cfg = model.config.get_text_config(decoder=True)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    el = torch.finfo(model.dtype).bits // 8
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * n_tokens * el
+
+
+@torch.no_grad()
+def answer(model, tokenizer, context: str, questions: list[str], *, policy="default",
+           ratio: float = 0.5, max_new_tokens: int = 32, query_aware: bool = False,
+           **options) -> Answers:
+    """Compress ``context`` once (without seeing the questions) and answer every question
+    from a copy of that compressed cache, greedily. ``query_aware=True`` instead compresses
+    context + question together for each question (reported separately in benchmarks)."""
+    if not isinstance(context, str) or not context.strip():
+        raise InputError("The context is empty: give the text whose KV cache should be compressed.")
+    if isinstance(questions, str):
+        questions = [questions]
+    if not questions or not all(isinstance(q, str) and q.strip() for q in questions):
+        raise InputError("Give at least one non-empty question.")
+    device = next(model.parameters()).device
+    ctx_ids, _ = chat_parts(tokenizer, context, questions[0])
+    outs, prefill_s, decode_s, stored = [], 0.0, 0.0, 0
+    with compress(model, policy, ratio, **options) as session:
+        base = None
+        if not query_aware:
+            t0 = time.perf_counter()
+            model(input_ids=torch.tensor([ctx_ids], device=device), use_cache=True)
+            prefill_s += time.perf_counter() - t0
+            base = session.last_cache
+            stored = base.nbytes()
+        for q in questions:
+            _, q_ids = chat_parts(tokenizer, context, q)
+            ids = torch.tensor([ctx_ids + q_ids], device=device)
+            t0 = time.perf_counter()
+            if query_aware:
+                session.plan.recent = max(session.plan.recent, len(q_ids))
+                session.plan.window = max(session.plan.window, len(q_ids))
+                out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=max_new_tokens, do_sample=False)
+                stored = session.last_cache.nbytes()
+            else:
+                cache = copy.deepcopy(base)
+                out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                     past_key_values=cache, max_new_tokens=max_new_tokens,
+                                     do_sample=False)
+            decode_s += time.perf_counter() - t0
+            outs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return Answers(outs, len(ctx_ids), stored, _full_bytes(model, len(ctx_ids)),
+                   prefill_s, decode_s)

@@ -1,0 +1,175 @@
+"""Removable module hooks that connect a :class:`CompressedCache` to a model, without
+copying model code or patching attention functions:
+
+- a pre-hook on each attention module gives the layer a mask that matches *its* stored
+  entries (layers may keep different numbers of entries; short batch rows have filler slots),
+  only when the model's shared mask would be wrong;
+- a post-hook compresses the layer right after its prefill (or, for global-pool policies,
+  scores it) and evicts during generation when ``max_size`` is set;
+- a pre-hook on the model swaps a fresh cache in, and a post-hook finishes global allocation.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+from .attention import LayerInputs, attention_modules
+from .cache import CompressedCache, CompressedLayer
+from .plan import Plan, ranked_keep
+
+
+def _allowed(mask: torch.Tensor) -> torch.Tensor:
+    """Boolean 'may attend' view of a bool or additive float mask."""
+    return mask if mask.dtype == torch.bool else mask == 0
+
+
+def layer_mask(layer: CompressedLayer, original: torch.Tensor | None, q: int,
+               batch: int, groups: int) -> torch.Tensor:
+    """(B, 1|Hq, q, S+q) mask for one compressed layer: real stored slots are visible to every
+    new query; among the new tokens, causality and padding come from the model's own mask."""
+    stored = layer.stored_length()
+    valid = layer.slot_valid()
+    device = layer.keys.device if layer.heads is None else layer.heads[0]["k"].device
+    if valid is None:
+        past = torch.ones(batch, 1, 1, stored, dtype=torch.bool, device=device)
+    else:
+        past = valid[:, :, None, :]
+        if past.shape[1] > 1 and groups > 1:
+            past = past.repeat_interleave(groups, dim=1)
+    if original is None:
+        new = torch.ones(q, q, dtype=torch.bool, device=device).tril()[None, None]
+    else:
+        new = _allowed(original[..., -q:])
+    heads = max(past.shape[1], new.shape[1])
+    mask = torch.cat([past.expand(batch, heads, q, stored), new.expand(batch, heads, q, q)], -1)
+    if original is not None and original.dtype != torch.bool:
+        zero = torch.zeros((), dtype=original.dtype, device=device)
+        mask = torch.where(mask, zero, torch.finfo(original.dtype).min)
+    return mask
+
+
+class CompressionHooks:
+    """Installs and removes the hooks; one instance per ``kv.compress`` block."""
+
+    def __init__(self, model, make_cache):
+        self.model, self.make_cache = model, make_cache
+        self.modules = attention_modules(model)
+        self.num_layers = len(self.modules)
+        self.handles = [model.register_forward_pre_hook(self._model_pre, with_kwargs=True),
+                        model.register_forward_hook(self._model_post, with_kwargs=True)]
+        for m in self.modules:
+            self.handles.append(m.register_forward_pre_hook(self._attn_pre, with_kwargs=True))
+            self.handles.append(m.register_forward_hook(self._attn_post, with_kwargs=True))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    # --- model level -----------------------------------------------------------------------
+    def _model_pre(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if kwargs.get("use_cache") is False or isinstance(cache, CompressedCache):
+            return None
+        if cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
+            kwargs["past_key_values"] = self.make_cache()
+            return args, kwargs
+        return None
+
+    def _model_post(self, module, args, kwargs, output):
+        cache = kwargs.get("past_key_values")
+        if isinstance(cache, CompressedCache) and cache.pending:
+            finish_global(cache)
+            cache.pending = {}
+        if isinstance(cache, CompressedCache):
+            cache.prefilled = True
+        return None
+
+    # --- attention level -------------------------------------------------------------------
+    def _attn_pre(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if not isinstance(cache, CompressedCache) or not cache.compressible(module.layer_idx):
+            return None
+        layer = cache.layers[module.layer_idx]
+        if not layer.compressed:
+            return None
+        reference = cache.layers[cache.mask_layer]
+        same = isinstance(reference, CompressedLayer) and \
+            reference.stored_length() == layer.stored_length()
+        if same and layer.slot_valid() is None:
+            return None  # the model's shared mask is already right for this layer
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        groups = module.config.num_attention_heads // module.config.num_key_value_heads
+        kwargs["attention_mask"] = layer_mask(layer, kwargs.get("attention_mask"),
+                                              hidden.shape[1], hidden.shape[0], groups)
+        return args, kwargs
+
+    def _attn_post(self, module, args, kwargs, output):
+        cache = kwargs.get("past_key_values")
+        if not isinstance(cache, CompressedCache) or not cache.compressible(module.layer_idx):
+            return None
+        plan: Plan = cache.plan
+        layer: CompressedLayer = cache.layers[module.layer_idx]
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        q = hidden.shape[1]
+        if not cache.prefilled and not layer.compressed and layer.stored_length() == q and q > 1:
+            self._compress_prefill(module, kwargs, cache, layer, hidden)
+        elif plan.max_size is not None and layer.stored_length() > plan.max_size:
+            self._evict_decode(module, kwargs, cache, layer, hidden)
+        return None
+
+    def _inputs(self, module, kwargs, cache, hidden, keys, values, valid) -> LayerInputs:
+        cos, sin = kwargs["position_embeddings"]
+        return LayerInputs(module=module, layer_idx=module.layer_idx, num_layers=self.num_layers,
+                           hidden=hidden, cos=cos, sin=sin, keys=keys, values=values,
+                           valid=valid, window=cache.plan.window, seed=cache.plan.seed,
+                           shared=cache.shared)
+
+    def _compress_prefill(self, module, kwargs, cache, layer, hidden):
+        plan = cache.plan
+        mask = kwargs.get("attention_mask")
+        if mask is None or mask.dim() != 4:
+            valid = torch.ones(hidden.shape[0], hidden.shape[1], dtype=torch.bool,
+                               device=hidden.device)
+        else:
+            valid = _allowed(mask[:, 0, -1, :]).clone()
+        n_real = valid.sum(-1)
+        cache.n_real, cache.row_start = n_real, valid.shape[1] - n_real
+        if plan.ratio == 0:
+            return  # nothing removed: the cache stays exactly what the model wrote
+        x = self._inputs(module, kwargs, cache, hidden, layer.keys, layer.values, valid)
+        scores = plan.policy.score(x)
+        if plan.policy.deferred:
+            info = plan.policy.informativeness(scores.masked_fill(~valid[:, None], 0))
+            cache.pending[module.layer_idx] = (x, scores, info)
+            return
+        order = cache.compressible_layers()
+        counts = plan.keep_counts(n_real, order.index(module.layer_idx), len(order))
+        layer.keep(plan.select(x, counts, scores))
+
+    def _evict_decode(self, module, kwargs, cache, layer, hidden):
+        plan = cache.plan
+        keys, values, positions = layer.dense_view()
+        valid = layer.slot_valid()
+        b, h, s = positions.shape
+        valid = torch.ones(b, h, s, dtype=torch.bool, device=keys.device) if valid is None \
+            else valid.expand(b, h, s)
+        x = self._inputs(module, kwargs, cache, hidden, keys, values, valid)
+        counts = torch.full((b,), plan.max_size, dtype=torch.long, device=keys.device)
+        # protection by position: the first `sinks` real tokens and the `recent` newest ones
+        start = cache.row_start[:, None, None]
+        recent = positions >= layer.seen - plan.recent
+        forced = valid & ((positions < start + plan.sinks) | recent)
+        scores = plan.policy.score(x).float()
+        scores = scores.masked_fill(~valid, float("-inf")).masked_fill(forced, float("inf"))
+        layer.keep(ranked_keep(scores, counts[:, None]) & valid)
+
+
+def finish_global(cache: CompressedCache) -> None:
+    """Allocate the global pool across the scored layers and evict."""
+    plan = cache.plan
+    info = {i: entry[2] for i, entry in cache.pending.items()}
+    counts = plan.allocate_layers(info, cache.n_real)
+    for i, (x, scores, _) in cache.pending.items():
+        cache.layers[i].keep(plan.select(x, counts[i], scores))

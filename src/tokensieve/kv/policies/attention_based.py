@@ -1,0 +1,58 @@
+"""Policies scored by the attention an observation window of queries pays to each key:
+SnapKV, TOVA, H2O, VATP."""
+
+from __future__ import annotations
+
+import torch
+
+from ..attention import LayerInputs
+from .base import Policy, pool1d
+
+
+class SnapKV(Policy):
+    """Mean window attention, max-pooled over neighbours (Li et al. 2024)."""
+
+    name = "snapkv"
+
+    def __init__(self, window: int | None = None, kernel: int = 7):
+        self.window, self.kernel = window, kernel
+
+    def score(self, x: LayerInputs) -> torch.Tensor:
+        return pool1d(x.window_attention(self.window).mean(2), self.kernel)
+
+
+class TOVA(Policy):
+    """Attention of the last token, averaged over heads (Oren et al. 2024); one choice per
+    layer shared by all heads."""
+
+    name = "tova"
+
+    def score(self, x: LayerInputs) -> torch.Tensor:
+        s = x.window_attention(1)[:, :, -1].mean(1, keepdim=True)
+        return s.expand(-1, x.keys.shape[1], -1)
+
+
+class H2O(Policy):
+    """Accumulated attention received (Zhang et al. 2023), accumulated over a long window of
+    queries in blocks so the T x T matrix is never held (default: the last 512 queries)."""
+
+    name = "h2o"
+
+    def __init__(self, window: int = 512):
+        self.window = window
+
+    def score(self, x: LayerInputs) -> torch.Tensor:
+        return x.window_attention(self.window).sum(2)
+
+
+class VATP(Policy):
+    """Value-aware token pruning (Guo et al. 2024): window attention x L1 norm of the value."""
+
+    name = "vatp"
+
+    def __init__(self, window: int | None = None):
+        self.window = window
+
+    def score(self, x: LayerInputs) -> torch.Tensor:
+        attn = x.window_attention(self.window).mean(2)
+        return attn * x.values.float().abs().sum(-1)
