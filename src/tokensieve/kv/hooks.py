@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
+from ..errors import InputError
 from .attention import LayerInputs, attention_modules
 from .cache import CompressedCache, CompressedLayer
 from .plan import Plan, ranked_keep
@@ -69,6 +70,11 @@ class CompressionHooks:
 
     # --- model level -----------------------------------------------------------------------
     def _model_pre(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is not None and ids.shape[1] == 0:
+            raise InputError("The context is empty (0 tokens): there is no KV cache to compress.")
         cache = kwargs.get("past_key_values")
         if kwargs.get("use_cache") is False or isinstance(cache, CompressedCache):
             return None
