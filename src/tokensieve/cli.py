@@ -122,6 +122,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.target == "kv":
+        from .bench.kv_bench import main as bench_kv
+
+        return bench_kv(args.rest)
     from .bench.text_bench import main as bench_text
 
     return bench_text(args.rest)
@@ -164,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--explain", action="store_true", help="show every unit coloured by score")
     c.add_argument("--stats", action="store_true", help="print token counts to stderr")
     c.set_defaults(func=_cmd_compress)
-    b = sub.add_parser("bench", help="run a benchmark (text); see tokensieve bench text --help",
-                       add_help=False)
-    b.add_argument("target", choices=["text"])
+    b = sub.add_parser("bench", help="run a benchmark (text or kv); see tokensieve bench kv "
+                       "--help", add_help=False)
+    b.add_argument("target", choices=["text", "kv"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=_cmd_bench)
     m = sub.add_parser("models", help="list the installed models")

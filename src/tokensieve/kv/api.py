@@ -78,19 +78,25 @@ class Answers:
 
 
 def chat_parts(tokenizer, context: str, question: str) -> tuple[list[int], list[int]]:
-    """Token ids of the context part and the question part of one chat-formatted prompt
-    (plain "context\\n\\nquestion\\nAnswer:" for tokenizers without a chat template)."""
+    """Token ids of the context part and the question part of one chat-formatted prompt.
+
+    The context part is everything up to the end of the context (system prompt and user
+    header included); the question part is a blank line, the question, and the end of the
+    turn with the assistant header -- the split kvpress's pipeline makes, so both tools
+    compress exactly the same tokens. Without a chat template: "context\n\nquestion\nAnswer:".
+    """
     marker = "\x00QUESTION\x00"
-    if getattr(tokenizer, "chat_template", None):
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    if templated:
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{context}\n\n{marker}"}],
+            [{"role": "user", "content": context + marker}],
             tokenize=False, add_generation_prompt=True)
     else:
-        text = f"{context}\n\n{marker}\nAnswer:"
+        text = f"{context}{marker}\nAnswer:"
     head, tail = text.split(marker)
-    ctx_ids = tokenizer(head, add_special_tokens=not getattr(tokenizer, "chat_template", None))
-    q_ids = tokenizer(question + tail, add_special_tokens=False)
-    return ctx_ids["input_ids"], q_ids["input_ids"]
+    ctx_ids = tokenizer(head, add_special_tokens=not templated)["input_ids"]
+    q_ids = tokenizer("\n\n" + question + tail, add_special_tokens=False)["input_ids"]
+    return ctx_ids, q_ids
 
 
 def _full_bytes(model, n_tokens: int) -> int:

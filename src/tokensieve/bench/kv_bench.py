@@ -1,0 +1,328 @@
+"""The KV-cache benchmark: tokensieve's policies and kvpress's presses on the same model, the
+same locally generated long-context items and the same prompts, in one run. Resumable:
+finished rows are appended to ``records.jsonl`` in the output folder.
+
+    tokensieve bench kv --quick                     # a few minutes on 2 cores
+    tokensieve bench kv --lengths 1024 2048 4096 --items 2
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch is imported
+
+import argparse
+import copy
+import json
+import platform
+import threading
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import kv
+from ..models import load_causal_lm
+from .kv_report import write_report
+from .kv_tasks import TASKS, KVItem, make_tasks
+
+RATIOS = (0.5, 0.75, 0.9)
+TS_POLICIES = tuple(kv.POLICIES)
+KVPRESS = ("streaming_llm", "snapkv", "tova", "knorm", "expected_attention", "pyramidkv",
+           "chunkkv", "adakv", "observed_attention", "random")
+QUICK = {"tasks": ["niah_filler", "passkey", "multikey"], "lengths": [1024], "items": 2,
+         "ratios": [0.5, 0.75],
+         "methods": ["tokensieve:default", "kvpress:tova", "kvpress:snapkv",
+                     "kvpress:expected_attention", "tokensieve:random"]}
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 2 ms in a thread."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def _kv_bytes(cache) -> int:
+    if hasattr(cache, "nbytes"):
+        return cache.nbytes()
+    total = 0
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None:
+            total += layer.keys.nbytes + layer.values.nbytes
+    return total
+
+
+@torch.no_grad()
+def run_full(model, tok, item: KVItem) -> dict:
+    """No compression: plain transformers, same prompt split as the compressed runs."""
+    from transformers import DynamicCache
+
+    ctx, q = kv.chat_parts(tok, item.context, item.question)
+    ids = torch.tensor([ctx])
+    t0 = time.perf_counter()
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    prefill = time.perf_counter() - t0
+    stored = _kv_bytes(cache)
+    full_ids = torch.tensor([ctx + q])
+    t0 = time.perf_counter()
+    out = model.generate(full_ids, attention_mask=torch.ones_like(full_ids),
+                         past_key_values=copy.deepcopy(cache), do_sample=False,
+                         max_new_tokens=item.max_new_tokens)
+    decode = time.perf_counter() - t0
+    return {"answer": tok.decode(out[0, full_ids.shape[1]:], skip_special_tokens=True),
+            "stored_bytes": stored, "prefill_seconds": prefill, "decode_seconds": decode,
+            "new_tokens": int(out.shape[1] - full_ids.shape[1])}
+
+
+def run_tokensieve(model, tok, item: KVItem, policy: str, ratio: float,
+                   query_aware: bool = False) -> dict:
+    res = kv.answer(model, tok, item.context, [item.question], policy=policy, ratio=ratio,
+                    max_new_tokens=item.max_new_tokens, query_aware=query_aware)
+    return {"answer": res.answers[0], "stored_bytes": res.stored_bytes,
+            "prefill_seconds": res.prefill_seconds, "decode_seconds": res.decode_seconds}
+
+
+def run_kvpress(model, tok, item: KVItem, press: str, ratio: float) -> dict:
+    from .kv_press import kvpress_answer
+
+    res = kvpress_answer(model, tok, press, ratio, item.context, [item.question],
+                         item.max_new_tokens, question_prefix="\n\n")
+    return {"answer": res["answers"][0], "stored_bytes": res["kv_bytes"],
+            "effective_bytes": res["kv_bytes_effective"], "kv_context_tokens":
+            res["context_tokens"], "prefill_seconds": res["prefill_s"],
+            "decode_seconds": res["decode_s"]}
+
+
+def run_method(model, tok, item: KVItem, method: str, ratio: float) -> dict:
+    family, _, name = method.partition(":")
+    if method == "full":
+        return run_full(model, tok, item)
+    if family == "tokensieve":
+        aware = name.endswith("+q")
+        return run_tokensieve(model, tok, item, name.removesuffix("+q"), ratio, aware)
+    if family == "kvpress":
+        return run_kvpress(model, tok, item, name, ratio)
+    raise SystemExit(f"unknown method {method!r}: use full, tokensieve:<policy>[+q] or "
+                     f"kvpress:<press>")
+
+
+def kvpress_prefill(model, press_name: str, ratio: float, ctx: torch.Tensor):
+    """Prefill ``ctx`` under a kvpress press (its forward hooks prune the cache)."""
+    from transformers import DynamicCache
+
+    from .kv_press import attn_implementation, make_press
+
+    press = make_press(press_name, ratio)
+    cache = DynamicCache(config=model.config)
+    impl = "eager" if press_name == "observed_attention" else model.config._attn_implementation
+    with attn_implementation(model, impl):
+        if press is None:
+            out = model(ctx, past_key_values=cache, use_cache=True)
+        else:
+            with press(model):
+                out = model(ctx, past_key_values=cache, use_cache=True)
+    return cache, out
+
+
+# --- fidelity on real text ----------------------------------------------------------------
+def pydoc_text() -> str:
+    """Real technical prose that ships with CPython (the help() topics)."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+@torch.no_grad()
+def fidelity(model, tok, method: str, ratio: float, context_tokens: int, cont_tokens: int = 128,
+             offset: int = 0) -> dict:
+    """Teacher-forced KL(full || compressed) and top-1 agreement over ``cont_tokens`` tokens
+    that follow a compressed context of ``context_tokens`` pydoc tokens."""
+    ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
+    ids = ids[offset: offset + context_tokens + cont_tokens]
+    ctx, cont = torch.tensor([ids[:context_tokens]]), torch.tensor([ids[context_tokens:]])
+    full = model(torch.tensor([ids])).logits[0, context_tokens - 1: -1].float()
+    family, _, name = method.partition(":")
+    if family == "tokensieve":
+        with kv.compress(model, name, ratio) as s:
+            out = model(ctx, use_cache=True)
+            cache = s.last_cache
+            rest = model(cont, past_key_values=cache, use_cache=True).logits[0]
+    else:
+        from .kv_press import _attention_modules, _cleanup
+
+        modules = _attention_modules(model)
+        had = ["rotary_emb" in m._modules for m in modules]
+        try:
+            cache, out = kvpress_prefill(model, name, ratio, ctx)
+            lengths = {layer.keys.shape[-2] for layer in cache.layers}
+            if len(lengths) == 1:
+                rest = model(cont, past_key_values=cache, use_cache=True).logits[0]
+            else:  # per-layer lengths: kvpress's shared mask breaks; one token at a time
+                rest = torch.cat([model(cont[:, i:i + 1], past_key_values=cache,
+                                        use_cache=True).logits[0] for i in range(cont.shape[1])])
+        finally:  # AdaKV's masked keys stay set on the modules until the continuation is done
+            _cleanup(modules, had)
+    comp = torch.cat([out.logits[0, -1:], rest[:-1]]).float()
+    logp, logq = full.log_softmax(-1), comp.log_softmax(-1)
+    klv = (logp.exp() * (logp - logq)).sum(-1)
+    return {"kl": float(klv.mean()), "top1": float((full.argmax(-1) == comp.argmax(-1))
+                                                   .float().mean())}
+
+
+# --- the run ------------------------------------------------------------------------------
+class Run:
+    def __init__(self, out: Path):
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "records.jsonl"
+        self.done = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.done[row["key"]] = row
+
+    def add(self, row: dict) -> dict:
+        self.done[row["key"]] = row
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+
+def evaluate(run: Run, model, tok, item: KVItem, method: str, ratio: float) -> dict:
+    key = f"{item.id}|{method}|{ratio}"
+    if key in run.done:
+        return run.done[key]
+    row = {"key": key, "kind": "task", "task": item.task, "length": item.length,
+           "item": item.id, "method": method, "ratio": ratio,
+           "context_tokens": item.context_tokens, "error": None}
+    try:
+        with PeakRSS() as mem:
+            res = run_method(model, tok, item, method, ratio)
+        row.update(res, peak_mb=mem.mb, score=item.score(res["answer"]))
+    except Exception as exc:  # a tool that fails on an item is reported, not hidden
+        row.update(error=f"{type(exc).__name__}: {exc}"[:300], score=0.0)
+    return run.add(row)
+
+
+def evaluate_fidelity(run: Run, model, tok, method: str, ratio: float, length: int) -> dict:
+    key = f"fidelity-{length}|{method}|{ratio}"
+    if key in run.done:
+        return run.done[key]
+    row = {"key": key, "kind": "fidelity", "length": length, "method": method, "ratio": ratio,
+           "error": None}
+    try:
+        row.update(fidelity(model, tok, method, ratio, length))
+    except Exception as exc:
+        row.update(error=f"{type(exc).__name__}: {exc}"[:300])
+    return run.add(row)
+
+
+def run_bench(tasks, lengths, n_items, ratios, methods, out: Path, model_name="default",
+              seed=0, threads=2, fidelity_length=2048) -> dict:
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    lm = load_causal_lm(model_name)
+    model, tok = lm.model, lm.tokenizer
+    items = make_tasks(tok, lengths=lengths, n_items=n_items, seed=seed, tasks=tasks)
+    run = Run(out)
+    bar = tqdm(total=len(items) * (1 + len(ratios) * len(methods)) + len(ratios) * len(methods),
+               desc="bench kv", unit="run")
+    for item in items:
+        evaluate(run, model, tok, item, "full", 0.0)
+        bar.update()
+        for ratio in ratios:
+            for method in methods:
+                evaluate(run, model, tok, item, method, ratio)
+                bar.update()
+    for ratio in ratios:
+        for method in methods:
+            if not method.endswith("+q"):
+                evaluate_fidelity(run, model, tok, method, ratio, fidelity_length)
+            bar.update()
+    bar.close()
+    meta = {"model": model_name, "tasks": list(tasks), "lengths": list(lengths),
+            "items": n_items, "ratios": list(ratios), "methods": list(methods), "seed": seed,
+            "threads": threads, "dtype": str(model.dtype).removeprefix("torch."),
+            "attn": model.config._attn_implementation, "fidelity_context": fidelity_length,
+            "machine": platform.processor() or platform.machine(),
+            "default_policy": kv.DEFAULT_POLICY,
+            "wall_seconds": round(time.perf_counter() - started, 1)}
+    keys = {f"{i.id}|{m}|{r}" for i in items for m in methods for r in ratios}
+    keys |= {f"{i.id}|full|0.0" for i in items}
+    keys |= {f"fidelity-{fidelity_length}|{m}|{r}" for m in methods for r in ratios}
+    rows = [row for k, row in run.done.items() if k in keys]
+    return write_report(rows, meta, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tokensieve bench kv", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small run (3 tasks, 1k tokens)")
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096])
+    ap.add_argument("--items", type=int, default=2, help="items per task and length")
+    ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS),
+                    help="fractions of the context's KV removed")
+    ap.add_argument("--methods", nargs="+",
+                    default=[f"tokensieve:{p}" for p in ("default", "snapkv", "streaming_llm",
+                                                         "random")]
+                    + [f"kvpress:{p}" for p in KVPRESS],
+                    help="full, tokensieve:<policy>[+q] (policies: default, "
+                         f"{', '.join(TS_POLICIES)}), kvpress:<press> ({', '.join(KVPRESS)})")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kv"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fidelity-length", type=int, default=2048)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    if args.report_only:
+        run = Run(args.out)
+        meta = json.loads((args.out / "results.json").read_text())["meta"] \
+            if (args.out / "results.json").exists() else {}
+        write_report(list(run.done.values()), meta, args.out)
+        print((args.out / "report.md").read_text())
+        return 0
+    cfg = dict(tasks=args.tasks, lengths=args.lengths, n_items=args.items, ratios=args.ratios,
+               methods=args.methods)
+    if args.quick:
+        cfg = dict(tasks=QUICK["tasks"], lengths=QUICK["lengths"], n_items=QUICK["items"],
+                   ratios=QUICK["ratios"], methods=QUICK["methods"])
+        if args.out == Path("benchmarks/results/kv"):
+            args.out = Path("benchmarks/results/kv-quick")
+    summary = run_bench(out=args.out, model_name=args.model, seed=args.seed,
+                        threads=args.threads, fidelity_length=args.fidelity_length, **cfg)
+    print((args.out / "report.md").read_text())
+    return 0 if summary else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

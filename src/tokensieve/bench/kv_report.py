@@ -1,0 +1,133 @@
+"""Summarise KV benchmark rows: JSON, a Markdown table and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def _mean(vals) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def aggregate(rows: list[dict]) -> dict:
+    tasks = sorted({r["task"] for r in rows if r["kind"] == "task"})
+    full = {r["item"]: r for r in rows if r["kind"] == "task" and r["method"] == "full"}
+    fid = {(r["method"], r["ratio"]): r for r in rows if r["kind"] == "fidelity"}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["kind"] == "task":
+            groups[(r["method"], r["ratio"])].append(r)
+    summary = []
+    for (method, ratio), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        ok = [r for r in rs if not r.get("error")]
+        per_task = {t: _mean(r["score"] for r in rs if r["task"] == t) for t in tasks}
+        per_len = {str(n): _mean(r["score"] for r in rs if r["length"] == n)
+                   for n in sorted({r["length"] for r in rs})}
+
+        def ratio_to_full(key, ok=ok):
+            return _mean(r[key] / full[r["item"]][key] for r in ok
+                         if r["item"] in full and full[r["item"]].get(key))
+
+        kept = ratio_to_full("stored_bytes")
+        f = fid.get((method, ratio), {})
+        summary.append({
+            "method": method, "ratio": ratio, "n": len(rs), "errors": len(rs) - len(ok),
+            "error_example": next((r["error"] for r in rs if r.get("error")), None),
+            "score": _mean(per_task.values()), "per_task": per_task, "per_length": per_len,
+            "kv_kept": kept,
+            "budget_error": None if kept is None or method == "full"
+            else abs(kept - (1 - ratio)) / (1 - ratio),
+            "x_prefill": ratio_to_full("prefill_seconds"),
+            "x_decode": ratio_to_full("decode_seconds"),
+            "x_peak_mem": ratio_to_full("peak_mb"),
+            "kl": f.get("kl"), "top1": f.get("top1"), "fidelity_error": f.get("error"),
+        })
+    return {"tasks": tasks, "summary": summary}
+
+
+def _f(v, digits=2, pct=False) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.0f}%" if pct else f"{v:.{digits}f}"
+
+
+def markdown(agg: dict, meta: dict) -> str:
+    tasks = agg["tasks"]
+    lines = [
+        f"# KV-cache compression: {meta.get('model', '?')} ({meta.get('dtype', '?')}, "
+        f"{meta.get('attn', '?')}), {meta.get('items', '?')} item(s) per task and length",
+        "",
+        f"Lengths {meta.get('lengths')} tokens, seed {meta.get('seed')}, "
+        f"{meta.get('threads')} threads, wall {meta.get('wall_seconds')} s. `ratio` = fraction "
+        f"of the context's KV removed. Scores are task accuracy (RULER-style string match), "
+        f"mean over items and lengths; `kept` = stored KV bytes / full cache; `×prefill`, "
+        f"`×decode`, `×mem` = time / peak memory over the no-compression run on the same item; "
+        f"KL / top-1 = teacher-forced fidelity vs the full cache on "
+        f"{meta.get('fidelity_context')} tokens of pydoc text (128 continuation tokens). "
+        f"tokensieve's `default` is `{meta.get('default_policy')}`.",
+        "",
+        "| ratio | method | " + " | ".join(tasks) + " | mean | kept | ×prefill | ×decode "
+        "| ×mem | KL | top-1 | errors |",
+        "|---:|---|" + "---:|" * (len(tasks) + 8),
+    ]
+    for s in agg["summary"]:
+        cells = [_f(s["per_task"].get(t)) for t in tasks]
+        lines.append(
+            f"| {s['ratio']:g} | {s['method']} | " + " | ".join(cells) +
+            f" | **{_f(s['score'])}** | {_f(s['kv_kept'], 3)} | {_f(s['x_prefill'])} | "
+            f"{_f(s['x_decode'])} | {_f(s['x_peak_mem'])} | {_f(s['kl'], 3)} | "
+            f"{_f(s['top1'])} | {s['errors'] or ''} |")
+    errs = [s for s in agg["summary"] if s["errors"] or s.get("fidelity_error")]
+    if errs:
+        lines += ["", "Errors (a failed run scores 0):", ""]
+        for s in errs:
+            lines.append(f"- {s['method']} @ {s['ratio']:g}: "
+                         f"{s['error_example'] or s['fidelity_error']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: dict, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    by_method: dict[str, list] = defaultdict(list)
+    for s in agg["summary"]:
+        if s["method"] != "full":
+            by_method[s["method"]].append(s)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, ss in sorted(by_method.items()):
+        ss = sorted(ss, key=lambda s: s["ratio"])
+        style = "-" if method.startswith("tokensieve") else "--"
+        ax.plot([s["ratio"] for s in ss], [s["score"] for s in ss], style, marker="o",
+                label=method)
+    full = next((s["score"] for s in agg["summary"] if s["method"] == "full"), None)
+    if full is not None:
+        ax.axhline(full, color="black", lw=0.8, label="full cache")
+    ax.set_xlabel("fraction of the context's KV removed")
+    ax.set_ylabel("mean task accuracy")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "kv_accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path.name]
+
+
+def write_report(rows: list[dict], meta: dict, out: Path) -> dict:
+    agg = aggregate(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown(agg, meta))
+    plots = plot(agg, out)
+    result = {"meta": meta, **agg, "plots": plots}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    return result
