@@ -121,3 +121,50 @@ def test_empty_context(lm):
     with pytest.raises(InputError, match="empty"):
         with kv.compress(model, ratio=0.5), torch.no_grad():
             model(torch.zeros(1, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("policy", ["knorm", "snapkv", "adakv"])
+def test_whole_spans_are_never_cut(policy):
+    model = tiny_model("llama")
+    spans = [(10, 17), (30, 37), (50, 57), (70, 77)]
+    with kv.compress(model, policy, ratio=0.7, whole=spans) as s, torch.no_grad():
+        model(random_ids(100, seed=11))
+    for layer in s.last_cache.layers:
+        _, _, pos = layer.dense_view()
+        valid = layer.slot_valid()
+        for h in range(pos.shape[1]):
+            kept = set((pos[0, h][valid[0, h]] if valid is not None else pos[0, h]).tolist())
+            for a, b in spans:
+                inside = kept & set(range(a, b))
+                assert not inside or inside == set(range(a, b))
+
+
+def test_number_spans_cover_multi_token_numbers(lm_tokenizer):
+    ctx = "The special magic number for dog is: 7345212. Call 555-1234 on 2026-11-29."
+    ids, _ = kv.chat_parts(lm_tokenizer, ctx, "?")
+    found = [lm_tokenizer.decode(ids[a:b]) for a, b in kv.number_spans(lm_tokenizer, ctx)]
+    assert found == ["7345212", "555-1234", "2026-11-29"]
+
+
+def test_spans_outside_the_context_or_over_budget():
+    from tokensieve import BudgetError
+
+    model = tiny_model("llama")
+    with pytest.raises(UsageError, match="past the context, which has 50 tokens"):
+        with kv.compress(model, ratio=0.5, protect=[(40, 60)]), torch.no_grad():
+            model(random_ids(50))
+    with pytest.raises(BudgetError, match="over by"):
+        with kv.compress(model, ratio=0.9, protect=[(0, 30)]), torch.no_grad():
+            model(random_ids(50))
+
+
+def test_max_size_larger_than_the_context_evicts_nothing():
+    model = tiny_model("llama")
+    ids = random_ids(30)
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                         do_sample=False)
+    with kv.compress(model, ratio=0.0, max_size=1000) as s:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                             do_sample=False)
+    assert torch.equal(ref, out)
+    assert s.last_cache.layers[0].keys.shape[-2] == out.shape[1] - 1

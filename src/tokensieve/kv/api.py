@@ -4,6 +4,7 @@ call) and ``kv.answer`` (compress a context once, answer many questions from it)
 from __future__ import annotations
 
 import copy
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,13 +47,15 @@ class Session:
 
 @contextmanager
 def compress(model, policy="default", ratio: float = 0.5, *, sinks: int = 4, recent: int = 32,
-             window: int = 32, protect=None, max_size: int | None = None, seed: int = 0):
+             window: int = 32, protect=None, whole=None, max_size: int | None = None,
+             seed: int = 0):
     """Inside the block, every ``generate`` / forward call with a cache compresses the
     context's KV at prefill, keeping ``1 - ratio`` of it; ``max_size`` also caps the cache
-    during generation. Leaving the block removes every hook."""
+    during generation. ``protect`` spans (token positions) are never evicted; ``whole`` spans
+    are kept or evicted as a unit. Leaving the block removes every hook."""
     check_model(model)
     plan = Plan.build(policy, ratio, sinks=sinks, recent=recent, window=window,
-                      protect=protect, max_size=max_size, seed=seed)
+                      protect=protect, whole=whole, max_size=max_size, seed=seed)
     session = Session(model, plan)
     hooks = CompressionHooks(model, session.new_cache)
     try:
@@ -99,6 +102,23 @@ def chat_parts(tokenizer, context: str, question: str) -> tuple[list[int], list[
     return ctx_ids, q_ids
 
 
+def number_spans(tokenizer, context: str, question: str = "?") -> list[tuple[int, int]]:
+    """Token spans of the context part (as ``chat_parts`` cuts it) that hold one number or
+    ID of several tokens (digits, with inner . , - : /), so they can be kept whole."""
+    ctx_ids, _ = chat_parts(tokenizer, context, question)
+    text = tokenizer.decode(ctx_ids)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if enc["input_ids"] != ctx_ids:  # offsets only when the ids round-trip exactly
+        return []
+    offsets = enc["offset_mapping"]
+    spans = []
+    for m in re.finditer(r"\d+(?:[.,:/-]\d+)*", text):
+        toks = [i for i, (a, b) in enumerate(offsets) if a < m.end() and b > m.start()]
+        if len(toks) > 1:
+            spans.append((toks[0], toks[-1] + 1))
+    return spans
+
+
 def _full_bytes(model, n_tokens: int) -> int:
     cfg = model.config.get_text_config(decoder=True)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -109,10 +129,11 @@ def _full_bytes(model, n_tokens: int) -> int:
 @torch.no_grad()
 def answer(model, tokenizer, context: str, questions: list[str], *, policy="default",
            ratio: float = 0.5, max_new_tokens: int = 32, query_aware: bool = False,
-           **options) -> Answers:
+           whole_numbers: bool = True, **options) -> Answers:
     """Compress ``context`` once (without seeing the questions) and answer every question
     from a copy of that compressed cache, greedily. ``query_aware=True`` instead compresses
-    context + question together for each question (reported separately in benchmarks)."""
+    context + question together for each question (reported separately in benchmarks).
+    ``whole_numbers`` keeps multi-token numbers and IDs whole (or drops them whole)."""
     if not isinstance(context, str) or not context.strip():
         raise InputError("The context is empty: give the text whose KV cache should be compressed.")
     if isinstance(questions, str):
@@ -121,6 +142,9 @@ def answer(model, tokenizer, context: str, questions: list[str], *, policy="defa
         raise InputError("Give at least one non-empty question.")
     device = next(model.parameters()).device
     ctx_ids, _ = chat_parts(tokenizer, context, questions[0])
+    if whole_numbers and ratio > 0:
+        given = list(options.get("whole") or ())
+        options["whole"] = given + number_spans(tokenizer, context, questions[0])
     outs, prefill_s, decode_s, stored = [], 0.0, 0.0, 0
     with compress(model, policy, ratio, **options) as session:
         base = None

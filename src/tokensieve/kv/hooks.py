@@ -141,6 +141,8 @@ class CompressionHooks:
         else:
             valid = _allowed(mask[:, 0, -1, :]).clone()
         n_real = valid.sum(-1)
+        if module.layer_idx == cache.compressible_layers()[0]:
+            plan.check_context(n_real)
         cache.n_real, cache.row_start = n_real, valid.shape[1] - n_real
         if plan.ratio == 0:
             return  # nothing removed: the cache stays exactly what the model wrote

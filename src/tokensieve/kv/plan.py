@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..engine.budget import split_pool
-from ..errors import UsageError
+from ..errors import BudgetError, UsageError
 from .attention import LayerInputs
 from .policies import Policy, get_policy
 
@@ -32,7 +32,8 @@ class Plan:
 
     ``ratio`` is the fraction of the context's entries *removed* (kvpress's convention):
     0.75 keeps a quarter. ``sinks`` first and ``recent`` last tokens are never evicted,
-    nor any token span in ``protect`` (start, end) in context-token positions.
+    nor any token span in ``protect`` (start, end) in context-token positions. Spans in
+    ``whole`` (multi-token numbers, IDs) are kept whole or evicted whole, never cut.
     ``max_size`` caps the entries per head during generation (decode-time eviction).
     """
 
@@ -42,6 +43,7 @@ class Plan:
     recent: int = 32
     window: int = 32
     protect: tuple[tuple[int, int], ...] = ()
+    whole: tuple[tuple[int, int], ...] = ()
     max_size: int | None = None
     seed: int = 0
     shared: dict = field(default_factory=dict)
@@ -62,17 +64,38 @@ class Plan:
                                or ms <= kw.get("sinks", 4) + 1):
             raise UsageError(f"max_size must be a whole number of entries larger than the sink "
                              f"tokens, got {ms!r}.")
-        spans = []
-        for span in kw.pop("protect", None) or ():
+        protect = cls._spans("protect", kw.pop("protect", None))
+        whole = cls._spans("whole", kw.pop("whole", None))
+        return cls(policy=get_policy(policy), ratio=float(ratio), protect=protect, whole=whole,
+                   **kw)
+
+    @staticmethod
+    def _spans(name: str, spans) -> tuple[tuple[int, int], ...]:
+        out = []
+        for span in spans or ():
             try:
                 a, b = (int(v) for v in span)
             except (TypeError, ValueError):
                 raise UsageError(
-                    f"protect takes (start, end) token positions, got {span!r}.") from None
+                    f"{name} takes (start, end) token positions, got {span!r}.") from None
             if not 0 <= a < b:
-                raise UsageError(f"protected span {span!r} must satisfy 0 <= start < end.")
-            spans.append((a, b))
-        return cls(policy=get_policy(policy), ratio=float(ratio), protect=tuple(spans), **kw)
+                raise UsageError(f"{name} span {span!r} must satisfy 0 <= start < end.")
+            out.append((a, b))
+        return tuple(out)
+
+    def check_context(self, n_real: torch.Tensor) -> None:
+        """User spans must lie inside the context, and protected ones fit the budget."""
+        shortest = int(n_real.min())
+        for a, b in (*self.protect, *self.whole):
+            if b > shortest:
+                raise UsageError(f"span ({a}, {b}) reaches past the context, which has "
+                                 f"{shortest} tokens; give positions inside it.")
+        protected = len({i for a, b in self.protect for i in range(a, b)})
+        budget = int(round(shortest * (1 - self.ratio)))
+        if protected > budget:
+            raise BudgetError(
+                f"protected spans hold {protected} tokens but the budget keeps {budget} of "
+                f"{shortest} (over by {protected - budget}); lower the ratio or protect less.")
 
     # --- budget --------------------------------------------------------------------------
     def keep_counts(self, n_real: torch.Tensor, layer_idx: int, num_layers: int) -> torch.Tensor:
@@ -103,9 +126,34 @@ class Plan:
         forced = self.forced(x.valid if x.valid.dim() == 2 else x.valid.all(1), counts)
         s = scores.float().masked_fill(~valid, float("-inf"))
         s = s.masked_fill(forced[:, None, :], float("inf"))
+        real = x.valid if x.valid.dim() == 2 else x.valid.all(1)
+        s = self._whole_scores(s, real)
         if self.policy.head_adaptive and s.shape[1] > 1:
-            return self._select_heads(s, counts, forced) & valid
-        return (ranked_keep(s, counts[:, None]) | forced[:, None, :]) & valid
+            keep = self._select_heads(s, counts, forced) & valid
+        else:
+            keep = (ranked_keep(s, counts[:, None]) | forced[:, None, :]) & valid
+        return self._whole_keep(keep, real)
+
+    def _span_masks(self, real: torch.Tensor):
+        rank = real.long().cumsum(-1) - 1
+        for a, b in self.whole:
+            yield real & (rank >= a) & (rank < b)                           # (B, T)
+
+    def _whole_scores(self, s: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Every token of a whole span gets the span's best score (ties: earlier first)."""
+        for m in self._span_masks(real):
+            best = s.masked_fill(~m[:, None, :], float("-inf")).amax(-1, keepdim=True)
+            s = torch.where(m[:, None, :], best, s)
+        return s
+
+    def _whole_keep(self, keep: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """A span the budget cut in two is dropped whole (unless protected)."""
+        for m in self._span_masks(real):
+            m = m[:, None, :]
+            kept = (keep & m).sum(-1, keepdim=True)
+            cut = (kept > 0) & (kept < m.sum(-1, keepdim=True))
+            keep = keep & ~(m & cut)
+        return keep
 
     def _select_heads(self, s: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor):
         """AdaKV: a floor per head, then the rest of the layer's pool by score over heads."""
