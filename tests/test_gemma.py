@@ -103,3 +103,36 @@ def test_missing_gemma_says_how_to_install(monkeypatch, tmp_path):
 def test_gemma_refuses_float16():
     with pytest.raises(UsageError, match="float16"):
         models.load_causal_lm("gemma3-270m", dtype="float16")
+
+
+@needs_gemma
+def test_gemma_kv_compression(gemma, report_text):
+    """Only the 3 global layers are compressed; the sliding-window layers stay transformers'
+    own bounded layers. Ratio 0 is bit-identical; 0.75 stores a quarter of those layers."""
+    import torch
+
+    from tokensieve import kv
+    from tokensieve.kv.cache import CompressedLayer
+
+    model, tok = gemma.model, gemma.tokenizer
+    ids = tok(report_text, return_tensors="pt")
+    with torch.no_grad():
+        ref = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        with kv.compress(model, "default", ratio=0.0):
+            same = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        with kv.compress(model, "default", ratio=0.75) as s:
+            out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(ref, same)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    layers = s.last_cache.layers
+    full = [layer for layer in layers if isinstance(layer, CompressedLayer)]
+    assert len(full) == 3
+    t = ids["input_ids"].shape[1]
+    for layer in full:
+        assert layer.keys.shape[-2] == round(t * 0.25) + (out.shape[1] - t - 1)
+    res = kv.answer(model, tok, report_text, ["What was the Q3 revenue?"], ratio=0.5,
+                    max_new_tokens=8)
+    assert res.answers[0].strip()
+    full = kv.answer(model, tok, report_text, ["What was the Q3 revenue?"], ratio=0.0,
+                     max_new_tokens=2)
+    assert full.stored_bytes == full.full_bytes

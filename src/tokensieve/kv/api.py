@@ -13,7 +13,7 @@ import torch
 
 from ..errors import InputError, UsageError
 from .attention import SUPPORTED_ARCHITECTURES, attention_modules
-from .cache import CompressedCache
+from .cache import CompressedCache, CompressedLayer
 from .hooks import CompressionHooks
 from .plan import Plan
 
@@ -120,10 +120,15 @@ def number_spans(tokenizer, context: str, question: str = "?") -> list[tuple[int
 
 
 def _full_bytes(model, n_tokens: int) -> int:
+    """Bytes an uncompressed cache holds after ``n_tokens`` (sliding-window layers hold at
+    most their window)."""
     cfg = model.config.get_text_config(decoder=True)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    el = torch.finfo(model.dtype).bits // 8
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * n_tokens * el
+    per_token = 2 * cfg.num_key_value_heads * head_dim * (torch.finfo(model.dtype).bits // 8)
+    types = CompressedCache(model.config).layers
+    window = getattr(cfg, "sliding_window", None) or n_tokens + 1
+    return sum(per_token * (n_tokens if isinstance(layer, CompressedLayer)
+                            else min(n_tokens, window - 1)) for layer in types)
 
 
 @torch.no_grad()
