@@ -33,8 +33,8 @@ class TOVA(Policy):
 
 
 class H2O(Policy):
-    """Accumulated attention received (Zhang et al. 2023), accumulated over a long window of
-    queries in blocks so the T x T matrix is never held (default: the last 512 queries)."""
+    """Accumulated attention received (Zhang et al. 2023), summed over the last ``window``
+    queries (default 512) rather than all T, so the T x T matrix is never built."""
 
     name = "h2o"
 
