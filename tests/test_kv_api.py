@@ -168,3 +168,13 @@ def test_max_size_larger_than_the_context_evicts_nothing():
                              do_sample=False)
     assert torch.equal(ref, out)
     assert s.last_cache.layers[0].keys.shape[-2] == out.shape[1] - 1
+
+
+def test_policy_settings_from_a_string():
+    p = kv.get_policy("snapkv:window=64,kernel=5")
+    assert (p.window, p.kernel) == (64, 5)
+    assert kv.get_policy("tova:per_head=true").per_head is True
+    with pytest.raises(UsageError, match="bad settings"):
+        kv.get_policy("tova:colour=red")
+    with pytest.raises(UsageError, match="key=value"):
+        kv.get_policy("tova:fast")

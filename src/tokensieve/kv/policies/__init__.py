@@ -15,16 +15,38 @@ POLICIES: dict[str, type[Policy]] = {
 DEFAULT_POLICY = "tova"
 
 
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def get_policy(policy: str | Policy) -> Policy:
-    """A policy instance from a name (or the instance itself)."""
+    """A policy instance from a name, optionally with settings ("snapkv:window=64,kernel=5"),
+    or the instance itself."""
     if isinstance(policy, Policy):
         return policy
-    name = DEFAULT_POLICY if policy == "default" else policy
-    if not isinstance(name, str) or name not in POLICIES:
+    if not isinstance(policy, str):
+        raise UsageError(f"policy must be a name such as 'default' or 'snapkv', got {policy!r}.")
+    name, _, settings = policy.partition(":")
+    name = DEFAULT_POLICY if name == "default" else name
+    if name not in POLICIES:
         raise UsageError(
             f"unknown KV policy {policy!r}; choose one of: default, {', '.join(POLICIES)}."
         )
-    return POLICIES[name]()
+    kwargs = {}
+    for item in filter(None, settings.split(",")):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise UsageError(f"policy settings are key=value pairs, got {item!r} in {policy!r}.")
+        kwargs[key.strip()] = _value(val.strip())
+    try:
+        return POLICIES[name](**kwargs)
+    except TypeError as exc:
+        raise UsageError(f"bad settings for KV policy {name!r}: {exc}") from None
 
 
 __all__ = ["DEFAULT_POLICY", "POLICIES", "Policy", "get_policy"]

@@ -23,13 +23,19 @@ class SnapKV(Policy):
 
 class TOVA(Policy):
     """Attention of the last token, averaged over heads (Oren et al. 2024); one choice per
-    layer shared by all heads."""
+    layer shared by all heads. ``window`` > 1 averages the last few queries; ``per_head``
+    lets every KV head choose its own entries."""
 
     name = "tova"
 
+    def __init__(self, window: int = 1, per_head: bool = False):
+        self.window, self.per_head = window, per_head
+
     def score(self, x: LayerInputs) -> torch.Tensor:
-        s = x.window_attention(1)[:, :, -1].mean(1, keepdim=True)
-        return s.expand(-1, x.keys.shape[1], -1)
+        s = x.window_attention(self.window).mean(2)
+        if self.per_head:
+            return s
+        return s.mean(1, keepdim=True).expand(-1, x.keys.shape[1], -1)
 
 
 class H2O(Policy):
