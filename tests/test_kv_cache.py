@@ -183,3 +183,33 @@ def test_every_policy_on_every_architecture(arch, policy):
             assert set(range(4)) <= p
             if len(p) - 3 >= 4 + 8:
                 assert set(range(t - 8, t + 3)) <= p
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])
+def test_window_attention_equals_the_models_own_attention(arch):
+    """Policies see the observation window's attention, recomputed from the window queries
+    (the model runs with sdpa); it must equal the rows eager attention reports."""
+    from tokensieve.kv.policies.base import Policy
+
+    seen = {}
+
+    class Capture(Policy):
+        name = "capture"
+
+        def score(self, x):
+            seen[x.layer_idx] = x.window_attention(8)
+            return x.keys.float().norm(dim=-1)
+
+    ids = random_ids(40, seed=12)
+    model = tiny_model(arch, "eager")
+    with torch.no_grad():
+        ref = model(ids, output_attentions=True).attentions
+    model = tiny_model(arch, "sdpa")
+    with kv.compress(model, Capture(), ratio=0.5), torch.no_grad():
+        model(ids)
+    assert seen
+    g = model.config.num_attention_heads // model.config.num_key_value_heads
+    for layer, probs in seen.items():
+        full = ref[layer][:, :, -8:, :]                                 # (1, Hq, 8, T)
+        full = full.view(1, -1, g, 8, full.shape[-1]).mean(2)
+        assert torch.allclose(probs, full, atol=1e-5)

@@ -24,18 +24,19 @@ class SnapKV(Policy):
 class TOVA(Policy):
     """Attention of the last token, averaged over heads (Oren et al. 2024); one choice per
     layer shared by all heads. ``window`` > 1 averages the last few queries; ``per_head``
-    lets every KV head choose its own entries."""
+    lets every KV head choose its own entries; ``kernel`` > 1 max-pools the scores over
+    neighbouring tokens so that phrases around a strong token stay together."""
 
     name = "tova"
 
-    def __init__(self, window: int = 1, per_head: bool = False):
-        self.window, self.per_head = window, per_head
+    def __init__(self, window: int = 1, per_head: bool = False, kernel: int = 1):
+        self.window, self.per_head, self.kernel = window, per_head, kernel
 
     def score(self, x: LayerInputs) -> torch.Tensor:
         s = x.window_attention(self.window).mean(2)
-        if self.per_head:
-            return s
-        return s.mean(1, keepdim=True).expand(-1, x.keys.shape[1], -1)
+        if not self.per_head:
+            s = s.mean(1, keepdim=True).expand(-1, x.keys.shape[1], -1)
+        return pool1d(s, self.kernel)
 
 
 class H2O(Policy):
