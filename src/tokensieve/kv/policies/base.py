@@ -31,10 +31,10 @@ class Policy:
 
 
 def pool1d(scores: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Max-pool along the last axis with a centred odd kernel (SnapKV clusters neighbours)."""
+    """Max-pool along the last axis over ``kernel`` neighbours (SnapKV clusters tokens)."""
     if kernel <= 1:
         return scores
     shape = scores.shape
     flat = scores.reshape(-1, 1, shape[-1])
     out = torch.nn.functional.max_pool1d(flat, kernel, stride=1, padding=kernel // 2)
-    return out.reshape(shape)
+    return out[..., : shape[-1]].reshape(shape)
