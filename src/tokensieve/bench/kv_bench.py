@@ -253,6 +253,16 @@ def run_bench(tasks, lengths, n_items, ratios, methods, out: Path, model_name="d
               device="cpu") -> dict:
     torch.set_num_threads(threads)
     started = time.perf_counter()
+    kvpress_note = "not requested"
+    if any(m.startswith("kvpress:") for m in methods):
+        try:  # imported up front: kvpress wraps transformers' attention functions process-wide,
+            import kvpress  # noqa: F401  so every method runs under the same wrappers
+
+            kvpress_note = "kvpress 0.5.5, same process, same model and token ids"
+        except ImportError:
+            kvpress_note = "not installed (pip install -e .[kvpress]); kvpress rows skipped"
+            print(f"bench kv: kvpress is {kvpress_note}")
+            methods = [m for m in methods if not m.startswith("kvpress:")]
     lm = load_causal_lm(model_name, dtype=dtype, device=device)
     model, tok = lm.model, lm.tokenizer
     items = make_tasks(tok, lengths=lengths, n_items=n_items, seed=seed, tasks=tasks)
@@ -277,7 +287,7 @@ def run_bench(tasks, lengths, n_items, ratios, methods, out: Path, model_name="d
             "threads": threads, "dtype": str(model.dtype).removeprefix("torch."),
             "attn": model.config._attn_implementation, "fidelity_context": fidelity_length,
             "machine": platform.processor() or platform.machine(),
-            "default_policy": kv.DEFAULT_POLICY,
+            "default_policy": kv.DEFAULT_POLICY, "kvpress": kvpress_note,
             "wall_seconds": round(time.perf_counter() - started, 1)}
     keys = {f"{i.id}|{m}|{r}" for i in items for m in methods for r in ratios}
     keys |= {f"{i.id}|full|0.0" for i in items}
