@@ -88,7 +88,7 @@ def run_full(model, tok, item: KVItem) -> dict:
     ids = torch.tensor([ctx], device=dev)
     t0 = time.perf_counter()
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     prefill = time.perf_counter() - t0
     stored = _kv_bytes(cache)
     full_ids = torch.tensor([ctx + q], device=dev)
@@ -184,12 +184,17 @@ def fidelity(model, tok, method: str, ratio: float, context_tokens: int, cont_to
         had = ["rotary_emb" in m._modules for m in modules]
         try:
             cache, out = kvpress_prefill(model, name, ratio, ctx)
+            # kvpress's cache counts stored entries, so positions are passed explicitly, as
+            # its own pipeline does for the question (true positions, gaps where pruned)
+            pos = torch.arange(context_tokens, context_tokens + cont.shape[1], device=dev)[None]
             lengths = {layer.keys.shape[-2] for layer in cache.layers}
             if len(lengths) == 1:
-                rest = model(cont, past_key_values=cache, use_cache=True).logits[0]
+                rest = model(cont, past_key_values=cache, position_ids=pos,
+                             use_cache=True).logits[0]
             else:  # per-layer lengths: kvpress's shared mask breaks; one token at a time
                 rest = torch.cat([model(cont[:, i:i + 1], past_key_values=cache,
-                                        use_cache=True).logits[0] for i in range(cont.shape[1])])
+                                        position_ids=pos[:, i:i + 1], use_cache=True).logits[0]
+                                  for i in range(cont.shape[1])])
         finally:  # AdaKV's masked keys stay set on the modules until the continuation is done
             _cleanup(modules, had)
     comp = torch.cat([out.logits[0, -1:], rest[:-1]]).float()

@@ -155,7 +155,8 @@ def answer(model, tokenizer, context: str, questions: list[str], *, policy="defa
         base = None
         if not query_aware:
             t0 = time.perf_counter()
-            model(input_ids=torch.tensor([ctx_ids], device=device), use_cache=True)
+            model(input_ids=torch.tensor([ctx_ids], device=device), use_cache=True,
+                  logits_to_keep=1)  # only the cache is wanted, not T x vocab logits
             prefill_s += time.perf_counter() - t0
             base = session.last_cache
             stored = base.nbytes()
