@@ -213,3 +213,17 @@ def test_window_attention_equals_the_models_own_attention(arch):
         full = ref[layer][:, :, -8:, :]                                 # (1, Hq, 8, T)
         full = full.view(1, -1, g, 8, full.shape[-1]).mean(2)
         assert torch.allclose(probs, full, atol=1e-5)
+
+
+def test_peak_kv_during_prefill_is_one_full_layer_over_the_budget():
+    """Layers are evicted right after their own prefill, so the cache never holds more than
+    the compressed layers plus one full layer; the global pool must wait for every layer."""
+    model = tiny_model("llama")
+    t, ratio, layers = 200, 0.75, model.config.num_hidden_layers
+    full_layer = t * model.config.num_key_value_heads * 2 * 16 * 4
+    with kv.compress(model, "tova", ratio=ratio) as s, torch.no_grad():
+        model(random_ids(t))
+    assert s.last_cache.peak_bytes == full_layer * ((layers - 1) * (1 - ratio) + 1)
+    with kv.compress(model, "global", ratio=ratio) as s, torch.no_grad():
+        model(random_ids(t))
+    assert s.last_cache.peak_bytes == full_layer * layers

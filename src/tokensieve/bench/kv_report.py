@@ -31,7 +31,7 @@ def aggregate(rows: list[dict]) -> dict:
 
         def ratio_to_full(key, ok=ok):
             return _mean(r[key] / full[r["item"]][key] for r in ok
-                         if r["item"] in full and full[r["item"]].get(key))
+                         if r.get(key) and r["item"] in full and full[r["item"]].get(key))
 
         kept = ratio_to_full("stored_bytes")
         f = fid.get((method, ratio), {})
@@ -44,7 +44,9 @@ def aggregate(rows: list[dict]) -> dict:
             else abs(kept - (1 - ratio)) / (1 - ratio),
             "x_prefill": ratio_to_full("prefill_seconds"),
             "x_decode": ratio_to_full("decode_seconds"),
-            "x_peak_mem": ratio_to_full("peak_mb"),
+            # resident-memory growth per call, kept in the JSON only: freed blocks stay in
+            # the allocator between calls of one process, so it is not comparable across rows
+            "peak_rss_mb": _mean(r.get("peak_mb") for r in ok),
             "kl": f.get("kl"), "top1": f.get("top1"), "fidelity_error": f.get("error"),
         })
     return {"tasks": tasks, "summary": summary}
@@ -66,21 +68,22 @@ def markdown(agg: dict, meta: dict) -> str:
         f"{meta.get('threads')} threads, wall {meta.get('wall_seconds')} s. `ratio` = fraction "
         f"of the context's KV removed. Scores are task accuracy (RULER-style string match), "
         f"mean over items and lengths; `kept` = stored KV bytes / full cache; `×prefill`, "
-        f"`×decode`, `×mem` = time / peak memory over the no-compression run on the same item; "
+        f"`×decode` = time over the no-compression run on the same item (query-aware `+q` "
+        f"rows prefill inside decode); "
         f"KL / top-1 = teacher-forced fidelity vs the full cache on "
         f"{meta.get('fidelity_context')} tokens of pydoc text (128 continuation tokens). "
         f"tokensieve's `default` is `{meta.get('default_policy')}`.",
         "",
         "| ratio | method | " + " | ".join(tasks) + " | mean | kept | ×prefill | ×decode "
-        "| ×mem | KL | top-1 | errors |",
-        "|---:|---|" + "---:|" * (len(tasks) + 8),
+        "| KL | top-1 | errors |",
+        "|---:|---|" + "---:|" * (len(tasks) + 7),
     ]
     for s in agg["summary"]:
         cells = [_f(s["per_task"].get(t)) for t in tasks]
         lines.append(
             f"| {s['ratio']:g} | {s['method']} | " + " | ".join(cells) +
             f" | **{_f(s['score'])}** | {_f(s['kv_kept'], 3)} | {_f(s['x_prefill'])} | "
-            f"{_f(s['x_decode'])} | {_f(s['x_peak_mem'])} | {_f(s['kl'], 3)} | "
+            f"{_f(s['x_decode'])} | {_f(s['kl'], 3)} | "
             f"{_f(s['top1'])} | {s['errors'] or ''} |")
     errs = [s for s in agg["summary"] if s["errors"] or s.get("fidelity_error")]
     if errs:

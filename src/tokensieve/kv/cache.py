@@ -222,6 +222,7 @@ class CompressedCache(Cache):
         self.pending: dict = {}         # global-pool policies: layers scored, not yet evicted
         self.shared: dict = {}          # policy state shared across layers (ChunkKV reuse)
         self.n_real = self.row_start = None
+        self.peak_bytes = 0             # most KV bytes held at once (measured in the hooks)
 
     def compressible_layers(self) -> list[int]:
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, CompressedLayer)]

@@ -134,26 +134,35 @@ class Plan:
             keep = (ranked_keep(s, counts[:, None]) | forced[:, None, :]) & valid
         return self._whole_keep(keep, real)
 
-    def _span_masks(self, real: torch.Tensor):
+    def _span_ids(self, real: torch.Tensor) -> torch.Tensor:
+        """(B, T) index of the ``whole`` span each token is in, -1 outside every span."""
+        starts = torch.tensor([a for a, _ in sorted(self.whole)], device=real.device)
+        ends = torch.tensor([b for _, b in sorted(self.whole)], device=real.device)
         rank = real.long().cumsum(-1) - 1
-        for a, b in self.whole:
-            yield real & (rank >= a) & (rank < b)                           # (B, T)
+        idx = torch.searchsorted(starts, rank, right=True) - 1
+        inside = real & (idx >= 0) & (rank < ends[idx.clamp_min(0)])
+        return torch.where(inside, idx, -1)
 
     def _whole_scores(self, s: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Every token of a whole span gets the span's best score (ties: earlier first)."""
-        for m in self._span_masks(real):
-            best = s.masked_fill(~m[:, None, :], float("-inf")).amax(-1, keepdim=True)
-            s = torch.where(m[:, None, :], best, s)
-        return s
+        if not self.whole:
+            return s
+        ids = (self._span_ids(real) + 1)[:, None, :].expand_as(s)      # 0 = no span
+        best = torch.full((*s.shape[:2], len(self.whole) + 1), float("-inf"), device=s.device)
+        best = best.scatter_reduce(-1, ids, s, reduce="amax")
+        return torch.where(ids > 0, torch.gather(best, -1, ids), s)
 
     def _whole_keep(self, keep: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """A span the budget cut in two is dropped whole (unless protected)."""
-        for m in self._span_masks(real):
-            m = m[:, None, :]
-            kept = (keep & m).sum(-1, keepdim=True)
-            cut = (kept > 0) & (kept < m.sum(-1, keepdim=True))
-            keep = keep & ~(m & cut)
-        return keep
+        """A span the budget cut in two is dropped whole."""
+        if not self.whole:
+            return keep
+        ids = (self._span_ids(real) + 1)[:, None, :].expand_as(keep)
+        zeros = torch.zeros((*keep.shape[:2], len(self.whole) + 1), device=keep.device)
+        kept = zeros.scatter_add(-1, ids, keep.float())
+        size = zeros.scatter_add(-1, ids, torch.ones_like(keep, dtype=torch.float32))
+        cut = (kept > 0) & (kept < size)
+        cut[..., 0] = False
+        return keep & ~torch.gather(cut, -1, ids)
 
     def _select_heads(self, s: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor):
         """AdaKV: a floor per head, then the rest of the layer's pool by score over heads."""
