@@ -39,7 +39,8 @@ class CompressedLayer(DynamicLayer):
         super().__init__()
         self.seen = 0
         self.valid: torch.Tensor | None = None       # (B, S) or None when every slot is real
-        self.positions: torch.Tensor | None = None   # (B, H, S) token position of each slot
+        self._pos: torch.Tensor | None = None        # (B, H, S0) positions of the slots kept
+        self.appended = 0                            # slots added since (positions implicit)
         self.heads: list[dict] | None = None         # per-head blocks once heads differ
         self.compressed = False
 
@@ -48,23 +49,35 @@ class CompressedLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         b, h, q, _ = key_states.shape
-        new_pos = torch.arange(self.seen, self.seen + q, device=key_states.device)
-        new_pos = new_pos.expand(b, h, q)
         self.seen += q
+        self.appended += q
         if self.heads is not None:
-            return self._update_ragged(key_states, value_states, new_pos)
+            return self._update_ragged(key_states, value_states)
         if self.keys.numel() == 0:
-            self.keys, self.values, self.positions = key_states, value_states, new_pos.clone()
+            self.keys, self.values = key_states, value_states
         else:
             self.keys = torch.cat([self.keys, key_states], dim=-2)
             self.values = torch.cat([self.values, value_states], dim=-2)
-            self.positions = torch.cat([self.positions, new_pos], dim=-1)
         if self.valid is not None:
             self.valid = torch.cat([self.valid, self.valid.new_ones(b, q)], dim=-1)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
         return self.seen
+
+    def _tail_positions(self, b: int, h: int, device) -> torch.Tensor:
+        """Positions of the slots appended since the last eviction (the newest tokens)."""
+        pos = torch.arange(self.seen - self.appended, self.seen, device=device)
+        return pos.expand(b, h, self.appended)
+
+    @property
+    def positions(self) -> torch.Tensor | None:
+        """(B, H, S) token position of each stored slot (dense storage)."""
+        if self.keys is None or self.keys.numel() == 0:
+            return None
+        b, h = self.keys.shape[:2]
+        tail = self._tail_positions(b, h, self.keys.device)
+        return tail.clone() if self._pos is None else torch.cat([self._pos, tail], dim=-1)
 
     def stored_length(self) -> int:
         """Slots a forward pass sees for this layer (the longest head in per-head storage)."""
@@ -101,7 +114,9 @@ class CompressedLayer(DynamicLayer):
             return
         if self.keys is None or self.keys.numel() == 0:
             return
-        self.keys, self.values, self.positions = fn(self.keys), fn(self.values), fn(self.positions)
+        self.keys, self.values = fn(self.keys), fn(self.values)
+        if self._pos is not None:
+            self._pos = fn(self._pos)
         if self.valid is not None:
             self.valid = fn(self.valid)
 
@@ -126,10 +141,13 @@ class CompressedLayer(DynamicLayer):
             return self.keys, self.values, self.positions
         width = self.stored_length()
 
+        b = self.heads[0]["k"].shape[0]
+        tail = self._tail_positions(b, 1, self.heads[0]["k"].device)[:, 0]
+
         def stack(name):
             out = []
             for blk in self.heads:
-                t = blk[name]
+                t = blk[name] if name != "pos" else torch.cat([blk["pos"], tail], dim=1)
                 pad = width - t.shape[1]
                 spec = (0, 0, pad, 0) if t.dim() == 3 else (pad, 0)
                 out.append(torch.nn.functional.pad(t, spec))
@@ -151,7 +169,7 @@ class CompressedLayer(DynamicLayer):
             gi = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
             self.keys = torch.gather(keys, 2, gi).contiguous()
             self.values = torch.gather(values, 2, gi).contiguous()
-            self.positions = torch.gather(positions, 2, idx).contiguous()
+            self._pos = torch.gather(positions, 2, idx).contiguous()
             row_ok = ok[:, 0, :]
             self.valid = None if bool(row_ok.all()) else row_ok.contiguous()
             self.heads = None
@@ -169,14 +187,14 @@ class CompressedLayer(DynamicLayer):
                 })
             self.keys = self.values = keys.new_empty(0)
             self.valid = None
+        self.appended = 0
         self.compressed = True
 
-    def _update_ragged(self, key_states, value_states, new_pos):
+    def _update_ragged(self, key_states, value_states):
         b, _, q, _ = key_states.shape
         for j, blk in enumerate(self.heads):
             blk["k"] = torch.cat([blk["k"], key_states[:, j]], dim=1)
             blk["v"] = torch.cat([blk["v"], value_states[:, j]], dim=1)
-            blk["pos"] = torch.cat([blk["pos"], new_pos[:, j]], dim=1)
             if blk["valid"] is not None:
                 blk["valid"] = torch.cat([blk["valid"], blk["valid"].new_ones(b, q)], dim=1)
         keys, values, _ = self.dense_view()

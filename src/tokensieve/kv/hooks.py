@@ -117,7 +117,8 @@ class CompressionHooks:
             return None
         plan: Plan = cache.plan
         layer: CompressedLayer = cache.layers[module.layer_idx]
-        cache.peak_bytes = max(cache.peak_bytes, cache.nbytes())  # this layer not yet evicted
+        if not cache.prefilled:  # this layer not yet evicted: the most the prefill holds
+            cache.peak_bytes = max(cache.peak_bytes, cache.nbytes())
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         q = hidden.shape[1]
         if not cache.prefilled and not layer.compressed and layer.stored_length() == q and q > 1:
