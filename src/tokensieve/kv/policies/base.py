@@ -14,8 +14,6 @@ from ..attention import LayerInputs
 
 class Policy:
     name = "base"
-    #: fraction of the context's tokens this layer keeps, relative to the overall ratio
-    #: (PyramidKV-style schedules override ``layer_share``).
     deferred = False       # True: score every layer first, then allocate one global pool
     head_adaptive = False  # True: heads of a layer keep different numbers of entries
 
@@ -23,7 +21,8 @@ class Policy:
         raise NotImplementedError
 
     def layer_share(self, layer_idx: int, num_layers: int) -> float:
-        """Multiplier on the layer's keep count (mean 1 over layers)."""
+        """Multiplier on the layer's keep count, mean 1 over the compressible layers
+        (PyramidKV-style schedules override it)."""
         return 1.0
 
     def __repr__(self) -> str:
