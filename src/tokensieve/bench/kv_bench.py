@@ -160,13 +160,22 @@ def pydoc_text() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
+_PYDOC_IDS: dict[int, list[int]] = {}
+
+
+def _pydoc_ids(tok) -> list[int]:
+    """The pydoc text tokenised once per tokenizer (it is ~1 MB)."""
+    if id(tok) not in _PYDOC_IDS:
+        _PYDOC_IDS[id(tok)] = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
+    return _PYDOC_IDS[id(tok)]
+
+
 @torch.no_grad()
 def fidelity(model, tok, method: str, ratio: float, context_tokens: int, cont_tokens: int = 128,
              offset: int = 0) -> dict:
     """Teacher-forced KL(full || compressed) and top-1 agreement over ``cont_tokens`` tokens
     that follow a compressed context of ``context_tokens`` pydoc tokens."""
-    ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
-    ids = ids[offset: offset + context_tokens + cont_tokens]
+    ids = _pydoc_ids(tok)[offset: offset + context_tokens + cont_tokens]
     dev = model.device
     ctx = torch.tensor([ids[:context_tokens]], device=dev)
     cont = torch.tensor([ids[context_tokens:]], device=dev)

@@ -123,10 +123,10 @@ class Plan:
         if scores is None:
             scores = self.policy.score(x)
         valid = x.valid if x.valid.dim() == 3 else x.valid[:, None, :]
-        forced = self.forced(x.valid if x.valid.dim() == 2 else x.valid.all(1), counts)
+        real = x.valid if x.valid.dim() == 2 else x.valid.all(1)
+        forced = self.forced(real, counts)
         s = scores.float().masked_fill(~valid, float("-inf"))
         s = s.masked_fill(forced[:, None, :], float("inf"))
-        real = x.valid if x.valid.dim() == 2 else x.valid.all(1)
         s = self._whole_scores(s, real)
         if self.policy.head_adaptive and s.shape[1] > 1:
             keep = self._select_heads(s, counts, forced) & valid
