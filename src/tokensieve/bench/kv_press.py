@@ -60,79 +60,34 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-
-def _streaming_llm(r: float):
-    from kvpress import StreamingLLMPress
-
-    return StreamingLLMPress(compression_ratio=r)
-
-
-def _snapkv(r: float):
-    from kvpress import SnapKVPress
-
-    return SnapKVPress(compression_ratio=r)
-
-
-def _tova(r: float):
-    from kvpress import TOVAPress
-
-    return TOVAPress(compression_ratio=r)
+# name -> (kvpress class, extra arguments, inner scorer press for wrappers)
+_PRESS_SPECS: dict[str, tuple[str, dict, str | None]] = {
+    "streaming_llm": ("StreamingLLMPress", {}, None),
+    "snapkv": ("SnapKVPress", {}, None),
+    "tova": ("TOVAPress", {}, None),
+    "knorm": ("KnormPress", {}, None),
+    "expected_attention": ("ExpectedAttentionPress", {}, None),
+    "observed_attention": ("ObservedAttentionPress", {}, None),
+    "pyramidkv": ("PyramidKVPress", {}, None),
+    "random": ("RandomPress", {"seed": 0}, None),
+    "chunkkv": ("ChunkKVPress", {"chunk_length": 20}, "SnapKVPress"),
+    "adakv": ("AdaKVPress", {}, "ExpectedAttentionPress"),
+}
 
 
-def _knorm(r: float):
-    from kvpress import KnormPress
+def _factory(cls: str, extra: dict, inner: str | None) -> Callable[[float], Any]:
+    def build(r: float):
+        import kvpress
 
-    return KnormPress(compression_ratio=r)
+        if inner is None:
+            return getattr(kvpress, cls)(compression_ratio=r, **extra)
+        return getattr(kvpress, cls)(press=getattr(kvpress, inner)(compression_ratio=r), **extra)
 
-
-def _expected_attention(r: float):
-    from kvpress import ExpectedAttentionPress
-
-    return ExpectedAttentionPress(compression_ratio=r)
-
-
-def _observed_attention(r: float):
-    from kvpress import ObservedAttentionPress
-
-    return ObservedAttentionPress(compression_ratio=r)
-
-
-def _pyramidkv(r: float):
-    from kvpress import PyramidKVPress
-
-    return PyramidKVPress(compression_ratio=r)
-
-
-def _random(r: float):
-    from kvpress import RandomPress
-
-    return RandomPress(compression_ratio=r, seed=0)
-
-
-def _chunkkv(r: float):
-    from kvpress import ChunkKVPress, SnapKVPress
-
-    return ChunkKVPress(press=SnapKVPress(compression_ratio=r), chunk_length=20)
-
-
-def _adakv(r: float):
-    from kvpress import AdaKVPress, ExpectedAttentionPress
-
-    return AdaKVPress(press=ExpectedAttentionPress(compression_ratio=r))
+    return build
 
 
 KVPRESS_PRESSES: dict[str, Callable[[float], Any]] = {
-    "streaming_llm": _streaming_llm,
-    "snapkv": _snapkv,
-    "tova": _tova,
-    "knorm": _knorm,
-    "expected_attention": _expected_attention,
-    "observed_attention": _observed_attention,
-    "pyramidkv": _pyramidkv,
-    "random": _random,
-    "chunkkv": _chunkkv,
-    "adakv": _adakv,
-}
+    name: _factory(*spec) for name, spec in _PRESS_SPECS.items()}
 NO_PRESS = ("no_press", "none")  # names for the uncompressed baseline through the same pipeline
 NEEDS_EAGER = frozenset({"observed_attention"})
 
