@@ -118,9 +118,9 @@ def test_gemma_kv_compression(gemma, report_text):
     ids = tok(report_text, return_tensors="pt")
     with torch.no_grad():
         ref = model.generate(**ids, max_new_tokens=8, do_sample=False)
-        with kv.compress(model, "default", ratio=0.0):
+        with kv.compress(model, "default", keep=1.0):
             same = model.generate(**ids, max_new_tokens=8, do_sample=False)
-        with kv.compress(model, "default", ratio=0.75) as s:
+        with kv.compress(model, "default", keep=0.25) as s:
             out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert torch.equal(ref, same)
     assert out.shape[1] > ids["input_ids"].shape[1]
@@ -130,9 +130,9 @@ def test_gemma_kv_compression(gemma, report_text):
     t = ids["input_ids"].shape[1]
     for layer in full:
         assert layer.keys.shape[-2] == round(t * 0.25) + (out.shape[1] - t - 1)
-    res = kv.answer(model, tok, report_text, ["What was the Q3 revenue?"], ratio=0.5,
+    res = kv.answer(model, tok, report_text, ["What was the Q3 revenue?"], keep=0.5,
                     max_new_tokens=8)
     assert res.answers[0].strip()
-    full = kv.answer(model, tok, report_text, ["What was the Q3 revenue?"], ratio=0.0,
+    full = kv.answer(model, tok, report_text, ["What was the Q3 revenue?"], keep=1.0,
                      max_new_tokens=2)
     assert full.stored_bytes == full.full_bytes

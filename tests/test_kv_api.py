@@ -14,8 +14,8 @@ from tokensieve import InputError, UsageError, kv
 def test_answer_reuses_one_compressed_context(lm, report_text):
     model, tok = lm.model, lm.tokenizer
     qs = ["What was the Q3 revenue?", "How many paying sites does the subscription have?"]
-    full = kv.answer(model, tok, report_text, qs, ratio=0.0, max_new_tokens=16)
-    half = kv.answer(model, tok, report_text, qs, ratio=0.5, max_new_tokens=16)
+    full = kv.answer(model, tok, report_text, qs, keep=1.0, max_new_tokens=16)
+    half = kv.answer(model, tok, report_text, qs, keep=0.5, max_new_tokens=16)
     assert full.stored_bytes == full.full_bytes
     assert half.kept_fraction == pytest.approx(0.5, abs=0.01)
     # ratio 0 through the split context/question path == one plain generate on the prompt
@@ -26,7 +26,7 @@ def test_answer_reuses_one_compressed_context(lm, report_text):
                                do_sample=False)
     assert full.answers[1] == tok.decode(plain[0, ids.shape[1]:], skip_special_tokens=True)
     assert len(half.answers) == 2 and all(a.strip() for a in half.answers)
-    aware = kv.answer(model, tok, report_text, qs[1:], ratio=0.75, query_aware=True,
+    aware = kv.answer(model, tok, report_text, qs[1:], keep=0.25, query_aware=True,
                       max_new_tokens=16)
     assert aware.answers[0].strip()
     assert aware.kept_fraction < 0.35  # context + question stored, a quarter of the context
@@ -34,7 +34,7 @@ def test_answer_reuses_one_compressed_context(lm, report_text):
 
 def test_protected_span_survives_every_layer():
     model = tiny_model("llama")
-    with kv.compress(model, "knorm", ratio=0.9, protect=[(20, 30)]) as s, torch.no_grad():
+    with kv.compress(model, "knorm", keep=0.1, protect=[(20, 30)]) as s, torch.no_grad():
         model(random_ids(100))
     for layer in s.last_cache.layers:
         for h in range(layer.positions.shape[1]):
@@ -44,7 +44,7 @@ def test_protected_span_survives_every_layer():
 def test_max_size_caps_the_cache_during_generation():
     model = tiny_model("mistral")
     ids = random_ids(30)
-    with kv.compress(model, "tova", ratio=0.0, max_size=24) as s, torch.no_grad():
+    with kv.compress(model, "tova", keep=1.0, max_size=24) as s, torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
                              min_new_tokens=20, do_sample=False)
     cache = s.last_cache
@@ -55,7 +55,7 @@ def test_max_size_caps_the_cache_during_generation():
 
 def test_tiny_context_keeps_at_least_one_entry():
     model = tiny_model("llama")
-    with kv.compress(model, "snapkv", ratio=0.9) as s, torch.no_grad():
+    with kv.compress(model, "snapkv", keep=0.1) as s, torch.no_grad():
         model(random_ids(3))
     assert all(layer.keys.shape[-2] >= 1 for layer in s.last_cache.layers)
 
@@ -65,18 +65,32 @@ def test_hooks_are_removed_after_the_block():
     ids = random_ids(40)
     with torch.no_grad():
         before = model(ids, use_cache=True).past_key_values
-        with kv.compress(model, ratio=0.5):
+        with kv.compress(model, keep=0.5):
             pass
         after = model(ids, use_cache=True).past_key_values
     assert type(before) is type(after) is not kv.CompressedCache
     assert not model._forward_pre_hooks and not model._forward_hooks
 
 
-@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, math.nan, "0.5", True, None])
-def test_bad_ratio(ratio):
-    with pytest.raises(UsageError, match=r"ratio .*\[0, 1\)"):
-        with kv.compress(tiny_model("llama"), ratio=ratio):
+@pytest.mark.parametrize("keep", [-0.1, 0.0, 1.5, math.nan, "0.5", True, None])
+def test_bad_keep(keep):
+    with pytest.raises(UsageError, match=r"keep .*\(0, 1\]"):
+        with kv.compress(tiny_model("llama"), keep=keep):
             pass
+
+
+def test_the_old_ratio_spelling_names_the_conversion():
+    """kv's ``ratio`` was the fraction removed; passing it must not silently invert."""
+    with pytest.raises(UsageError, match=r"keep=0.25"):
+        with kv.compress(tiny_model("llama"), ratio=0.75):
+            pass
+
+
+def test_answer_validates_before_running(lm):
+    with pytest.raises(UsageError, match="fraction of tokens to keep"):
+        kv.answer(lm.model, lm.tokenizer, "Some text.", ["Why?"], keep="0.5")
+    with pytest.raises(UsageError, match="unknown option"):
+        kv.answer(lm.model, lm.tokenizer, "Some text.", ["Why?"], colour="red")
 
 
 @pytest.mark.parametrize("bad", [{"policy": "h3o"}, {"max_size": 2}, {"sinks": -1},
@@ -119,7 +133,7 @@ def test_empty_context(lm):
         kv.answer(lm.model, lm.tokenizer, "Some text.", [""])
     model = tiny_model("llama")
     with pytest.raises(InputError, match="empty"):
-        with kv.compress(model, ratio=0.5), torch.no_grad():
+        with kv.compress(model, keep=0.5), torch.no_grad():
             model(torch.zeros(1, 0, dtype=torch.long))
 
 
@@ -127,7 +141,7 @@ def test_empty_context(lm):
 def test_whole_spans_are_never_cut(policy):
     model = tiny_model("llama")
     spans = [(10, 17), (30, 37), (50, 57), (70, 77)]
-    with kv.compress(model, policy, ratio=0.7, whole=spans) as s, torch.no_grad():
+    with kv.compress(model, policy, keep=0.3, whole=spans) as s, torch.no_grad():
         model(random_ids(100, seed=11))
     for layer in s.last_cache.layers:
         _, _, pos = layer.dense_view()
@@ -151,10 +165,10 @@ def test_spans_outside_the_context_or_over_budget():
 
     model = tiny_model("llama")
     with pytest.raises(UsageError, match="past the context, which has 50 tokens"):
-        with kv.compress(model, ratio=0.5, protect=[(40, 60)]), torch.no_grad():
+        with kv.compress(model, keep=0.5, protect=[(40, 60)]), torch.no_grad():
             model(random_ids(50))
     with pytest.raises(BudgetError, match="over by"):
-        with kv.compress(model, ratio=0.9, protect=[(0, 30)]), torch.no_grad():
+        with kv.compress(model, keep=0.1, protect=[(0, 30)]), torch.no_grad():
             model(random_ids(50))
 
 
@@ -163,7 +177,7 @@ def test_max_size_larger_than_the_context_evicts_nothing():
     ids = random_ids(30)
     ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
                          do_sample=False)
-    with kv.compress(model, ratio=0.0, max_size=1000) as s:
+    with kv.compress(model, keep=1.0, max_size=1000) as s:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
                              do_sample=False)
     assert torch.equal(ref, out)

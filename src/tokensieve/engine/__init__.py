@@ -1,14 +1,11 @@
-"""The engine every place shares: Scorer -> Budget -> Selector -> Action."""
+"""The engine every place shares: Scorer -> Budget -> Selector -> Action.
 
-from .budget import Budget
-from .merge import drop, merge_weighted
-from .select import select_threshold, select_top_k, select_under_budget
+``Budget`` says how many items to keep (``keep`` fraction or exact ``count``),
+``split_pool`` splits one pool across segments / layers, ``select_top_k`` (numpy or batched
+torch, forced items first) and ``select_under_budget`` (cost-aware) choose which.
+"""
 
-__all__ = [
-    "Budget",
-    "drop",
-    "merge_weighted",
-    "select_threshold",
-    "select_top_k",
-    "select_under_budget",
-]
+from .budget import Budget, split_pool
+from .select import select_top_k, select_under_budget
+
+__all__ = ["Budget", "select_top_k", "select_under_budget", "split_pool"]

@@ -1,4 +1,5 @@
-"""How many items to keep: a ratio, an exact count, or a score threshold."""
+"""How many items to keep: a fraction (``keep``) or an exact count, and how to split one
+pool of items across segments."""
 
 from __future__ import annotations
 
@@ -11,48 +12,49 @@ import numpy as np
 from ..errors import UsageError
 
 
+def check_keep(keep, name: str = "keep") -> float:
+    """``keep`` as a float in (0, 1], or a :class:`UsageError` naming the problem."""
+    bad_type = isinstance(keep, bool) or not isinstance(keep, numbers.Real)  # np.float32 too
+    if bad_type or math.isnan(keep) or not 0 < keep <= 1:
+        raise UsageError(
+            f"{name} is the fraction of tokens to keep and must be in (0, 1], got {keep!r}; "
+            "e.g. 0.25 keeps a quarter, 1.0 keeps everything."
+        )
+    return float(keep)
+
+
 @dataclass(frozen=True)
 class Budget:
-    """A keep-budget. Exactly one of ``ratio`` (fraction kept, in (0, 1]), ``count``
-    (items or tokens kept, > 0) or ``threshold`` (keep scores >= it) is set."""
+    """A keep-budget: exactly one of ``keep`` (the fraction kept, in (0, 1]; the same word
+    means the same thing in every place of the library) or ``count`` (items kept, > 0)."""
 
-    ratio: float | None = None
+    keep: float | None = None
     count: int | None = None
-    threshold: float | None = None
 
     def __post_init__(self) -> None:
-        given = [v is not None for v in (self.ratio, self.count, self.threshold)]
-        if sum(given) != 1:
-            raise UsageError("Give exactly one budget: a ratio, a target count or a threshold.")
-        if self.ratio is not None:
-            r = self.ratio
-            bad_type = isinstance(r, bool) or not isinstance(r, numbers.Real)  # np.float32 too
-            if bad_type or math.isnan(r) or not 0 < r <= 1:
-                raise UsageError(
-                    f"ratio must be a fraction of tokens to keep in (0, 1], got {r!r}; "
-                    "e.g. 0.33 keeps a third."
-                )
+        if (self.keep is None) == (self.count is None):
+            raise UsageError("Give exactly one budget: keep (a fraction) or a target count.")
+        if self.keep is not None:
+            check_keep(self.keep)
         if self.count is not None:
             c = self.count
             if isinstance(c, bool) or not isinstance(c, int | np.integer) or c <= 0:
                 raise UsageError(f"target must be a positive whole number of tokens, got {c!r}.")
 
     @classmethod
-    def from_options(cls, ratio: float | None, target: int | None, default_ratio: float = 0.5):
-        """Budget from user options; neither means ``default_ratio``."""
-        if ratio is not None and target is not None:
-            raise UsageError("Give either a ratio or a target token count, not both.")
-        if ratio is None and target is None:
-            return cls(ratio=default_ratio)
-        return cls(ratio=ratio) if ratio is not None else cls(count=target)
+    def from_options(cls, keep: float | None, target: int | None, default_keep: float = 0.5):
+        """Budget from user options; neither means ``default_keep``."""
+        if keep is not None and target is not None:
+            raise UsageError("Give either keep (a fraction) or a target token count, not both.")
+        if keep is None and target is None:
+            return cls(keep=default_keep)
+        return cls(keep=keep) if keep is not None else cls(count=target)
 
     def target(self, total: int) -> int:
-        """Items to keep out of ``total`` (never more than ``total``; ratio rounds down)."""
+        """Items to keep out of ``total`` (never more than ``total``; a fraction rounds down)."""
         if self.count is not None:
             return min(int(self.count), total)
-        if self.ratio is not None:
-            return min(total, int(math.floor(self.ratio * total + 1e-9)))
-        raise UsageError("A threshold budget has no target count; use select_threshold.")
+        return min(total, int(math.floor(self.keep * total + 1e-9)))
 
 
 def split_pool(total: int, weights: np.ndarray, caps: np.ndarray | None = None) -> np.ndarray:

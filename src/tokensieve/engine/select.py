@@ -1,33 +1,56 @@
 """Which items to keep given scores and a budget. Every selector returns a boolean mask in
-the items' original order, so the order of kept items is always preserved."""
+the items' original order, so the order of kept items is always preserved.
+
+``select_top_k`` works on numpy arrays and on torch tensors of any batch shape (rows of
+prompt units, or (batch, heads, entries) of a KV cache), with one count per row and forced
+items charged first. ``select_under_budget`` is the cost-aware variant (units of different
+token cost, as in prompt compression).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..errors import BudgetError
 
 
-def _order(scores: np.ndarray) -> np.ndarray:
-    """Indices from highest to lowest score; ties keep the earlier item first."""
-    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+def select_top_k(scores, k, forced=None, *, prefer: str = "early"):
+    """Keep the ``k`` highest scores along the last axis, forced items first and always.
 
-
-def select_top_k(scores: np.ndarray, k: int, forced: np.ndarray | None = None) -> np.ndarray:
-    """Keep the ``k`` highest-scoring items, forced items first (and always)."""
-    n = len(scores)
-    keep = np.zeros(n, dtype=bool) if forced is None else np.asarray(forced, dtype=bool).copy()
-    room = k - int(keep.sum())
-    if room > 0:
-        free = [i for i in _order(scores) if not keep[i]]
-        keep[free[:room]] = True
-    return keep
-
-
-def select_threshold(scores: np.ndarray, threshold: float, forced=None) -> np.ndarray:
-    """Keep items whose score is at least ``threshold`` (and forced items)."""
-    keep = np.asarray(scores) >= threshold
-    return keep | (np.asarray(forced, dtype=bool) if forced is not None else False)
+    ``scores`` (..., n) numpy or torch; ``k`` an int or one count per row (broadcastable to
+    ``scores.shape[:-1]``); ``forced`` a boolean mask broadcastable to ``scores``. Forced
+    items take their places in the count first; when more items are forced than ``k``, all
+    forced items are kept and nothing else. Ties keep the earlier item (``prefer="late"``:
+    the later one, e.g. the newer cache entry). NaN ranks below every number. Returns a
+    boolean mask of the same kind (numpy or torch) and shape as ``scores``.
+    """
+    if prefer not in ("early", "late"):
+        raise ValueError("prefer is 'early' or 'late'")
+    as_numpy = not torch.is_tensor(scores)
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float64)) if as_numpy else scores
+    s = torch.nan_to_num(s.double() if s.dtype == torch.float64 else s.float(),
+                         nan=float("-inf"))
+    f = None
+    if forced is not None:
+        f = torch.as_tensor(np.asarray(forced, dtype=bool)) if as_numpy else forced
+        f = f.to(device=s.device, dtype=torch.bool).expand_as(s)
+        s = s.masked_fill(f, float("inf"))
+    counts = torch.as_tensor(k, device=s.device).long().clamp_min(0)
+    if counts.dim() == 0:
+        counts = counts.expand(s.shape[:-1])
+    n = s.shape[-1]
+    if prefer == "late":
+        s = s.flip(-1)
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(n, device=s.device).expand_as(order).contiguous())
+    keep = ranks < counts[..., None]
+    if prefer == "late":
+        keep = keep.flip(-1)
+    if f is not None:
+        keep |= f
+    return keep.cpu().numpy() if as_numpy else keep
 
 
 def select_under_budget(
@@ -57,7 +80,7 @@ def select_under_budget(
             f"protected items alone need {used:g} but the budget is {capacity:g} "
             f"(over by {used - capacity:g})"
         )
-    for i in _order(scores):
+    for i in np.argsort(-scores, kind="stable"):
         if keep[i]:
             continue
         if used + costs[i] <= capacity:

@@ -4,14 +4,15 @@ call) and ``kv.answer`` (compress a context once, answer many questions from it)
 from __future__ import annotations
 
 import copy
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from ..engine.budget import check_keep
 from ..errors import InputError, UsageError
+from ..spans import token_spans, value_spans
 from .attention import SUPPORTED_ARCHITECTURES, attention_modules
 from .cache import CompressedCache, CompressedLayer
 from .hooks import CompressionHooks
@@ -45,23 +46,53 @@ class Session:
         return self.last_cache
 
 
+_ACTIVE = "_tokensieve_kv_active"
+PLAN_OPTIONS = ("sinks", "recent", "window", "protect", "whole", "max_size", "seed")
+
+
+def _refuse_ratio(ratio) -> None:
+    if ratio is not None:
+        hint = ""
+        if isinstance(ratio, int | float) and not isinstance(ratio, bool) and 0 <= ratio < 1:
+            hint = f" (ratio={ratio!r} removed {ratio:g} of the cache: that is keep={1 - ratio:g})"
+        raise UsageError(
+            "KV compression takes keep= (the fraction of the cache to keep, as everywhere in "
+            f"tokensieve), not ratio={ratio!r}{hint}.")
+
+
 @contextmanager
-def compress(model, policy="default", ratio: float = 0.5, *, sinks: int = 4, recent: int = 32,
+def compress(model, policy="default", keep: float = 0.5, *, sinks: int = 4, recent: int = 32,
              window: int = 32, protect=None, whole=None, max_size: int | None = None,
-             seed: int = 0):
+             seed: int = 0, ratio=None):
     """Inside the block, every ``generate`` / forward call with a cache compresses the
-    context's KV at prefill, keeping ``1 - ratio`` of it; ``max_size`` also caps the cache
-    during generation. ``protect`` spans (token positions) are never evicted; ``whole`` spans
-    are kept or evicted as a unit. Leaving the block removes every hook."""
+    context's KV at prefill, keeping the fraction ``keep`` of it (1.0 = untouched);
+    ``max_size`` also caps the cache during generation. ``protect`` spans (token positions)
+    are never evicted; ``whole`` spans are kept or evicted as a unit. Leaving the block
+    removes every hook.
+
+    The hooks act on the model object: one block per model at a time (a nested or
+    concurrent block on the same model raises :class:`UsageError`); use one model object
+    per thread to compress in parallel."""
+    _refuse_ratio(ratio)
     check_model(model)
-    plan = Plan.build(policy, ratio, sinks=sinks, recent=recent, window=window,
+    plan = Plan.build(policy, keep, sinks=sinks, recent=recent, window=window,
                       protect=protect, whole=whole, max_size=max_size, seed=seed)
+    if getattr(model, _ACTIVE, False):
+        raise UsageError("this model is already inside a kv.compress() block; blocks cannot be "
+                         "nested on one model (the hooks act on the model object). Leave the "
+                         "first block, or use a second copy of the model.")
     session = Session(model, plan)
-    hooks = CompressionHooks(model, session.new_cache)
+    setattr(model, _ACTIVE, True)
+    try:
+        hooks = CompressionHooks(model, session.new_cache)
+    except BaseException:
+        setattr(model, _ACTIVE, False)
+        raise
     try:
         yield session
     finally:
         hooks.remove()
+        setattr(model, _ACTIVE, False)
 
 
 @dataclass
@@ -104,19 +135,14 @@ def chat_parts(tokenizer, context: str, question: str) -> tuple[list[int], list[
 
 def number_spans(tokenizer, context: str, question: str = "?") -> list[tuple[int, int]]:
     """Token spans of the context part (as ``chat_parts`` cuts it) that hold one number or
-    ID of several tokens (digits, with inner . , - : /), so they can be kept whole."""
+    ID of several tokens (``tokensieve.spans``: 12.5, 2024-01-15, Z9K6-4842, PX-1234), so
+    they can be kept whole."""
     ctx_ids, _ = chat_parts(tokenizer, context, question)
     text = tokenizer.decode(ctx_ids)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     if enc["input_ids"] != ctx_ids:  # offsets only when the ids round-trip exactly
         return []
-    offsets = enc["offset_mapping"]
-    spans = []
-    for m in re.finditer(r"\d+(?:[.,:/-]\d+)*", text):
-        toks = [i for i, (a, b) in enumerate(offsets) if a < m.end() and b > m.start()]
-        if len(toks) > 1:
-            spans.append((toks[0], toks[-1] + 1))
-    return spans
+    return token_spans(enc["offset_mapping"], value_spans(text))
 
 
 def _full_bytes(model, n_tokens: int) -> int:
@@ -133,12 +159,20 @@ def _full_bytes(model, n_tokens: int) -> int:
 
 @torch.no_grad()
 def answer(model, tokenizer, context: str, questions: list[str], *, policy="default",
-           ratio: float = 0.5, max_new_tokens: int = 32, query_aware: bool = False,
-           whole_numbers: bool = True, **options) -> Answers:
+           keep: float = 0.5, max_new_tokens: int = 32, query_aware: bool = False,
+           whole_numbers: bool = True, ratio=None, **options) -> Answers:
     """Compress ``context`` once (without seeing the questions) and answer every question
     from a copy of that compressed cache, greedily. ``query_aware=True`` instead compresses
     context + question together for each question (reported separately in benchmarks).
     ``whole_numbers`` keeps multi-token numbers and IDs whole (or drops them whole)."""
+    _refuse_ratio(ratio)
+    keep = check_keep(keep)
+    check_model(model)
+    unknown = sorted(set(options) - set(PLAN_OPTIONS))
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join(unknown)} for kv.answer; the compression "
+                         f"options are: {', '.join(PLAN_OPTIONS)}.")
+    Plan.build(policy, keep, **dict(options))  # bad options fail before any model call
     if not isinstance(context, str) or not context.strip():
         raise InputError("The context is empty: give the text whose KV cache should be compressed.")
     if isinstance(questions, str):
@@ -147,35 +181,38 @@ def answer(model, tokenizer, context: str, questions: list[str], *, policy="defa
         raise InputError("Give at least one non-empty question.")
     device = next(model.parameters()).device
     ctx_ids, _ = chat_parts(tokenizer, context, questions[0])
-    if whole_numbers and ratio > 0:
+    if whole_numbers and keep < 1:
         given = list(options.get("whole") or ())
         options["whole"] = given + number_spans(tokenizer, context, questions[0])
-    outs, prefill_s, decode_s, stored = [], 0.0, 0.0, 0
-    with compress(model, policy, ratio, **options) as session:
-        base = None
-        if not query_aware:
+    outs, timing = [], {"prefill": 0.0, "decode": 0.0}
+
+    def generate(ids, cache=None) -> None:
+        t0 = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                             max_new_tokens=max_new_tokens, do_sample=False)
+        timing["decode"] += time.perf_counter() - t0
+        outs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+    if query_aware:  # each question gets its own plan: answers never depend on the order
+        for q in questions:
+            _, q_ids = chat_parts(tokenizer, context, q)
+            own = dict(options)
+            own["recent"] = max(options.get("recent", 32), len(q_ids))
+            own["window"] = max(options.get("window", 32), len(q_ids))
+            with compress(model, policy, keep, **own) as session:
+                generate(torch.tensor([ctx_ids + q_ids], device=device))
+            stored = session.last_cache.nbytes()
+    else:
+        with compress(model, policy, keep, **options) as session:
             t0 = time.perf_counter()
             model(input_ids=torch.tensor([ctx_ids], device=device), use_cache=True,
                   logits_to_keep=1)  # only the cache is wanted, not T x vocab logits
-            prefill_s += time.perf_counter() - t0
+            timing["prefill"] += time.perf_counter() - t0
             base = session.last_cache
             stored = base.nbytes()
-        for q in questions:
-            _, q_ids = chat_parts(tokenizer, context, q)
-            ids = torch.tensor([ctx_ids + q_ids], device=device)
-            t0 = time.perf_counter()
-            if query_aware:
-                session.plan.recent = max(session.plan.recent, len(q_ids))
-                session.plan.window = max(session.plan.window, len(q_ids))
-                out = model.generate(ids, attention_mask=torch.ones_like(ids),
-                                     max_new_tokens=max_new_tokens, do_sample=False)
-                stored = session.last_cache.nbytes()
-            else:
-                cache = copy.deepcopy(base)
-                out = model.generate(ids, attention_mask=torch.ones_like(ids),
-                                     past_key_values=cache, max_new_tokens=max_new_tokens,
-                                     do_sample=False)
-            decode_s += time.perf_counter() - t0
-            outs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            for q in questions:
+                _, q_ids = chat_parts(tokenizer, context, q)
+                generate(torch.tensor([ctx_ids + q_ids], device=device), copy.deepcopy(base))
+    prefill_s, decode_s = timing["prefill"], timing["decode"]
     return Answers(outs, len(ctx_ids), stored, _full_bytes(model, len(ctx_ids)),
                    prefill_s, decode_s)

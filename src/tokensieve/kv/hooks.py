@@ -17,7 +17,7 @@ from transformers.cache_utils import Cache
 from ..errors import InputError
 from .attention import LayerInputs, attention_modules
 from .cache import CompressedCache, CompressedLayer
-from .plan import Plan, ranked_keep
+from .plan import Plan, Slots
 
 
 def _allowed(mask: torch.Tensor) -> torch.Tensor:
@@ -76,6 +76,8 @@ class CompressionHooks:
         if ids is not None and ids.shape[1] == 0:
             raise InputError("The context is empty (0 tokens): there is no KV cache to compress.")
         cache = kwargs.get("past_key_values")
+        if isinstance(cache, CompressedCache):
+            cache.shared.clear()  # per-forward policy state (ChunkKV's shared ranking)
         if kwargs.get("use_cache") is False or isinstance(cache, CompressedCache):
             return None
         if cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
@@ -146,7 +148,7 @@ class CompressionHooks:
         if module.layer_idx == cache.compressible_layers()[0]:
             plan.check_context(n_real)
         cache.n_real, cache.row_start = n_real, valid.shape[1] - n_real
-        if plan.ratio == 0:
+        if plan.keep >= 1:
             return  # nothing removed: the cache stays exactly what the model wrote
         x = self._inputs(module, kwargs, cache, hidden, layer.keys, layer.values, valid)
         scores = plan.policy.score(x)
@@ -159,6 +161,9 @@ class CompressionHooks:
         layer.keep(plan.select(x, counts, scores))
 
     def _evict_decode(self, module, kwargs, cache, layer, hidden):
+        """Cap the layer at ``max_size`` entries per head with the prefill's rules: user
+        spans, sinks and the newest tokens are forced, whole spans stay whole, ties go to
+        the newer entry."""
         plan = cache.plan
         keys, values, positions = layer.dense_view()
         valid = layer.slot_valid()
@@ -167,13 +172,10 @@ class CompressionHooks:
             else valid.expand(b, h, s)
         x = self._inputs(module, kwargs, cache, hidden, keys, values, valid)
         counts = torch.full((b,), plan.max_size, dtype=torch.long, device=keys.device)
-        # protection by position: the first `sinks` real tokens and the `recent` newest ones
-        start = cache.row_start[:, None, None]
-        recent = positions >= layer.seen - plan.recent
-        forced = valid & ((positions < start + plan.sinks) | recent)
-        scores = plan.policy.score(x).float()
-        scores = scores.masked_fill(~valid, float("-inf")).masked_fill(forced, float("inf"))
-        layer.keep(ranked_keep(scores, counts[:, None]) & valid)
+        row_start = cache.row_start if cache.row_start is not None else \
+            torch.zeros(b, dtype=torch.long, device=keys.device)
+        slots = Slots.stored(valid, positions, row_start.to(keys.device), layer.seen)
+        layer.keep(plan.select(x, counts, slots=slots, prefer="late"))
 
 
 def finish_global(cache: CompressedCache) -> None:

@@ -1,44 +1,62 @@
-"""How much of a layer to keep and which entries: Budget (ratio, per-layer share) ->
-protection (sinks, recent window, user spans, charged first) -> selection (per head, or
-jointly over heads / layers for adaptive policies)."""
+"""How much of a layer to keep and which entries: budget (``keep`` fraction, per-layer
+share, ``max_size`` cap) -> protection (sinks, recent window, user spans, charged first) ->
+selection (the engine's forced-first top-k, per head, or jointly over heads / layers for
+adaptive policies). The same rules apply at prefill and at decode-time eviction."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..engine.budget import split_pool
+from ..engine.budget import check_keep, split_pool
+from ..engine.select import select_top_k
 from ..errors import BudgetError, UsageError
+from ..spans import check_spans
 from .attention import LayerInputs
 from .policies import Policy, get_policy
 
 
-def ranked_keep(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Keep the ``counts[...]`` highest scores along the last axis (stable: earlier first on
-    ties). ``scores`` (..., T), ``counts`` broadcastable to scores.shape[:-1]."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
-                   .expand_as(order).contiguous())
-    return ranks < counts[..., None]
+@dataclass
+class Slots:
+    """Where the slots of one layer stand: ``valid`` (B, H|1, T) real entries (not padding
+    or filler), ``rank`` (B, H|1, T) each slot's position among the row's real context tokens
+    (0 = first real token), ``seen`` (B,) real tokens the row has seen so far."""
+
+    valid: torch.Tensor
+    rank: torch.Tensor
+    seen: torch.Tensor
+
+    @classmethod
+    def prefill(cls, valid: torch.Tensor) -> Slots:
+        """Slots of a fresh prefill: ``valid`` (B, T) or (B, H, T)."""
+        v = valid if valid.dim() == 3 else valid[:, None, :]
+        real = v.any(1, keepdim=True)
+        return cls(v, real.long().cumsum(-1) - 1, real.sum(-1)[:, 0])
+
+    @classmethod
+    def stored(cls, valid: torch.Tensor, positions: torch.Tensor, row_start: torch.Tensor,
+               seen: int) -> Slots:
+        """Slots of a stored layer: token ``positions`` (B, H, S), first real position of
+        each row ``row_start`` (B,), ``seen`` tokens so far (padding included)."""
+        return cls(valid, positions - row_start[:, None, None], seen - row_start)
 
 
 @dataclass
 class Plan:
-    """What a compressed cache does: the policy, the fraction removed, and what is protected.
+    """What a compressed cache does: the policy, the fraction kept, and what is protected.
 
-    ``ratio`` is the fraction of the context's entries *removed* (kvpress's convention):
-    0.75 keeps a quarter. ``sinks`` first and ``recent`` last tokens are never evicted,
-    nor any token span in ``protect`` (start, end) in context-token positions. Spans in
-    ``whole`` (multi-token numbers, IDs) are kept whole or evicted whole, never cut.
-    ``max_size`` caps the entries per head during generation (decode-time eviction).
+    ``keep`` is the fraction of the context's entries *kept* (the library-wide convention):
+    0.25 keeps a quarter, 1.0 keeps everything (nothing is touched). ``sinks`` first and
+    ``recent`` last tokens are never evicted (both shrink to fit small budgets), nor any
+    token span in ``protect`` (start, end) in context-token positions. Spans in ``whole``
+    (multi-token numbers, IDs) are kept whole or evicted whole, never cut. ``max_size`` caps
+    the entries per head during generation (decode-time eviction, same rules).
     """
 
     policy: Policy
-    ratio: float
+    keep: float
     sinks: int = 4
     recent: int = 32
     window: int = 32
@@ -46,42 +64,25 @@ class Plan:
     whole: tuple[tuple[int, int], ...] = ()
     max_size: int | None = None
     seed: int = 0
-    shared: dict = field(default_factory=dict)
 
     @classmethod
-    def build(cls, policy="default", ratio=0.5, **kw) -> Plan:
-        bad = isinstance(ratio, bool) or not isinstance(ratio, int | float) or math.isnan(ratio)
-        if bad or not 0 <= ratio < 1:
-            raise UsageError(
-                f"ratio is the fraction of the KV cache to remove and must be in [0, 1), "
-                f"got {ratio!r}; e.g. ratio=0.75 keeps a quarter of the context's entries.")
+    def build(cls, policy="default", keep=0.5, **kw) -> Plan:
+        keep = check_keep(keep)
         for name in ("sinks", "recent", "window"):
             v = kw.get(name, 1)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise UsageError(f"{name} must be a whole number >= 0, got {v!r}.")
+        sinks = kw.get("sinks", 4)
         ms = kw.get("max_size")
-        if ms is not None and (isinstance(ms, bool) or not isinstance(ms, int)
-                               or ms <= kw.get("sinks", 4) + 1):
-            raise UsageError(f"max_size must be a whole number of entries larger than the sink "
-                             f"tokens, got {ms!r}.")
-        protect = cls._spans("protect", kw.pop("protect", None))
-        whole = cls._spans("whole", kw.pop("whole", None))
-        return cls(policy=get_policy(policy), ratio=float(ratio), protect=protect, whole=whole,
-                   **kw)
+        if ms is not None and (isinstance(ms, bool) or not isinstance(ms, int) or ms <= sinks):
+            raise UsageError(f"max_size must be a whole number of entries larger than the "
+                             f"{sinks} sink tokens (so the newest token always fits), got {ms!r}.")
+        protect = tuple(check_spans(kw.pop("protect", None), "protect", unit="token positions"))
+        whole = tuple(check_spans(kw.pop("whole", None), "whole", unit="token positions"))
+        return cls(policy=get_policy(policy), keep=keep, protect=protect, whole=whole, **kw)
 
-    @staticmethod
-    def _spans(name: str, spans) -> tuple[tuple[int, int], ...]:
-        out = []
-        for span in spans or ():
-            try:
-                a, b = (int(v) for v in span)
-            except (TypeError, ValueError):
-                raise UsageError(
-                    f"{name} takes (start, end) token positions, got {span!r}.") from None
-            if not 0 <= a < b:
-                raise UsageError(f"{name} span {span!r} must satisfy 0 <= start < end.")
-            out.append((a, b))
-        return tuple(out)
+    def protected_count(self) -> int:
+        return len({i for a, b in self.protect for i in range(a, b)})
 
     def check_context(self, n_real: torch.Tensor) -> None:
         """User spans must lie inside the context, and protected ones fit the budget."""
@@ -90,100 +91,152 @@ class Plan:
             if b > shortest:
                 raise UsageError(f"span ({a}, {b}) reaches past the context, which has "
                                  f"{shortest} tokens; give positions inside it.")
-        protected = len({i for a, b in self.protect for i in range(a, b)})
-        budget = int(round(shortest * (1 - self.ratio)))
+        protected = self.protected_count()
+        budget = self.budget(shortest)
         if protected > budget:
             raise BudgetError(
                 f"protected spans hold {protected} tokens but the budget keeps {budget} of "
-                f"{shortest} (over by {protected - budget}); lower the ratio or protect less.")
+                f"{shortest} (over by {protected - budget}); raise keep or protect less.")
+        if self.max_size is not None and protected >= self.max_size:
+            raise BudgetError(
+                f"protected spans hold {protected} tokens but max_size caps the cache at "
+                f"{self.max_size} entries (the newest token needs one); raise max_size or "
+                "protect less.")
 
     # --- budget --------------------------------------------------------------------------
-    def keep_counts(self, n_real: torch.Tensor, layer_idx: int, num_layers: int) -> torch.Tensor:
-        """Entries per head this layer keeps for each row (B,)."""
-        share = self.policy.layer_share(layer_idx, num_layers)
-        kept = torch.round(n_real.double() * (1 - self.ratio) * share).long()
-        return torch.minimum(kept.clamp_min(1), n_real)
+    def budget(self, n: int) -> int:
+        """Entries per head one layer keeps on average for a context of ``n`` tokens."""
+        return min(n, max(1, int(round(n * self.keep))))
 
-    def forced(self, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """(B, T) entries that must stay: sinks, recent window, user spans. Sinks and window
-        shrink to fit small budgets; user spans never do."""
-        rank = valid.long().cumsum(-1) - 1
-        n = valid.sum(-1, keepdim=True)
-        c = counts[:, None]
-        sinks = torch.clamp(c, max=self.sinks)
-        recent = torch.clamp(c - sinks, min=0, max=self.recent)
-        keep = valid & ((rank < sinks) | (rank >= n - recent))
+    def keep_counts(self, n_real: torch.Tensor, layer: int, num_layers: int) -> torch.Tensor:
+        """Entries per head layer number ``layer`` (of ``num_layers`` compressible ones)
+        keeps for each row (B,). Per-layer shares (PyramidKV) split the same total pool."""
+        shares = np.array([self.policy.layer_share(i, num_layers) for i in range(num_layers)])
+        out = []
+        for n in n_real.tolist():
+            if np.allclose(shares, 1.0):
+                out.append(self.budget(n))
+            else:
+                # one entry each first, so no layer is left empty and the pool still holds
+                alloc = split_pool((self.budget(n) - 1) * num_layers, shares,
+                                   caps=np.full(num_layers, n - 1))
+                out.append(1 + int(alloc[layer]))
+        return torch.tensor(out, dtype=torch.long, device=n_real.device)
+
+    def forced(self, slots: Slots, counts: torch.Tensor) -> torch.Tensor:
+        """(B, H|1, T) entries that must stay: user spans, then sinks and the recent window,
+        which shrink so that everything forced fits ``counts`` (B,)."""
+        rank, valid = slots.rank, slots.valid
+        user = torch.zeros_like(valid)
         for a, b in self.protect:
-            keep |= valid & (rank >= a) & (rank < b)
-        return keep
+            user |= valid & (rank >= a) & (rank < b)
+        room = (counts[:, None, None] - user.sum(-1, keepdim=True)).clamp_min(0)
+        sinks = room.clamp(max=self.sinks)
+        recent = (room - sinks).clamp(min=0, max=self.recent)
+        n = slots.seen[:, None, None]
+        return user | (valid & ((rank < sinks) | (rank >= n - recent)))
 
     # --- selection -----------------------------------------------------------------------
-    def select(self, x: LayerInputs, counts: torch.Tensor, scores: torch.Tensor | None = None):
-        """Keep mask (B, H, T) for one layer keeping ``counts`` (B,) entries per head."""
+    def select(self, x: LayerInputs, counts: torch.Tensor, scores: torch.Tensor | None = None,
+               slots: Slots | None = None, prefer: str = "early") -> torch.Tensor:
+        """Keep mask (B, H, T) for one layer keeping ``counts`` (B,) entries per head.
+        ``prefer="late"`` breaks ties toward newer entries (decode-time eviction)."""
         if scores is None:
             scores = self.policy.score(x)
-        valid = x.valid if x.valid.dim() == 3 else x.valid[:, None, :]
-        real = x.valid if x.valid.dim() == 2 else x.valid.all(1)
-        forced = self.forced(real, counts)
+        slots = slots or Slots.prefill(x.valid)
+        valid = slots.valid.expand_as(scores)
+        forced = self.forced(slots, counts) & valid
+        spans = self._span_ids(slots)
+        forced = self._whole_forced(forced, slots, spans)
         s = scores.float().masked_fill(~valid, float("-inf"))
-        s = s.masked_fill(forced[:, None, :], float("inf"))
-        s = self._whole_scores(s, real)
+        s = self._whole_scores(s, spans)
         if self.policy.head_adaptive and s.shape[1] > 1:
-            keep = self._select_heads(s, counts, forced) & valid
+            keep = self._select_heads(s, counts, forced, prefer)
         else:
-            keep = (ranked_keep(s, counts[:, None]) | forced[:, None, :]) & valid
-        return self._whole_keep(keep, real)
+            keep = select_top_k(s, counts[:, None], forced, prefer=prefer)
+        return self._whole_keep(keep & valid, forced, spans)
 
-    def _span_ids(self, real: torch.Tensor) -> torch.Tensor:
-        """(B, T) index of the ``whole`` span each token is in, -1 outside every span."""
-        starts = torch.tensor([a for a, _ in sorted(self.whole)], device=real.device)
-        ends = torch.tensor([b for _, b in sorted(self.whole)], device=real.device)
-        rank = real.long().cumsum(-1) - 1
-        idx = torch.searchsorted(starts, rank, right=True) - 1
-        inside = real & (idx >= 0) & (rank < ends[idx.clamp_min(0)])
-        return torch.where(inside, idx, -1)
-
-    def _whole_scores(self, s: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Every token of a whole span gets the span's best score (ties: earlier first)."""
+    def _span_ids(self, slots: Slots) -> torch.Tensor | None:
+        """(B, H|1, T) 1 + index of the ``whole`` span each slot is in, 0 outside spans."""
         if not self.whole:
+            return None
+        rank = slots.rank
+        starts = torch.tensor([a for a, _ in self.whole], device=rank.device)
+        ends = torch.tensor([b for _, b in self.whole], device=rank.device)
+        idx = torch.searchsorted(starts, rank.contiguous(), right=True) - 1
+        inside = slots.valid & (idx >= 0) & (rank < ends[idx.clamp_min(0)])
+        return torch.where(inside, idx + 1, 0)
+
+    def _span_stats(self, mask: torch.Tensor, spans: torch.Tensor):
+        """Per span (index 0 = outside spans): how many slots of ``mask`` it holds, and its
+        size, as (B, H, n_spans + 1) each."""
+        ids = spans.expand_as(mask)
+        zeros = torch.zeros((*mask.shape[:2], len(self.whole) + 1), device=mask.device)
+        return (zeros.scatter_add(-1, ids, mask.float()),
+                zeros.scatter_add(-1, ids, (ids > 0).float()))
+
+    def _whole_forced(self, forced: torch.Tensor, slots: Slots,
+                      spans: torch.Tensor | None) -> torch.Tensor:
+        """A whole span the sink or recent window cuts through is not forced at all (it then
+        competes as a unit); one holding user-protected text is forced whole."""
+        if spans is None:
+            return forced
+        ids = spans.expand_as(forced)
+        user = torch.zeros_like(slots.valid)
+        for a, b in self.protect:
+            user |= slots.valid & (slots.rank >= a) & (slots.rank < b)
+        n_forced, size = self._span_stats(forced, spans)
+        n_user, _ = self._span_stats(user.expand_as(forced), spans)
+        cut = (n_forced > 0) & (n_forced < size)
+        cut[..., 0] = False
+        whole_user = n_user > 0
+        whole_user[..., 0] = False
+        forced = forced & ~torch.gather(cut, -1, ids)
+        return forced | (torch.gather(whole_user, -1, ids) & slots.valid.expand_as(forced))
+
+    def _whole_scores(self, s: torch.Tensor, spans: torch.Tensor | None) -> torch.Tensor:
+        """Every slot of a whole span gets the span's best score (ties: earlier first)."""
+        if spans is None:
             return s
-        ids = (self._span_ids(real) + 1)[:, None, :].expand_as(s)      # 0 = no span
+        ids = spans.expand_as(s)
         best = torch.full((*s.shape[:2], len(self.whole) + 1), float("-inf"), device=s.device)
         best = best.scatter_reduce(-1, ids, s, reduce="amax")
         return torch.where(ids > 0, torch.gather(best, -1, ids), s)
 
-    def _whole_keep(self, keep: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """A span the budget cut in two is dropped whole."""
-        if not self.whole:
+    def _whole_keep(self, keep: torch.Tensor, forced: torch.Tensor,
+                    spans: torch.Tensor | None) -> torch.Tensor:
+        """A span the budget cut in two loses its unforced slots (forced ones always stay)."""
+        if spans is None:
             return keep
-        ids = (self._span_ids(real) + 1)[:, None, :].expand_as(keep)
-        zeros = torch.zeros((*keep.shape[:2], len(self.whole) + 1), device=keep.device)
-        kept = zeros.scatter_add(-1, ids, keep.float())
-        size = zeros.scatter_add(-1, ids, torch.ones_like(keep, dtype=torch.float32))
+        ids = spans.expand_as(keep)
+        kept, size = self._span_stats(keep, spans)
         cut = (kept > 0) & (kept < size)
         cut[..., 0] = False
-        return keep & ~torch.gather(cut, -1, ids)
+        return (keep & ~torch.gather(cut, -1, ids)) | (forced & keep)
 
-    def _select_heads(self, s: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor):
+    def _select_heads(self, s: torch.Tensor, counts: torch.Tensor, forced: torch.Tensor,
+                      prefer: str) -> torch.Tensor:
         """AdaKV: a floor per head, then the rest of the layer's pool by score over heads."""
         b, h, t = s.shape
         floor = torch.ceil(counts.double() * self.policy.floor).long()
-        keep = ranked_keep(s, floor[:, None]) | forced[:, None, :]
+        keep = select_top_k(s, floor[:, None], forced, prefer=prefer)
         rest = (counts * h - keep.sum((1, 2))).clamp_min(0)
         flat = s.masked_fill(keep, float("-inf")).reshape(b, h * t)
-        keep |= ranked_keep(flat, rest).reshape(b, h, t) & torch.isfinite(s)
+        keep |= select_top_k(flat, rest, prefer=prefer).reshape(b, h, t) & torch.isfinite(s)
         return keep
 
     def allocate_layers(self, informativeness: dict[int, torch.Tensor],
                         n_real: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Split one pool (ratio x tokens x layers) across layers by informativeness (B,)."""
+        """Split one pool (budget x layers) across layers by informativeness (B,); every
+        layer keeps at least sinks + recent (capped by its mean budget, so the pool holds)."""
         layers = sorted(informativeness)
         out = {i: torch.zeros_like(n_real) for i in layers}
         for row in range(n_real.shape[0]):
             n = int(n_real[row])
-            total = int(round(n * (1 - self.ratio))) * len(layers)
+            per_layer = self.budget(n)
+            total = per_layer * len(layers)
             w = np.array([float(informativeness[i][row]) for i in layers])
-            floor = min(n, self.sinks + self.recent)
+            floor = min(per_layer, self.sinks + self.recent)
             alloc = split_pool(total - floor * len(layers), w,
                                caps=np.full(len(layers), n - floor)) + floor
             for i, a in zip(layers, alloc, strict=True):

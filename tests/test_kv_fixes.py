@@ -1,0 +1,137 @@
+"""Regression tests for what review found in kv (issue 8): each failed before its fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kv_models import random_ids, tiny_model
+from transformers import DynamicCache
+
+from tokensieve import UsageError, kv
+from tokensieve.kv.attention import LayerInputs
+from tokensieve.kv.policies import POLICIES
+
+
+def _positions(layer) -> list[set[int]]:
+    """Stored token positions of each head of batch row 0."""
+    _, _, pos = layer.dense_view()
+    valid = layer.slot_valid()
+    return [set((pos[0, h][valid[0, h]] if valid is not None else pos[0, h]).tolist())
+            for h in range(pos.shape[1])]
+
+
+@torch.no_grad()
+def _reference_decode(model, ids, steps, visible):
+    """Greedy decoding with the FULL cache and an explicit mask: the query at position p
+    sees only ``visible(p)``; returns the tokens and the logits of every step."""
+    cache = DynamicCache(config=model.config)
+    t = ids.shape[1]
+    out = model(ids, past_key_values=cache, use_cache=True)
+    logits = [out.logits[:, -1]]
+    tokens = [int(out.logits[0, -1].argmax())]
+    for _ in range(steps - 1):
+        p = t + len(tokens) - 1
+        mask = torch.zeros(1, p + 1, dtype=torch.long)
+        mask[0, sorted(visible(p))] = 1
+        out = model(torch.tensor([[tokens[-1]]]), past_key_values=cache, attention_mask=mask,
+                    position_ids=torch.tensor([[p]]), cache_position=torch.tensor([p]),
+                    use_cache=True)
+        logits.append(out.logits[:, -1])
+        tokens.append(int(out.logits[0, -1].argmax()))
+    return tokens, torch.cat(logits)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_max_size_below_sinks_plus_recent_keeps_the_newest_tokens(attn):
+    """max_size 12 < 4 sinks + 32 recent: the recent window shrinks to 8, ties go to the
+    newest entry, and decoding equals full-cache decoding with an explicit sliding mask."""
+    model = tiny_model("llama", attn)
+    ids, steps, max_size, sinks = random_ids(40, seed=3), 12, 12, 4
+    with kv.compress(model, "streaming_llm", keep=1.0, max_size=max_size, sinks=sinks) as s, \
+            torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
+                             min_new_tokens=steps, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    cache = s.last_cache
+    seen = cache.get_seq_length()
+    for layer in cache.layers:
+        for kept in _positions(layer):
+            assert seen - 1 in kept                         # the last generated token
+            assert kept == set(range(sinks)) | set(range(seen - (max_size - sinks), seen))
+
+    def visible(p):  # step 0 sees the whole prefill; later steps sinks + newest + itself
+        if p == ids.shape[1]:
+            return set(range(p + 1))
+        return set(range(sinks)) | set(range(p - (max_size - sinks), p + 1))
+
+    tokens, logits = _reference_decode(model, ids, steps, visible)
+    assert out.sequences[0, ids.shape[1]:].tolist() == tokens
+    assert torch.allclose(torch.cat(out.logits), logits, atol=1e-4)
+
+
+def test_chunkkv_ranks_afresh_at_every_decode_step(monkeypatch):
+    """With max_size the context length repeats every step; the reused chunk ranking must
+    still be recomputed for every forward (once per group of ``reuse`` layers)."""
+    model = tiny_model("llama")
+    calls = []
+    original = LayerInputs.window_attention
+
+    def counting(self, w=None):
+        calls.append(self.layer_idx)
+        return original(self, w)
+
+    monkeypatch.setattr(LayerInputs, "window_attention", counting)
+    ids, steps = random_ids(30, seed=5), 6
+    with kv.compress(model, "chunkkv:reuse=2", keep=1.0, max_size=20), torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
+                       min_new_tokens=steps, do_sample=False)
+    layers = model.config.num_hidden_layers
+    # keep=1.0: the prefill scores nothing; each of the steps - 1 decode forwards evicts in
+    # every layer, scored once per pair of layers (the stale cache scored once in all)
+    assert len(calls) == (steps - 1) * layers // 2
+
+
+@pytest.mark.parametrize("policy", ["knorm", "tova", "snapkv", "adakv", "random"])
+def test_decode_eviction_honours_protect_and_whole(policy):
+    model = tiny_model("llama")
+    ids, steps = random_ids(60, seed=7), 15
+    protect, whole = [(20, 26)], [(30, 36), (40, 46)]
+    with kv.compress(model, policy, keep=1.0, max_size=24, recent=4, protect=protect,
+                     whole=whole) as s, torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
+                       min_new_tokens=steps, do_sample=False)
+    for layer in s.last_cache.layers:
+        for kept in _positions(layer):
+            assert set(range(20, 26)) <= kept
+            for a, b in whole:
+                inside = kept & set(range(a, b))
+                assert not inside or inside == set(range(a, b))
+        total = sum(len(kept) for kept in _positions(layer))
+        assert total <= 24 * model.config.num_key_value_heads  # adakv: per layer, not head
+
+
+def test_nested_blocks_on_one_model_are_refused():
+    model = tiny_model("llama")
+    with kv.compress(model, keep=0.5):
+        with pytest.raises(UsageError, match="already inside a kv.compress"):
+            with kv.compress(model, keep=0.25):
+                pass
+    with kv.compress(model, keep=0.5):  # the flag is cleared on exit
+        pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(policy=st.sampled_from(sorted(POLICIES)), keep=st.floats(0.01, 1.0),
+       t=st.integers(8, 120), seed=st.integers(0, 3))
+def test_stored_entries_never_exceed_the_budget(policy, keep, t, seed):
+    """For every policy and budget: entries stored <= layers x heads x budget per layer."""
+    model = tiny_model("llama")
+    with kv.compress(model, policy, keep=keep) as s, torch.no_grad():
+        model(random_ids(t, seed=seed), use_cache=True)
+    cache = s.last_cache
+    heads = model.config.num_key_value_heads
+    layers = len(cache.compressible_layers())
+    budget = s.plan.budget(t)
+    assert cache.entries() <= layers * heads * budget
