@@ -1,4 +1,4 @@
-"""The compressed KV cache: exactness at ratio 0, real memory savings, positions after
+"""The compressed KV cache: exactness at keep 1, real memory savings, positions after
 eviction against a reference, sdpa == eager, batches of different lengths, every policy on
 every architecture."""
 
@@ -22,51 +22,51 @@ def gen(model, ids, n=8, mask=None, **kw):
 
 
 @pytest.mark.parametrize("arch", sorted(CONFIGS))
-def test_ratio_zero_is_bit_identical(arch):
+def test_keep_all_is_bit_identical(arch):
     model = tiny_model(arch)
     ids = random_ids(50)
     ref = gen(model, ids)
-    with kv.compress(model, "snapkv", ratio=0.0) as s:
+    with kv.compress(model, "snapkv", keep=1.0) as s:
         out = gen(model, ids)
     assert isinstance(s.last_cache, kv.CompressedCache)
     assert torch.equal(ref.sequences, out.sequences)
     assert all(torch.equal(a, b) for a, b in zip(ref.scores, out.scores, strict=True))
     with torch.no_grad():
         plain = model(ids).logits
-        with kv.compress(model, ratio=0.0):
+        with kv.compress(model, keep=1.0):
             inside = model(ids).logits
     assert torch.equal(plain, inside)
 
 
-@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75, 0.9])
-def test_stored_bytes_match_the_budget(ratio):
+@pytest.mark.parametrize("keep", [0.75, 0.5, 0.25, 0.1])
+def test_stored_bytes_match_the_budget(keep):
     model = tiny_model("llama")
     t = 200
-    with torch.no_grad(), kv.compress(model, "snapkv", ratio=ratio) as s:
+    with torch.no_grad(), kv.compress(model, "snapkv", keep=keep) as s:
         model(random_ids(t))
     cache = s.last_cache
-    keep = round(t * (1 - ratio))
+    kept = round(t * keep)
     cfg = model.config
     per_entry = 2 * (cfg.hidden_size // cfg.num_attention_heads) * 4  # key + value, float32
-    expected = cfg.num_hidden_layers * cfg.num_key_value_heads * keep * per_entry
+    expected = cfg.num_hidden_layers * cfg.num_key_value_heads * kept * per_entry
     assert cache.nbytes() == expected
-    assert all(layer.keys.shape[-2] == keep for layer in cache.layers)
+    assert all(layer.keys.shape[-2] == kept for layer in cache.layers)
     assert cache.get_seq_length() == t
 
 
 def test_head_adaptive_frees_memory_per_head():
     model = tiny_model("llama")
-    t, ratio = 200, 0.75
-    with torch.no_grad(), kv.compress(model, "adakv", ratio=ratio) as s:
+    t, keep = 200, 0.25
+    with torch.no_grad(), kv.compress(model, "adakv", keep=keep) as s:
         model(random_ids(t, seed=3))
     cache = s.last_cache
-    keep = round(t * (1 - ratio))
+    kept = round(t * keep)
     ragged = [layer for layer in cache.layers if layer.heads is not None]
     assert ragged, "AdaKV should give heads different numbers of entries"
     for layer in cache.layers:
-        assert layer.entries() == model.config.num_key_value_heads * keep
+        assert layer.entries() == model.config.num_key_value_heads * kept
     full = t * model.config.num_hidden_layers * model.config.num_key_value_heads * 2 * 16 * 4
-    assert cache.nbytes() == pytest.approx(full * (1 - ratio), rel=0.01)
+    assert cache.nbytes() == pytest.approx(full * keep, rel=0.01)
 
 
 def _reference_logits(model, seq, allowed):
@@ -86,7 +86,7 @@ def test_streaming_positions_match_a_reference(arch, attn):
     model = tiny_model(arch, attn)
     t, sinks, max_size, new = 40, 4, 16, 12
     ids = random_ids(t, seed=1)
-    with kv.compress(model, "streaming_llm", ratio=1 - max_size / t, sinks=sinks, recent=0,
+    with kv.compress(model, "streaming_llm", keep=max_size / t, sinks=sinks, recent=0,
                      max_size=max_size) as s:
         out = gen(model, ids, n=new)
     seq = out.sequences
@@ -106,7 +106,7 @@ def test_streaming_positions_match_a_reference(arch, attn):
 def test_several_generate_calls_continue_from_the_compressed_cache():
     model = tiny_model("qwen2")
     ids = random_ids(60, seed=2)
-    with kv.compress(model, "tova", ratio=0.5) as s:
+    with kv.compress(model, "tova", keep=0.5) as s:
         first = gen(model, ids, n=5)
         cache = s.last_cache
         stored = cache.layers[0].keys.shape[-2]
@@ -127,7 +127,7 @@ def test_sdpa_and_eager_agree(policy):
     outs = {}
     for attn in ("sdpa", "eager"):
         model = tiny_model("llama", attn)
-        with kv.compress(model, policy, ratio=0.6) as s:
+        with kv.compress(model, policy, keep=0.4) as s:
             outs[attn] = gen(model, ids, n=6)
         if policy == "pyramidkv":
             lengths = {layer.keys.shape[-2] for layer in s.last_cache.layers}
@@ -146,12 +146,12 @@ def test_batch_of_different_lengths_matches_single_rows(policy):
     mask = torch.zeros(2, 70, dtype=torch.long)
     batch[0], mask[0] = long[0], 1
     batch[1, 30:], mask[1, 30:] = short[0], 1                       # left padding
-    with kv.compress(model, policy, ratio=0.5) as s:
+    with kv.compress(model, policy, keep=0.5) as s:
         both = gen(model, batch, mask=mask)
     layer = s.last_cache.layers[0]
     assert layer.slot_valid() is not None                          # the short row has filler
     for row, ids in ((0, long), (1, short)):
-        with kv.compress(model, policy, ratio=0.5):
+        with kv.compress(model, policy, keep=0.5):
             alone = gen(model, ids)
         assert torch.equal(both.sequences[row, -8:], alone.sequences[0, -8:])
         for a, b in zip(both.scores, alone.scores, strict=False):
@@ -162,9 +162,9 @@ def test_batch_of_different_lengths_matches_single_rows(policy):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_on_every_architecture(arch, policy):
     model = tiny_model(arch)
-    t, ratio = 64, 0.75
+    t, keep = 64, 0.25
     ids = random_ids(t, seed=7)
-    with kv.compress(model, policy, ratio=ratio, recent=8) as s:
+    with kv.compress(model, policy, keep=keep, recent=8) as s:
         out = gen(model, ids, n=4)
     cache = s.last_cache
     assert out.sequences.shape == (1, t + 4)
@@ -173,7 +173,7 @@ def test_every_policy_on_every_architecture(arch, policy):
     assert compressed
     kept = sum(layer.entries() for layer in compressed)
     heads = model.config.num_key_value_heads
-    budget = len(compressed) * heads * (round(t * (1 - ratio)) + 3)
+    budget = len(compressed) * heads * (round(t * keep) + 3)
     assert kept == pytest.approx(budget, rel=0.02)
     for layer in compressed:  # sinks and the recent window survive (if the layer has room)
         _, _, pos = layer.dense_view()
@@ -205,7 +205,7 @@ def test_window_attention_equals_the_models_own_attention(arch):
     with torch.no_grad():
         ref = model(ids, output_attentions=True).attentions
     model = tiny_model(arch, "sdpa")
-    with kv.compress(model, Capture(), ratio=0.5), torch.no_grad():
+    with kv.compress(model, Capture(), keep=0.5), torch.no_grad():
         model(ids)
     assert seen
     g = model.config.num_attention_heads // model.config.num_key_value_heads
@@ -219,11 +219,140 @@ def test_peak_kv_during_prefill_is_one_full_layer_over_the_budget():
     """Layers are evicted right after their own prefill, so the cache never holds more than
     the compressed layers plus one full layer; the global pool must wait for every layer."""
     model = tiny_model("llama")
-    t, ratio, layers = 200, 0.75, model.config.num_hidden_layers
+    t, keep, layers = 200, 0.25, model.config.num_hidden_layers
     full_layer = t * model.config.num_key_value_heads * 2 * 16 * 4
-    with kv.compress(model, "tova", ratio=ratio) as s, torch.no_grad():
+    with kv.compress(model, "tova", keep=keep) as s, torch.no_grad():
         model(random_ids(t))
-    assert s.last_cache.peak_bytes == full_layer * ((layers - 1) * (1 - ratio) + 1)
-    with kv.compress(model, "global", ratio=ratio) as s, torch.no_grad():
+    assert s.last_cache.peak_bytes == full_layer * ((layers - 1) * keep + 1)
+    with kv.compress(model, "global", keep=keep) as s, torch.no_grad():
         model(random_ids(t))
     assert s.last_cache.peak_bytes == full_layer * layers
+
+
+def _old_window_attention(x, w):
+    """The computation window_attention did before it went per KV head (reference copy):
+    keys repeated to every query head in float32, all w queries at once."""
+    from tokensieve.kv.attention import project_queries
+
+    t = x.keys.shape[2]
+    w = max(1, min(w or x.window, t, x.hidden.shape[1]))
+    q = project_queries(x.module, x.hidden[:, -w:], x.cos[:, -w:], x.sin[:, -w:])
+    b, hq, _, d = q.shape
+    k = x.keys.repeat_interleave(x.groups, dim=1) if x.groups > 1 else x.keys
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * x.module.scaling
+    qpos = torch.arange(t - w, t, device=q.device)[:, None]
+    allowed = (torch.arange(t, device=q.device)[None, :] <= qpos)[None, None]
+    valid = x.valid if x.valid.dim() == 3 else x.valid[:, None, :]
+    if valid.shape[1] > 1 and x.groups > 1:
+        valid = valid.repeat_interleave(x.groups, dim=1)
+    allowed = allowed & valid[:, :, None, :]
+    probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)
+    return probs.view(b, hq // x.groups, x.groups, w, t).mean(2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])
+def test_window_attention_per_head_equals_the_old_computation(arch, monkeypatch):
+    """Per KV head, in chunks of queries, in the keys' dtype: the same probabilities as the
+    old all-heads-at-once float32 computation, for 1, 7 and 64 window queries, with a
+    left-padded row (its padding queries attend to nothing), per-head validity, and the
+    reduced forms the policies pool with."""
+    from tokensieve.kv.attention import LayerInputs
+    from tokensieve.kv.policies.base import Policy
+
+    captured = []
+
+    class Capture(Policy):
+        name = "capture"
+
+        def score(self, x):
+            captured.append(x)
+            return x.keys.float().norm(dim=-1)
+
+    model = tiny_model(arch)
+    t = 80
+    batch = torch.zeros(2, t, dtype=torch.long)
+    mask = torch.zeros(2, t, dtype=torch.long)
+    batch[0], mask[0] = random_ids(t, seed=21)[0], 1
+    batch[1, 50:], mask[1, 50:] = random_ids(30, seed=22)[0], 1       # 50 padding tokens
+    with kv.compress(model, Capture(), keep=0.5), torch.no_grad():
+        model(batch, attention_mask=mask)
+    assert captured
+    g = torch.Generator().manual_seed(0)
+    for x in captured:
+        h = x.keys.shape[1]
+        per_head = x.valid[:, None, :] & (torch.rand(2, h, t, generator=g) > 0.3)
+        for valid in (x.valid, per_head):
+            for w in (1, 7, 64):
+                for chunk in (1 << 24, 2 * 2 * 2 * t):   # one chunk, or 2 queries per chunk
+                    monkeypatch.setattr(LayerInputs, "chunk_elements", chunk)
+                    y = LayerInputs(**{**x.__dict__, "valid": valid, "_attn": {}})
+                    ref = _old_window_attention(y, w)
+                    got = y.window_attention(w)
+                    assert got.shape == ref.shape == (2, h, w, t)
+                    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
+                    assert torch.allclose(y.window_attention(w, reduce="mean"), ref.mean(2),
+                                          atol=1e-6)
+                    fresh = LayerInputs(**{**x.__dict__, "valid": valid, "_attn": {}})
+                    assert torch.allclose(fresh.window_attention(w, reduce="sum"), ref.sum(2),
+                                          atol=1e-5)
+                    assert torch.allclose(fresh.window_attention(w, reduce="mean"),
+                                          ref.mean(2), atol=1e-6)
+    # the padded row's padding queries (window of 64 reaches into them) attend to nothing
+    x = LayerInputs(**{**captured[-1].__dict__, "_attn": {}})
+    probs = x.window_attention(64)
+    assert torch.all(probs[1, :, : 64 - 30] == 0)
+    assert torch.allclose(probs[1, :, 64 - 30:].sum(-1), torch.ones(1), atol=1e-5)
+    assert torch.all(probs[1, ..., :50] == 0)                           # padding keys
+
+
+def test_per_head_blocks_grow_in_place_while_decoding():
+    """AdaKV's per-head blocks: a decode step writes its entry into room the block already
+    has (no copy of the block, no re-stacking kept between steps); a full block grows by a
+    chunk. nbytes() counts the room really held, entries() the real entries."""
+    from tokensieve.kv.cache import GROW_SLOTS
+
+    model = tiny_model("llama")
+    t, keep, new = 200, 0.25, 20
+    ids = random_ids(t, seed=3)
+    pointers: list[dict] = []
+
+    def record(module, args, kwargs, output):
+        cache = kwargs.get("past_key_values")
+        if isinstance(cache, kv.CompressedCache):
+            pointers.append({i: [blk["k"].data_ptr() for blk in layer.heads]
+                             for i, layer in enumerate(cache.layers) if layer.heads})
+
+    handle = model.register_forward_hook(record, with_kwargs=True)
+    try:
+        with kv.compress(model, "adakv", keep=keep) as s, torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                           min_new_tokens=new, do_sample=False)
+    finally:
+        handle.remove()
+    heads, d = model.config.num_key_value_heads, 16
+    ragged = [i for i, layer in enumerate(s.last_cache.layers) if layer.heads is not None]
+    assert ragged and len(pointers) == new
+    # prefill: exact blocks; the first decode step grows each block once, by a chunk, and
+    # every later step writes into that same buffer
+    assert all(p == pointers[1] for p in pointers[1:]) and pointers[0] != pointers[1]
+    for i in ragged:
+        layer = s.last_cache.layers[i]
+        lengths = [blk["pos"].shape[1] for blk in layer.heads]
+        assert len(set(lengths)) > 1 and sum(lengths) == heads * round(t * keep)
+        for blk, n in zip(layer.heads, lengths, strict=True):
+            assert blk["k"].shape[1] == n + 1 + max(GROW_SLOTS, (n + 1) // 8)
+        assert layer.stored_length() == max(lengths) + new - 1
+        assert layer.entries() == heads * (round(t * keep) + new - 1)
+        assert layer.nbytes() == sum(2 * blk["k"].shape[1] * d * 4 for blk in layer.heads)
+        # the padded view a forward pass sees: every head right-aligned, zeros in front
+        keys, values, pos = layer.dense_view()
+        valid = layer.slot_valid()
+        for j, (blk, n) in enumerate(zip(layer.heads, lengths, strict=True)):
+            live = n + new - 1
+            assert torch.equal(keys[0, j, -live:], blk["k"][0, :live])
+            assert torch.equal(values[0, j, -live:], blk["v"][0, :live])
+            assert (keys[0, j, :-live] == 0).all() and (values[0, j, :-live] == 0).all()
+            assert not valid[0, j, :-live].any() and valid[0, j, -live:].all()
+            assert torch.equal(pos[0, j, -live:-(new - 1)], blk["pos"][0])
+            assert pos[0, j, -(new - 1):].tolist() == list(range(t, t + new - 1))

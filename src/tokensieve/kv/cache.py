@@ -6,10 +6,14 @@ uses for ``cache_position`` and input slicing) stays the true position after evi
 ``get_mask_sizes()`` describes the stored entries so the model builds masks of the right width.
 
 Storage is dense ``(batch, kv_heads, slots, head_dim)`` while every head keeps the same number
-of entries, and per-head blocks (one tensor per KV head) once heads keep different numbers
-(head-adaptive budgets): memory is freed for real, nothing is masked in place. Rows of a batch
-that keep fewer entries than the longest row have *invalid* slots at the front; the attention
-hooks (``hooks.py``) mask them, per layer.
+of entries. Once heads keep different numbers (head-adaptive budgets) each KV head is its own
+block ``(batch, capacity, head_dim)``: memory is freed for real, nothing is masked in place.
+A block has room for more slots than it holds (it grows by a chunk when full), so a decode step
+writes the new entry in place instead of copying the block; the forward pass gets one padded
+``(batch, kv_heads, longest head, head_dim)`` copy of the layer, built once per step and
+freed with the layer's attention. Rows of a batch (and heads) that keep fewer entries than
+the longest have *invalid* filler slots at the front; the attention hooks (``hooks.py``) mask
+them, per layer, from :meth:`CompressedLayer.slot_valid`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 from ..errors import UsageError
+
+GROW_SLOTS = 128   # a full per-head block grows by max(GROW_SLOTS, 1/8 of its length)
 
 
 def _front_aligned_gather(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +37,13 @@ def _front_aligned_gather(mask: torch.Tensor, width: int) -> tuple[torch.Tensor,
 
 
 class CompressedLayer(DynamicLayer):
-    """One full-attention layer whose stored entries can be evicted."""
+    """One full-attention layer whose stored entries can be evicted.
+
+    Per-head storage (``heads`` is not None) is a list of one dict per KV head: ``k``/``v``
+    (B, capacity, D) buffers whose first ``length`` slots are live, ``pos`` (B, S0) token
+    positions and ``valid`` (B, S0) or None for the slots kept at the last eviction. Slots
+    appended since then (``appended``, the same on every head) are real, at implicit positions.
+    """
 
     is_sliding = False
 
@@ -43,16 +55,20 @@ class CompressedLayer(DynamicLayer):
         self.appended = 0                            # slots added since (positions implicit)
         self.heads: list[dict] | None = None         # per-head blocks once heads differ
         self.compressed = False
+        self._slot_valid: torch.Tensor | None = None  # per-head validity, until the next change
 
     # --- transformers' layer API ------------------------------------------------------
     def update(self, key_states, value_states, cache_kwargs=None):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         b, h, q, _ = key_states.shape
+        if self.heads is not None:
+            out = self._update_ragged(key_states, value_states)
+            self.seen += q
+            self.appended += q
+            return out
         self.seen += q
         self.appended += q
-        if self.heads is not None:
-            return self._update_ragged(key_states, value_states)
         if self.keys.numel() == 0:
             self.keys, self.values = key_states, value_states
         else:
@@ -72,17 +88,24 @@ class CompressedLayer(DynamicLayer):
 
     @property
     def positions(self) -> torch.Tensor | None:
-        """(B, H, S) token position of each stored slot (dense storage)."""
+        """(B, H, S) token position of each stored slot (filler slots of per-head storage
+        read 0; :meth:`slot_valid` says which are real)."""
+        if self.heads is not None:
+            return self.dense_view()[2]
         if self.keys is None or self.keys.numel() == 0:
             return None
         b, h = self.keys.shape[:2]
         tail = self._tail_positions(b, h, self.keys.device)
         return tail.clone() if self._pos is None else torch.cat([self._pos, tail], dim=-1)
 
+    def _length(self, blk: dict) -> int:
+        """Live slots of one per-head block (its filler slots included)."""
+        return blk["pos"].shape[1] + self.appended
+
     def stored_length(self) -> int:
         """Slots a forward pass sees for this layer (the longest head in per-head storage)."""
         if self.heads is not None:
-            return max(blk["k"].shape[1] for blk in self.heads)
+            return max(self._length(blk) for blk in self.heads)
         return 0 if self.keys is None or self.keys.numel() == 0 else self.keys.shape[-2]
 
     def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
@@ -106,9 +129,11 @@ class CompressedLayer(DynamicLayer):
         self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def _map(self, fn) -> None:
+        """Apply a batch-axis operation (beam reorder, repeat, select) to everything stored."""
+        self._slot_valid = None
         if self.heads is not None:
             for blk in self.heads:
-                for key in list(blk):
+                for key in ("k", "v", "pos", "valid"):
                     if blk[key] is not None:
                         blk[key] = fn(blk[key])
             return
@@ -120,40 +145,77 @@ class CompressedLayer(DynamicLayer):
         if self.valid is not None:
             self.valid = fn(self.valid)
 
+    # --- per-head storage --------------------------------------------------------------
+    def _update_ragged(self, key_states, value_states):
+        """Append the new slots to every head's block in place (growing a full block by a
+        chunk), then return the layer padded to the longest head for the forward pass."""
+        q = key_states.shape[2]
+        for j, blk in enumerate(self.heads):
+            n = self._length(blk)
+            self._append(blk, "k", key_states[:, j], n)
+            self._append(blk, "v", value_states[:, j], n)
+        self._slot_valid = None
+        width = self.stored_length() + q
+        return self._padded("k", width, q), self._padded("v", width, q)
+
+    @staticmethod
+    def _append(blk: dict, name: str, new: torch.Tensor, n: int) -> None:
+        buf, q = blk[name], new.shape[1]
+        if new.requires_grad or (buf.is_inference() and not torch.is_inference_mode_enabled()):
+            # autograd (or an inference tensor outside inference mode) forbids in-place writes
+            blk[name] = torch.cat([buf[:, :n], new], dim=1)
+            return
+        if n + q > buf.shape[1]:
+            grown = buf.new_empty(buf.shape[0], n + q + max(GROW_SLOTS, (n + q) // 8),
+                                  buf.shape[2])
+            grown[:, :n] = buf[:, :n]
+            blk[name] = buf = grown
+        buf[:, n:n + q] = new
+
+    def _padded(self, name: str, width: int, extra: int = 0) -> torch.Tensor:
+        """(B, H, width, ...) copy of every head's live slots, right-aligned, zeros in front
+        (``extra`` slots just appended count as live)."""
+        first = self.heads[0][name]
+        out = first.new_empty(first.shape[0], len(self.heads), width, *first.shape[2:])
+        for j, blk in enumerate(self.heads):
+            n = self._length(blk) + extra
+            out[:, j, : width - n] = 0
+            out[:, j, width - n:] = blk[name][:, :n]
+        return out
+
     # --- eviction --------------------------------------------------------------------
     def slot_valid(self) -> torch.Tensor | None:
         """(B, H, S) validity of the slots a forward pass sees, or None if all are real."""
         if self.heads is None:
             return None if self.valid is None else self.valid[:, None, :].expand(
                 -1, self.keys.shape[1], -1)
-        width = self.stored_length()
-        parts = []
-        for blk in self.heads:
-            s = blk["k"].shape[1]
-            v = blk["valid"] if blk["valid"] is not None else torch.ones(
-                blk["k"].shape[0], s, dtype=torch.bool, device=blk["k"].device)
-            parts.append(torch.nn.functional.pad(v, (width - s, 0), value=False))
-        return torch.stack(parts, dim=1)
+        if self._slot_valid is None:
+            width = self.stored_length()
+            first = self.heads[0]["k"]
+            out = torch.zeros(first.shape[0], len(self.heads), width, dtype=torch.bool,
+                              device=first.device)
+            for j, blk in enumerate(self.heads):
+                n = self._length(blk)
+                out[:, j, width - n:] = True
+                if blk["valid"] is not None:
+                    out[:, j, width - n: width - n + blk["valid"].shape[1]] = blk["valid"]
+            self._slot_valid = out
+        return self._slot_valid
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(keys, values, positions) padded to (B, H, S, ...) for scoring."""
+        """(keys, values, positions) padded to (B, H, S, ...) for scoring (a copy for
+        per-head storage: filler slots hold zeros)."""
         if self.heads is None:
             return self.keys, self.values, self.positions
         width = self.stored_length()
-
-        b = self.heads[0]["k"].shape[0]
-        tail = self._tail_positions(b, 1, self.heads[0]["k"].device)[:, 0]
-
-        def stack(name):
-            out = []
-            for blk in self.heads:
-                t = blk[name] if name != "pos" else torch.cat([blk["pos"], tail], dim=1)
-                pad = width - t.shape[1]
-                spec = (0, 0, pad, 0) if t.dim() == 3 else (pad, 0)
-                out.append(torch.nn.functional.pad(t, spec))
-            return torch.stack(out, dim=1)
-
-        return stack("k"), stack("v"), stack("pos")
+        first = self.heads[0]["pos"]
+        b = first.shape[0]
+        tail = self._tail_positions(b, 1, first.device)[:, 0]
+        pos = torch.zeros(b, len(self.heads), width, dtype=first.dtype, device=first.device)
+        for j, blk in enumerate(self.heads):
+            n = self._length(blk)
+            pos[:, j, width - n:] = torch.cat([blk["pos"], tail], dim=1)
+        return self._padded("k", width), self._padded("v", width), pos
 
     def keep(self, mask: torch.Tensor) -> None:
         """Keep only the slots where ``mask`` (B, H, S) is true; everything else is freed."""
@@ -163,6 +225,7 @@ class CompressedLayer(DynamicLayer):
             mask = mask & valid
         counts = mask.sum(-1)                                   # (B, H)
         b, h = counts.shape
+        self._slot_valid = None
         if bool((counts == counts[:, :1]).all()):               # same count on every head: dense
             width = int(counts.max())
             idx, ok = _front_aligned_gather(mask, width)
@@ -173,7 +236,7 @@ class CompressedLayer(DynamicLayer):
             row_ok = ok[:, 0, :]
             self.valid = None if bool(row_ok.all()) else row_ok.contiguous()
             self.heads = None
-        else:                                                   # per-head blocks
+        else:                                                   # per-head blocks, no spare room
             self.heads = []
             for j in range(h):
                 width = int(counts[:, j].max())
@@ -186,23 +249,14 @@ class CompressedLayer(DynamicLayer):
                     "valid": None if bool(ok.all()) else ok.contiguous(),
                 })
             self.keys = self.values = keys.new_empty(0)
-            self.valid = None
+            self.valid = self._pos = None
         self.appended = 0
         self.compressed = True
 
-    def _update_ragged(self, key_states, value_states):
-        b, _, q, _ = key_states.shape
-        for j, blk in enumerate(self.heads):
-            blk["k"] = torch.cat([blk["k"], key_states[:, j]], dim=1)
-            blk["v"] = torch.cat([blk["v"], value_states[:, j]], dim=1)
-            if blk["valid"] is not None:
-                blk["valid"] = torch.cat([blk["valid"], blk["valid"].new_ones(b, q)], dim=1)
-        keys, values, _ = self.dense_view()
-        return keys, values
-
     # --- accounting ------------------------------------------------------------------
     def nbytes(self) -> int:
-        """Bytes of keys and values held (invalid filler slots of short rows included)."""
+        """Bytes of keys and values held: filler slots of short rows and heads included, and
+        for per-head blocks the room reserved for the next decode steps."""
         if self.heads is not None:
             return sum(blk["k"].nbytes + blk["v"].nbytes for blk in self.heads)
         if self.keys is None:
@@ -212,8 +266,12 @@ class CompressedLayer(DynamicLayer):
     def entries(self) -> int:
         """Real (valid) key-value entries stored, summed over batch rows and heads."""
         if self.heads is not None:
-            return sum(int(blk["valid"].sum()) if blk["valid"] is not None
-                       else blk["k"].shape[0] * blk["k"].shape[1] for blk in self.heads)
+            total = 0
+            for blk in self.heads:
+                b, kept = blk["pos"].shape
+                total += int(blk["valid"].sum()) if blk["valid"] is not None else b * kept
+                total += b * self.appended
+            return total
         if self.keys is None or self.keys.numel() == 0:
             return 0
         b, h, s, _ = self.keys.shape
@@ -241,6 +299,23 @@ class CompressedCache(Cache):
         self.shared: dict = {}          # policy state shared across layers (ChunkKV reuse)
         self.n_real = self.row_start = None
         self.peak_bytes = 0             # most KV bytes held at once (measured in the hooks)
+
+    # batch-axis operations must move the per-row bookkeeping with the rows
+    def _map_rows(self, fn) -> None:
+        if self.n_real is not None:
+            self.n_real, self.row_start = fn(self.n_real), fn(self.row_start)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        self._map_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int):
+        super().batch_repeat_interleave(repeats)
+        self._map_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        super().batch_select_indices(indices)
+        self._map_rows(lambda t: t[indices, ...])
 
     def compressible_layers(self) -> list[int]:
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, CompressedLayer)]
