@@ -71,7 +71,8 @@ class LoadedModel:
 
 
 _lock = threading.Lock()
-_loaded: dict[tuple[str, str], LoadedModel] = {}
+# keys: (kind, name) for tokenizers, (kind, name, dtype, device) for models
+_loaded: dict[tuple[str, ...], LoadedModel] = {}
 
 
 def cache_dir() -> Path:
@@ -316,12 +317,14 @@ def _offline_error(name: str, exc: Exception) -> ModelNotFoundError:
 def resolve_dtype(dtype: str, device: str = "cpu"):
     """'auto' is bfloat16 where the hardware runs it fast (CUDA, or a CPU with native bf16:
     there SmolLM2 scores ~2.5x faster with surprisal within ~0.03 nats of float32), else
-    float32; 'float32' / 'bfloat16' / 'float16' force one."""
+    float32 (also on MPS); 'float32' / 'bfloat16' / 'float16' force one."""
     import torch
 
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16
+        if device.startswith("mps"):
+            return torch.float32
         try:
             fast = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):
@@ -334,15 +337,71 @@ def resolve_dtype(dtype: str, device: str = "cpu"):
     return getattr(torch, dtype)
 
 
+DEVICES = ("cpu", "cuda", "cuda:N", "mps", "auto")
+
+
+def resolve_device(device: str = "cpu") -> str:
+    """A user's device name as a canonical torch device string ('cpu', 'cuda:0', 'mps'), or a
+    :class:`UsageError` that names the problem and the fix. 'auto' is the first of CUDA, MPS
+    and CPU that this machine has; 'cuda' means the current CUDA device."""
+    import torch
+
+    from .errors import UsageError
+
+    if not isinstance(device, str | torch.device):
+        raise UsageError(f"device must be a string such as 'cpu', 'cuda' or 'auto', got "
+                         f"{type(device).__name__}.")
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{torch.cuda.current_device()}"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown device {device!r}; use one of: {', '.join(DEVICES)}.") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"device {device!r} is not available: this machine has no usable CUDA GPU "
+                f"(torch {torch.__version__} reports none); use device='cpu', or 'auto' to take a "
+                "GPU only when there is one."
+            )
+        count = torch.cuda.device_count()
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= count:
+            raise UsageError(f"device {device!r} does not exist: this machine has {count} CUDA "
+                             f"device(s), cuda:0 to cuda:{count - 1}.")
+        return f"cuda:{index}"
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError(f"device {device!r} is not available: MPS needs an Apple-silicon Mac "
+                             "with a PyTorch build that has MPS; use device='cpu' or 'auto'.")
+        return "mps"
+    backend = getattr(torch, dev.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise UsageError(f"device {device!r} is not available on this machine; use one of: "
+                         f"{', '.join(DEVICES)}.")
+    return str(dev)
+
+
 def load_causal_lm(name: str = DEFAULT_LM, *, device: str = "cpu",
                    dtype: str = "float32") -> LoadedModel:
-    """Load a causal LM and its tokenizer (cached per process), never touching the network.
-    ``dtype``: 'float32' (default), 'bfloat16', 'float16' or 'auto' (see resolve_dtype)."""
+    """Load a causal LM and its tokenizer (cached per process and per (name, dtype, device)),
+    never touching the network. ``device``: 'cpu' (default), 'cuda', 'cuda:N', 'mps' or 'auto'
+    (see resolve_device); ``dtype``: 'float32' (default), 'bfloat16', 'float16' or 'auto'
+    (see resolve_dtype)."""
     if name in GEMMA_NAMES and dtype == "float16":
         from .errors import UsageError
 
         raise UsageError("Gemma 3 overflows in float16 (NaN logits); use float32 or bfloat16.")
-    key = ("lm", f"{name}@{device}:{dtype}")
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    key = ("lm", name, str(torch_dtype).removeprefix("torch."), device)
     with _lock:
         if key in _loaded:
             return _loaded[key]
@@ -354,7 +413,7 @@ def load_causal_lm(name: str = DEFAULT_LM, *, device: str = "cpu",
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(
-                where, local_files_only=True, dtype=resolve_dtype(dtype, device)
+                where, local_files_only=True, dtype=torch_dtype
             )
         except (OSError, ValueError) as exc:
             raise _offline_error(name, exc) from exc
@@ -365,9 +424,13 @@ def load_causal_lm(name: str = DEFAULT_LM, *, device: str = "cpu",
         return loaded
 
 
-def load_encoder(name: str = DEFAULT_ENCODER, *, device: str = "cpu") -> LoadedModel:
-    """Load a sentence encoder (a BERT-like model used with mean pooling)."""
-    key = ("encoder", f"{name}@{device}")
+def load_encoder(name: str = DEFAULT_ENCODER, *, device: str = "cpu",
+                 dtype: str = "float32") -> LoadedModel:
+    """Load a sentence encoder (a BERT-like model used with mean pooling), cached per process
+    and per (name, dtype, device); ``device`` and ``dtype`` as for :func:`load_causal_lm`."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    key = ("encoder", name, str(torch_dtype).removeprefix("torch."), device)
     with _lock:
         if key in _loaded:
             return _loaded[key]
@@ -382,7 +445,7 @@ def load_encoder(name: str = DEFAULT_ENCODER, *, device: str = "cpu") -> LoadedM
         _quiet_transformers()
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
-            model = AutoModel.from_pretrained(where, local_files_only=True)
+            model = AutoModel.from_pretrained(where, local_files_only=True, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
             raise _offline_error(name, exc) from exc
         model.to(device).eval()
@@ -397,8 +460,8 @@ def load_tokenizer(name: str = DEFAULT_LM) -> Any:
     with _lock:
         if key in _loaded:
             return _loaded[key].tokenizer
-        for (kind, lm_key), loaded in _loaded.items():
-            if kind == "lm" and lm_key.startswith(f"{name}@"):
+        for lm_key, loaded in _loaded.items():
+            if lm_key[0] == "lm" and lm_key[1] == name:
                 return loaded.tokenizer
         start = time.perf_counter()
         where, source = resolve_lm(name)

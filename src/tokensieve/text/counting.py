@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from .assemble import gap_tails, indent_before
 
 
 class TokenCounter:
@@ -41,21 +42,36 @@ class TokenCounter:
                 ) from exc
         return int(out)
 
+    def count_many(self, texts: list[str]) -> np.ndarray:
+        """Exact token counts of several texts (one batched call for a Hugging Face
+        tokenizer)."""
+        if self._hf is not None and texts:
+            ids = self._hf(list(texts), add_special_tokens=False)["input_ids"]
+            return np.array([len(x) if t else 0 for x, t in zip(ids, texts, strict=True)],
+                            dtype=np.int64)
+        return np.array([self.count(t) for t in texts], dtype=np.int64)
+
     def word_costs(self, text: str, words: np.ndarray) -> np.ndarray:
-        """Estimated tokens each word adds when kept (including its leading whitespace)."""
+        """Estimated tokens each unit adds when kept: its own tokens plus those of the
+        whitespace that assemble puts before it when the unit before it was dropped (the
+        bounded tail of the gap, see :func:`~.assemble.gap_tail`; for the first unit its
+        line's indentation). A long run of whitespace in front of a unit is therefore not
+        charged to it; when both its neighbours are kept the exact count catches the rest."""
         n = len(words)
         if n == 0:
             return np.zeros(0)
+        lead = np.empty(n, dtype=np.int64)
+        lead[0] = indent_before(text, int(words[0, 0]))
+        lead[1:] = gap_tails(text, words[:-1, 1], words[1:, 0])
         if self._hf is not None and getattr(self._hf, "is_fast", False):
             enc = self._hf(text, add_special_tokens=False, return_offsets_mapping=True)
             starts = np.array([s for s, _ in enc["offset_mapping"]], dtype=np.int64)
-            # a token belongs to the first word that ends after the token starts
+            # a token belongs to the first word that ends after the token starts, when it
+            # starts inside that word's charged stretch [lead, end)
             owner = np.searchsorted(words[:, 1], starts, side="right")
-            owner = np.clip(owner, 0, n - 1)
-            costs = np.bincount(owner, minlength=n).astype(np.float64)
+            inside = owner < n
+            inside[inside] &= starts[inside] >= lead[owner[inside]]
+            costs = np.bincount(owner[inside], minlength=n).astype(np.float64)
             return np.maximum(costs, 1.0)
-        prev_end = np.r_[0, words[:-1, 1]]
-        pieces = [text[p:e] for p, e in zip(prev_end, words[:, 1], strict=True)]
-        # the first word brings its line's indentation along when kept (see assemble)
-        pieces[0] = text[text.rfind("\n", 0, int(words[0, 0])) + 1 : words[0, 1]]
-        return np.array([max(1, self.count(p)) for p in pieces], dtype=np.float64)
+        pieces = [text[p:e] for p, e in zip(lead, words[:, 1], strict=True)]
+        return np.maximum(self.count_many(pieces), 1).astype(np.float64)

@@ -11,6 +11,7 @@ from typing import Any
 from ..engine.budget import Budget
 from ..errors import BudgetError, InputError, UsageError
 from .assemble import assemble
+from .pipeline import CompressOptions, LevelSelector, join_documents, prepare_units
 from .result import CompressionResult, ScoredUnit
 from .scorers import ScoringContext
 
@@ -32,17 +33,15 @@ def _fill(obj: Any, pieces: list[str]) -> Any:
     return _map_strings(obj, lambda v: next(it) if v.strip() else v)
 
 
-def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, granularity, fmt,
-                  scorers, counter, model, protect, keep, keep_spans, keep_numbers, allow_over,
-                  timings, finest) -> CompressionResult:
-    from .compressor import LevelSelector, _join_documents, prepare_units
-
+def compress_json(text: str, budget: Budget, ctx: ScoringContext,
+                  opts: CompressOptions) -> CompressionResult:
+    counter, timings = opts.counter, opts.timings
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"input is not valid JSON ({exc.msg} at line {exc.lineno}, column "
                          f"{exc.colno}); fix it or compress it as format='text'.") from exc
-    if keep_spans:
+    if opts.keep_spans:
         raise UsageError("character spans cannot be protected with format='json' (the values "
                          "are re-serialised); protect them with a regex or a literal.")
     indent = 2 if "\n" in text.strip() else None
@@ -64,8 +63,8 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
         if units is not None:
             scored = [ScoredUnit(int(s), int(e), units.text[s:e], float(sc), bool(k), bool(f))
                       for (s, e), sc, k, f in zip(units.spans, scores, kept, forced, strict=True)]
-        return CompressionResult(out, original, n, target, spans, scored, method, granularity,
-                                 fmt, timings, notes)
+        return CompressionResult(out, original, n, target, spans, scored, opts.method,
+                                 opts.granularity, opts.fmt, timings, notes)
 
     nonempty = [v for v in values if v.strip()]
     if original <= target:
@@ -74,7 +73,7 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
     if skeleton_tokens > target:
         msg = (f"the JSON structure (keys, numbers, punctuation) alone needs {skeleton_tokens} "
                f"tokens but the budget is {target} (over by {skeleton_tokens - target})")
-        if not allow_over:
+        if not opts.allow_over:
             raise BudgetError(msg + "; raise the budget or allow going over budget.")
         notes.append(msg + "; emptied every string, as asked")
         return result(skeleton, skeleton_tokens, [])
@@ -82,11 +81,12 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext, *, method, gra
         notes.append("no string values to compress; re-serialised")
         return result(skeleton, skeleton_tokens, [])
 
-    strings, breaks = _join_documents(nonempty)
+    strings, breaks = join_documents(nonempty)
     sub_ctx = replace(ctx, text=strings, cache={})
-    units, levels, forced = prepare_units(strings, breaks, "text", granularity, scorers,
-                                          counter, model, protect, keep, (), keep_numbers, finest)
-    selector = LevelSelector(units, levels, scorers, sub_ctx, counter, forced)
+    # the values are plain text; spans of the JSON text cannot be protected (checked above)
+    prep = prepare_units(strings, breaks, opts.with_changes(fmt="text", keep_spans=()))
+    units, forced = prep.units, prep.forced
+    selector = LevelSelector(prep, opts.scorers, sub_ctx, counter)
     doc_of = units.unit_of("document")
     t = time.perf_counter()
     avail = target - skeleton_tokens

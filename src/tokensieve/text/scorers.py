@@ -32,12 +32,13 @@ class ScoringContext:
     progress: bool | None = None
     window: int = 1024
     dtype: str = "auto"
+    device: str = "cpu"
     cache: dict[str, Any] = field(default_factory=dict)
 
     def causal_lm(self):
         from ..models import load_causal_lm
 
-        return load_causal_lm(self.lm, dtype=self.dtype)
+        return load_causal_lm(self.lm, dtype=self.dtype, device=self.device)
 
     def surprisal(self, conditioned: bool | str) -> TokenSurprisal:
         """Token surprisal of the text (cached): plain (False), conditioned on the question
@@ -143,23 +144,26 @@ class QuestionAwareScorer(Scorer):
         return neutral + (neutral - cond)
 
 
-def embed(texts: list[str], encoder_name: str = "default", batch_size: int = 64) -> np.ndarray:
-    """Unit-length sentence embeddings (mean pooling) from the encoder."""
+def embed(texts: list[str], encoder_name: str = "default", batch_size: int = 64, *,
+          device: str = "cpu") -> np.ndarray:
+    """Unit-length sentence embeddings (mean pooling) from the encoder, run on ``device``
+    (every batch is moved there; the result comes back as a float32 numpy array)."""
     import torch
 
     from ..models import load_encoder
 
-    loaded = load_encoder(encoder_name)
+    loaded = load_encoder(encoder_name, device=device)
+    where = next(loaded.model.parameters()).device
     chunks = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
             batch = loaded.tokenizer(texts[i : i + batch_size], padding=True, truncation=True,
-                                     max_length=256, return_tensors="pt")
-            hidden = loaded.model(**batch).last_hidden_state
+                                     max_length=256, return_tensors="pt").to(where)
+            hidden = loaded.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)
 
 
 class EncoderRelevanceScorer(Scorer):
@@ -172,7 +176,7 @@ class EncoderRelevanceScorer(Scorer):
     def score(self, spans, level, ctx):
         q = ctx.require_question(self.name)
         texts = [ctx.text[s:e] for s, e in spans]
-        vecs = embed([q] + texts, ctx.encoder)
+        vecs = embed([q] + texts, ctx.encoder, device=ctx.device)
         return vecs[1:] @ vecs[0]
 
 

@@ -1,6 +1,9 @@
-"""Format-specific rules: which parts of markdown and code must never be dropped."""
+"""Format-specific rules: which parts of markdown and code must never be dropped, and which
+must stay whole (fenced code blocks)."""
 
 from __future__ import annotations
+
+import bisect
 
 import regex
 
@@ -15,12 +18,30 @@ _C_DIRECTIVE = regex.compile(
 )
 
 
+def markdown_code_blocks(text: str) -> list[tuple[int, int]]:
+    """Spans of the fenced code blocks, each from its opening fence to the end of its closing
+    fence line. A block is one unit: kept whole with its fences, byte for byte, or dropped
+    whole; it is never cut inside and not protected (so a long one can go to meet a budget).
+    An unclosed fence is not a block (its line is ordinary text)."""
+    return [(m.start(), m.end()) for m in _MD_FENCE.finditer(text)]
+
+
 def markdown_protected(text: str) -> list[tuple[int, int]]:
-    """Headings, list / quote markers, fenced code blocks and table rules."""
+    """The markup that must stay: headings, list / quote markers (with the item's first
+    word) and table rules, outside fenced code blocks (a '# comment' line in a code block is
+    code, not a heading)."""
+    blocks = markdown_code_blocks(text)
+    starts = [s for s, _ in blocks]
+
+    def in_block(a: int) -> bool:
+        i = bisect.bisect_right(starts, a) - 1
+        return i >= 0 and a < blocks[i][1]
+
     spans = []
-    for rx in (_MD_HEADING, _MD_MARKER, _MD_FENCE, _MD_TABLE_RULE):
-        spans += [(m.start(), m.end()) for m in rx.finditer(text) if m.end() > m.start()]
-    return spans
+    for rx in (_MD_HEADING, _MD_MARKER, _MD_TABLE_RULE):
+        spans += [(m.start(), m.end()) for m in rx.finditer(text)
+                  if m.end() > m.start() and not in_block(m.start())]
+    return sorted(spans)
 
 
 def _is_comment_line(stripped: str) -> bool:

@@ -81,17 +81,17 @@ def token_surprisal(
         end = min(n, ctx_start + window)
         piece = head + ids[ctx_start:end]
         x = torch.tensor([piece], device=device)
-        logits = model(input_ids=x).logits[0].float()
+        # no KV cache: each window is one forward pass and nothing is generated after it
+        logits = model(input_ids=x, use_cache=False).logits[0]
+        # predictions for tokens first .. len(piece)-1 (the very first token of a window
+        # with no BOS and no prefix has none); only those rows go to float, and the
+        # log-softmax is folded into cross_entropy, so no extra (T, vocab) copy is kept
         first = len(head) + (start - ctx_start)  # position of token `start` in piece
-        pred = logits[first - 1 : len(piece) - 1] if first > 0 else None
-        if pred is not None:
-            target = x[0, first:]
-            lp = torch.log_softmax(pred, dim=-1).gather(1, target[:, None])[:, 0]
-            out[start:end] = (-lp).cpu().numpy()
-        else:  # no BOS and no prefix: the very first token has no prediction
-            pred = logits[: len(piece) - 1]
-            lp = torch.log_softmax(pred, dim=-1).gather(1, x[0, 1:, None])[:, 0]
-            out[start + 1 : end] = (-lp).cpu().numpy()
+        lo = max(first, 1)
+        nll = torch.nn.functional.cross_entropy(logits[lo - 1 : len(piece) - 1].float(),
+                                                x[0, lo:], reduction="none")
+        del logits
+        out[start + (lo - first) : end] = nll.cpu().numpy()
         bar.update(end - start)
         start = end
     bar.close()
