@@ -10,6 +10,7 @@ from transformers import (
     MistralConfig,
     Phi3Config,
     Qwen2Config,
+    Qwen3Config,
 )
 
 COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -20,6 +21,7 @@ COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_at
 CONFIGS = {
     "llama": lambda: LlamaConfig(**COMMON),
     "qwen2": lambda: Qwen2Config(**COMMON),
+    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16),     # q/k norms, explicit head_dim
     "mistral": lambda: MistralConfig(**COMMON, sliding_window=None),
     "phi3": lambda: Phi3Config(**COMMON),
     "gemma3": lambda: Gemma3TextConfig(

@@ -356,3 +356,36 @@ def test_per_head_blocks_grow_in_place_while_decoding():
             assert not valid[0, j, :-live].any() and valid[0, j, -live:].all()
             assert torch.equal(pos[0, j, -live:-(new - 1)], blk["pos"][0])
             assert pos[0, j, -(new - 1):].tolist() == list(range(t, t + new - 1))
+
+
+@pytest.mark.parametrize("policy", ["snapkv", "adakv"])
+def test_batch_operations_move_every_row_together(policy):
+    """Beam reordering / repeating / selecting rows moves the stored entries, their
+    validity and positions, and the per-row bookkeeping (real tokens, padding) that
+    decode-time eviction uses, all together."""
+    model = tiny_model("llama")
+    batch = torch.zeros(2, 70, dtype=torch.long)
+    mask = torch.zeros(2, 70, dtype=torch.long)
+    batch[0], mask[0] = random_ids(70, seed=5)[0], 1
+    batch[1, 30:], mask[1, 30:] = random_ids(40, seed=6)[0], 1
+    with kv.compress(model, policy, keep=0.5) as s, torch.no_grad():
+        model(batch, attention_mask=mask)
+    cache = s.last_cache
+    layer = cache.layers[1]
+
+    def state():
+        keys, values, pos = layer.dense_view()
+        return keys, values, pos, layer.slot_valid(), cache.n_real, cache.row_start
+
+    before = state()
+    assert before[4].tolist() == [70, 40] and before[5].tolist() == [0, 30]
+    cache.reorder_cache(torch.tensor([1, 0]))
+    for a, b in zip(state(), before, strict=True):
+        assert torch.equal(a, b.flip(0))
+    cache.batch_repeat_interleave(2)
+    for a, b in zip(state(), before, strict=True):
+        assert torch.equal(a, b.flip(0).repeat_interleave(2, dim=0))
+    cache.batch_select_indices(torch.tensor([2]))
+    for a, b in zip(state(), before, strict=True):
+        assert torch.equal(a, b[:1])
+    assert layer.entries() == model.config.num_key_value_heads * 35   # row 0: half of 70
