@@ -82,7 +82,9 @@ def auto_finest(method: str, question: str | None, fmt: str, protects: bool) -> 
     sentences: on the held-out dev split (benchmarks/text/tune.py) sentence selection by
     relevance lost far less gold-answer likelihood than also pruning words (-3% vs +17%
     NLL at 4x) and kept every answer. With protected text it goes down to words, so that
-    protecting a number does not force its whole sentence in. Code drops whole lines."""
+    protecting a number does not force its whole sentence in. Code drops whole lines.
+    (A sentence that alone exceeds the budget is still cut into words: see
+    :func:`_select_or_cut`.)"""
     if fmt == "code" or (method == "default" and question and not protects):
         return "sentence"
     return "word"
@@ -331,9 +333,10 @@ class LevelSelector:
         s, e = self.units.level_spans(level)[cut_unit]
         sel.cut = bool((sel.keep & inside).any())
         if sel.cut:
+            which = "best" if fine in scorer.levels else "first"
             sel.notes.append(
                 f"a {level} of about {int(self.costs[inside].sum())} tokens (characters "
-                f"{s}-{e}) is larger than the budget of {target}; kept its best "
+                f"{s}-{e}) is larger than the budget of {target}; kept its {which} "
                 f"{fine}s ({int((sel.keep & inside).sum())} of {len(cut_words)})")
         return sel
 
