@@ -79,7 +79,7 @@ def main() -> None:
             ("lexrank", None, "sentence"), ("wordfreq", None, "word"), ("random", None, "word")]
     for method, question, gran in runs:
         def once(method=method, question=question, gran=gran):
-            return compress(text, ratio=0.33, question=question, method=method,
+            return compress(text, keep=0.33, question=question, method=method,
                             granularity=gran, progress=False)
 
         r = once()

@@ -57,7 +57,7 @@ def test_invalid_utf8_bytes(data, where):
 
 
 def test_valid_utf8_bytes_are_accepted():
-    r = call(text=TEXT.encode("utf-8"), ratio=0.5)
+    r = call(text=TEXT.encode("utf-8"), keep=0.5)
     assert r.compressed_tokens <= r.target_tokens
 
 
@@ -92,8 +92,8 @@ def test_document_lists():
 
 @pytest.mark.parametrize("ratio", [0, 0.0, 1.5, -1, float("nan"), float("inf"), True, "0.5"])
 def test_bad_ratio(ratio):
-    err = raises(UsageError, "ratio must be a fraction of tokens to keep in \\(0, 1\\]",
-                 ratio=ratio)
+    err = raises(UsageError, "keep is the fraction of tokens to keep and must be in \\(0, 1\\]",
+                 keep=ratio)
     assert repr(ratio) in str(err)
 
 
@@ -103,12 +103,12 @@ def test_bad_target_tokens(target):
 
 
 def test_ratio_and_target_together():
-    raises(UsageError, "either a ratio or a target", ratio=0.5, target_tokens=5)
+    raises(UsageError, "either keep \\(a fraction\\) or a target", keep=0.5, target_tokens=5)
 
 
 def test_protected_text_over_budget():
     err = raises(BudgetError, "protected text alone needs 3 tokens but the budget is 2",
-                 target_tokens=2, keep=["committee", "Revenue", "board"])
+                 target_tokens=2, keep_text=["committee", "Revenue", "board"])
     assert "allow-over-budget" in str(err)
 
 
@@ -165,7 +165,7 @@ def test_empty_or_non_string_protect_pattern(protect):
 
 @pytest.mark.parametrize("keep", [[""], [None], [b"bytes"]])
 def test_empty_or_non_string_keep_literal(keep):
-    raises(UsageError, "protected literals must be non-empty strings", keep=keep)
+    raises(UsageError, "protected literals must be non-empty strings", keep_text=keep)
 
 
 def test_protect_options_not_lists():
@@ -175,10 +175,10 @@ def test_protect_options_not_lists():
 
 def test_single_string_protect_is_one_pattern():
     # a bare string is one pattern / literal, not a list of its characters
-    r = call(ratio=0.3, protect=r"48\.2", keep="Revenue")
+    r = call(keep=0.3, protect=r"48\.2", keep_text="Revenue")
     assert "48.2" in r.text and "Revenue" in r.text
     # None means nothing protected
-    assert call(ratio=0.3, protect=None, keep=None, keep_spans=None).text
+    assert call(keep=0.3, protect=None, keep_text=None, keep_spans=None).text
 
 
 @pytest.mark.parametrize("span", [(0, 10_000), (-1, 3), (5, 2), (4, 4), (len(TEXT), len(TEXT) + 1)])
@@ -237,7 +237,7 @@ def test_tokenizer_returning_nonsense(tokenizer):
 # ---------------------------------------------------------------- already within budget
 
 
-@pytest.mark.parametrize("budget", [{"ratio": 1.0}, {"target_tokens": 10_000}])
+@pytest.mark.parametrize("budget", [{"keep": 1.0}, {"target_tokens": 10_000}])
 def test_within_budget_comes_back_unchanged_with_a_note(budget):
     r = call(**budget)
     assert r.text == TEXT
@@ -248,27 +248,35 @@ def test_within_budget_comes_back_unchanged_with_a_note(budget):
 
 def test_within_budget_json_unchanged():
     text = '{"k": "short text", "n": 3}'
-    r = call(text=text, format="json", ratio=1.0)
+    r = call(text=text, format="json", keep=1.0)
     assert r.text == text and any("unchanged" in n for n in r.notes)
 
 
 def test_target_rounding_to_zero_gives_empty_output():
-    r = call(text="one two three four", ratio=0.2)
+    r = call(text="one two three four", keep=0.2)
     assert r.target_tokens == 0 and r.text == "" and r.compressed_tokens == 0
 
 
 def test_json_without_strings_over_budget():
     text = json.dumps([1, 2, 3, 4, 5, 6, 7, 8], indent=4)  # long, but no string to cut
     with pytest.raises(BudgetError, match="JSON structure"):
-        call(text=text, format="json", tokenizer=len, ratio=0.2)
+        call(text=text, format="json", tokenizer=len, keep=0.2)
     # re-serialising alone may fit: then it is valid JSON within budget
-    r = call(text=text, format="json", tokenizer=len, ratio=0.9)
+    r = call(text=text, format="json", tokenizer=len, keep=0.9)
     assert json.loads(r.text) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert r.compressed_tokens <= r.target_tokens
 
 
 def test_allow_over_budget_keeps_only_protected_and_says_so():
-    r = call(target_tokens=2, keep=["committee", "Revenue", "board"], allow_over_budget=True)
+    r = call(target_tokens=2, keep_text=["committee", "Revenue", "board"], allow_over_budget=True)
     assert r.text.split() == ["committee", "Revenue", "board"]
     assert r.compressed_tokens == 3 > r.target_tokens
     assert any("over by 1" in n for n in r.notes)
+
+
+def test_old_budget_spellings():
+    """``ratio`` still works (same meaning, deprecated); a list for ``keep`` names keep_text."""
+    with pytest.warns(DeprecationWarning, match="keep"):
+        r = call(ratio=0.5)
+    assert r.compressed_tokens <= r.target_tokens == r.original_tokens // 2
+    raises(UsageError, "keep_text", keep=["Revenue"])

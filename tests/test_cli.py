@@ -19,7 +19,7 @@ def run(*args, stdin: bytes | None = None):
 
 @pytest.mark.model
 def test_compress_file_prints_text_and_stats():
-    code, out, err = run("compress", REPORT, "--ratio", "0.33", "--question",
+    code, out, err = run("compress", REPORT, "--keep", "0.33", "--question",
                          "What was the Q3 revenue?", "--keep-numbers", "--stats")
     assert code == 0, err
     assert "48.2" in out
@@ -39,7 +39,7 @@ def test_json_output_is_a_typed_result():
 
 @pytest.mark.model
 def test_stdin_and_explain():
-    code, out, err = run("compress", "-", "--ratio", "0.5", "--method", "wordfreq", "--explain",
+    code, out, err = run("compress", "-", "--keep", "0.5", "--method", "wordfreq", "--explain",
                          stdin=b"The quick brown fox jumps over the lazy dog. " * 4)
     assert code == 0, err
     assert "fox" in out and "tokens" in out
@@ -52,12 +52,13 @@ def test_models_command():
 
 
 @pytest.mark.parametrize("args,exit_code,message", [
-    (["compress", REPORT, "--ratio", "0"], 2, "ratio"),
-    (["compress", REPORT, "--ratio", "1.5"], 2, "ratio"),
+    (["compress", REPORT, "--keep", "0"], 2, "keep"),
+    (["compress", REPORT, "--keep", "1.5"], 2, "keep"),
+    (["compress", REPORT, "--keep", "PX-1"], 2, "--keep-text 'PX-1'"),
     (["compress", REPORT, "--target-tokens", "-3"], 2, "positive"),
     (["compress", REPORT, "--method", "nope"], 2, "invalid choice"),
     (["compress", "/no/such/file.txt"], 2, "no such file"),
-    (["compress", REPORT, "--ratio", "0.5", "--target-tokens", "9"], 2, "not allowed"),
+    (["compress", REPORT, "--keep", "0.5", "--target-tokens", "9"], 2, "not allowed"),
     (["compress", REPORT, "--method", "bm25"], 2, "question"),
     (["compress", REPORT, "--protect", "(unclosed"], 2, "invalid protect regex"),
 ])
@@ -92,9 +93,9 @@ def test_malformed_json_exits_1(tmp_path):
 def test_protected_text_over_budget_exits_1_or_keeps_with_flag(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("Order ACME-1234 and ACME-5678 were shipped today to the warehouse in Leeds.")
-    code, out, err = run("compress", str(path), "--target-tokens", "3", "--keep",
+    code, out, err = run("compress", str(path), "--target-tokens", "3", "--keep-text",
                          "ACME-1234 and ACME-5678", "--method", "random")
     assert code == 1 and "over by" in err
-    code, out, err = run("compress", str(path), "--target-tokens", "3", "--keep",
+    code, out, err = run("compress", str(path), "--target-tokens", "3", "--keep-text",
                          "ACME-1234 and ACME-5678", "--method", "random", "--allow-over-budget")
     assert code == 0 and "ACME-1234 and ACME-5678" in out and "note:" in err

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.model
 
 
 def test_report_with_question_keeps_budget_and_protected_numbers(report_text, lm_tokenizer):
-    r = compress(report_text, ratio=0.33, question="What was the Q3 revenue?",
+    r = compress(report_text, keep=0.33, question="What was the Q3 revenue?",
                  protect=[r"\$\d+(?:\.\d+)? million"])
     count = len(lm_tokenizer(r.text, add_special_tokens=False)["input_ids"])
     assert count == r.compressed_tokens <= r.target_tokens == int(0.33 * r.original_tokens)
@@ -28,14 +28,14 @@ def test_question_free_default_is_deterministic(report_text):
 @pytest.mark.parametrize("method", ["surprisal", "question-surprisal", "contrastive", "encoder",
                                     "bm25", "lexrank", "wordfreq", "random"])
 def test_every_method_fits_the_budget(report_text, method):
-    r = compress(report_text, ratio=0.25, question="How many field technicians?", method=method)
+    r = compress(report_text, keep=0.25, question="How many field technicians?", method=method)
     assert r.compressed_tokens <= r.target_tokens
     assert r.text.strip()
 
 
 def test_token_granularity_never_splits_characters(lm_tokenizer):
     text = "Größenwahn und café crème: 東京タワー は 333 メートル です 🎉🎉 naïve coöperation."
-    r = compress(text, ratio=0.5, granularity="token")
+    r = compress(text, keep=0.5, granularity="token")
     assert r.compressed_tokens <= r.target_tokens
     for s, e in r.kept_spans:
         assert text[s:e].encode("utf-8").decode("utf-8") == text[s:e]
@@ -45,7 +45,7 @@ def test_json_format_stays_valid(report_text):
     doc = {"title": "Quarterly review", "year": 2026, "sections": report_text.split("\n\n")[:6],
            "meta": {"draft": False, "owner": "finance team of Northwind Robotics"}}
     text = json.dumps(doc, indent=2, ensure_ascii=False)
-    r = compress(text, ratio=0.4, format="json")
+    r = compress(text, keep=0.4, format="json")
     out = json.loads(r.text)
     assert out["year"] == 2026 and out["meta"]["draft"] is False
     assert set(out) == set(doc) and len(out["sections"]) == len(doc["sections"])
@@ -69,7 +69,7 @@ def test_code_format_drops_only_comment_lines():
 def double(x):
     return 2 * x
 '''
-    r = compress(code, ratio=0.7, format="code")
+    r = compress(code, keep=0.7, format="code")
     compile(r.text, "<compressed>", "exec")
     for line in code.splitlines():
         if line.strip() and not line.strip().startswith("#") and "radius" not in line \
@@ -83,7 +83,7 @@ def test_markdown_keeps_headings_and_markers():
           "that contain only whitespace characters.\n- Memory use during long runs dropped "
           "considerably after the cache rewrite landed.\n\n## Features\n\n1. A new command "
           "lists every installed model together with its status and path on disk.\n")
-    r = compress(md, ratio=0.6, format="markdown")
+    r = compress(md, keep=0.6, format="markdown")
     for keep in ("# Release notes", "## Fixes", "## Features", "- ", "1. "):
         assert keep in r.text
     assert r.compressed_tokens <= r.target_tokens
@@ -100,7 +100,7 @@ def test_coarse_to_fine_scores_words_only_inside_kept_sentences(report_text, mon
         return real(model, tokenizer, text, **kw)
 
     monkeypatch.setattr(scorers, "token_surprisal", spy)
-    r = compress(report_text, ratio=0.25, question="How many field technicians were there?",
+    r = compress(report_text, keep=0.25, question="How many field technicians were there?",
                  protect=[r"\$\d+(?:\.\d+)? million"])
     assert r.granularity == "document+sentence+word"  # protection: down to words
     assert seen and max(seen) < 0.75 * len(report_text)  # the LM never read the whole text
@@ -109,7 +109,7 @@ def test_coarse_to_fine_scores_words_only_inside_kept_sentences(report_text, mon
 
 
 def test_question_default_selects_whole_sentences(report_text):
-    r = compress(report_text, ratio=0.25, question="How many field technicians were there?")
+    r = compress(report_text, keep=0.25, question="How many field technicians were there?")
     assert r.granularity == "document+sentence"
     assert "We ended the quarter with 212 field technicians against a plan of 230." in r.text
     assert r.compressed_tokens <= r.target_tokens

@@ -109,7 +109,7 @@ QUESTION = "What did the model budget say about revenue?"
 @st.composite
 def budgets(draw) -> dict:
     if draw(st.booleans()):
-        return {"ratio": draw(ratios)}
+        return {"keep": draw(ratios)}
     return {"target_tokens": draw(st.integers(1, 120))}
 
 
@@ -142,8 +142,8 @@ def check_budget(r, tok: str, budget: dict) -> None:
     counted = TokenCounter(TOKENIZERS[tok]).count(r.text)
     assert counted == r.compressed_tokens
     assert r.compressed_tokens <= r.target_tokens
-    if "ratio" in budget:
-        exact = budget["ratio"] * r.original_tokens
+    if "keep" in budget:
+        exact = budget["keep"] * r.original_tokens
         # floor(ratio * original), with a 1e-9 tolerance for float noise (0.29 * 100)
         assert r.target_tokens == math.floor(exact + 1e-9)
         assert r.target_tokens <= exact + 1e-6
@@ -229,10 +229,10 @@ def test_token_granularity_with_a_hf_tokenizer(text, method, budget, seed):
        ratio=ratios, seed=st.integers(0, 1000))
 def test_list_of_documents(text, tok, n_docs, ratio, seed):
     docs = [text] * n_docs
-    r = compress(docs, ratio=ratio, method="random", tokenizer=TOKENIZERS[tok], seed=seed)
+    r = compress(docs, keep=ratio, method="random", tokenizer=TOKENIZERS[tok], seed=seed)
     joined = "\n\n".join(docs)
     check_spans(joined, r)
-    check_budget(r, tok, {"ratio": ratio})
+    check_budget(r, tok, {"keep": ratio})
 
 
 # ---------------------------------------------------------------- (3) protection
@@ -247,7 +247,7 @@ def protections(draw, text: str) -> dict:
         out["protect"] = [draw(st.sampled_from([r"\d+", r"[A-Z]\w+", r"model \w+", r"\p{Han}",
                                                 r"e\.g\.", r"[😀👍]", r"budget"]))]
     if kind in ("literal", "mixed") and words:
-        out["keep"] = [draw(st.sampled_from(words))]
+        out["keep_text"] = [draw(st.sampled_from(words))]
     if kind in ("span", "mixed"):
         s = draw(st.integers(0, len(text) - 1))
         e = draw(st.integers(s + 1, min(len(text), s + 30)))
@@ -278,7 +278,7 @@ def test_protected_text_survives_or_budget_error(data, text, m, tok, budget):
     spans = []
     for pat in prot.get("protect", []):
         spans += [mt.span() for mt in regex.finditer(pat, text) if mt.end() > mt.start()]
-    for lit in prot.get("keep", []):
+    for lit in prot.get("keep_text", []):
         spans += [(mt.start(), mt.end()) for mt in regex.finditer(regex.escape(lit), text,
                                                                overlapped=True)]
     spans += list(prot.get("keep_spans", []))
@@ -297,9 +297,9 @@ def test_protected_words_alone_over_budget_raises_then_allowed():
     KEEP6 = ["alpha", "gamma", "delta", "epsilon", "iota", "kappa"]  # no substring of another
     with pytest.raises(BudgetError, match="protected text alone needs 6 tokens"):
         compress(text, target_tokens=3, method="random", tokenizer=ws_tokenizer,
-                 keep=KEEP6)
+                 keep_text=KEEP6)
     r = compress(text, target_tokens=3, method="random", tokenizer=ws_tokenizer,
-                 keep=KEEP6,
+                 keep_text=KEEP6,
                  allow_over_budget=True)
     assert r.text == "alpha gamma delta epsilon iota kappa"
     assert r.compressed_tokens == 6 and r.target_tokens == 3
@@ -359,8 +359,8 @@ def test_json_stays_valid_json_with_keys_and_numbers(obj, indent, ascii_, tok, b
         skeleton = json.dumps(blank_strings(obj, keep_blank=True), ensure_ascii=False,
                               indent=2 if "\n" in text.strip() else None)
         target = min(budget.get("target_tokens", 10**9), TokenCounter(TOKENIZERS[tok]).count(text))
-        if "ratio" in budget:
-            target = math.floor(budget["ratio"] * TokenCounter(TOKENIZERS[tok]).count(text) + 1e-9)
+        if "keep" in budget:
+            target = math.floor(budget["keep"] * TokenCounter(TOKENIZERS[tok]).count(text) + 1e-9)
         assert TokenCounter(TOKENIZERS[tok]).count(skeleton) > target, str(exc)
         return
     out = json.loads(r.text)
@@ -386,8 +386,8 @@ def test_json_protected_literal_survives():
            "dollars in the third quarter, while costs stayed flat and margins improved.",
            "tags": ["finance", "q3"], "nested": {"note": "call the CFO about it tomorrow"}}
     text = json.dumps(obj)
-    r = compress(text, format="json", ratio=0.7, method="random", tokenizer=ws_tokenizer,
-                 keep=["48.2"])
+    r = compress(text, format="json", keep=0.7, method="random", tokenizer=ws_tokenizer,
+                 keep_text=["48.2"])
     out = json.loads(r.text)
     assert "48.2" in out["body"]
     assert out["id"] == 7 and out["tags"][1] in ("q3", "") and set(out) == set(obj)
@@ -410,7 +410,7 @@ def test_same_seed_same_output(text, m, tok, budget, seed):
 
 def test_different_seeds_differ_for_random():
     text = " ".join(f"w{i}" for i in range(200))
-    outs = {compress(text, ratio=0.3, method="random", tokenizer=ws_tokenizer, seed=s).text
+    outs = {compress(text, keep=0.3, method="random", tokenizer=ws_tokenizer, seed=s).text
             for s in range(5)}
     assert len(outs) > 1
 
@@ -469,7 +469,7 @@ def test_code_keeps_code_and_drops_comment_lines():
         "    # another comment that says far too much about nothing\n"
         "    return x + 1  # trailing\n"
     )
-    r = compress(code, format="code", ratio=0.6, method="random", tokenizer=ws_tokenizer)
+    r = compress(code, format="code", keep=0.6, method="random", tokenizer=ws_tokenizer)
     for line in ("import os", "def f(x):", "    return x + 1  # trailing"):
         assert line in r.text
     assert r.compressed_tokens <= r.target_tokens

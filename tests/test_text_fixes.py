@@ -39,10 +39,10 @@ def smol_tokenizer():
 
 
 def test_compress_runs_on_the_cpu_device():
-    a = compress(SHORT, ratio=0.5, method="random", tokenizer=ws_tokenizer, device="cpu")
-    b = compress(SHORT, ratio=0.5, method="random", tokenizer=ws_tokenizer)
+    a = compress(SHORT, keep=0.5, method="random", tokenizer=ws_tokenizer, device="cpu")
+    b = compress(SHORT, keep=0.5, method="random", tokenizer=ws_tokenizer)
     assert a.text == b.text and a.compressed_tokens <= a.target_tokens
-    assert compress(SHORT, ratio=0.5, method="random", tokenizer=ws_tokenizer,
+    assert compress(SHORT, keep=0.5, method="random", tokenizer=ws_tokenizer,
                     device="auto").text == a.text
 
 
@@ -60,7 +60,7 @@ def test_a_device_this_machine_lacks_is_a_clear_usage_error(device, message):
     if device == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
     with pytest.raises(UsageError, match=message):
-        compress(SHORT, ratio=0.5, method="random", tokenizer=ws_tokenizer, device=device)
+        compress(SHORT, keep=0.5, method="random", tokenizer=ws_tokenizer, device=device)
     if isinstance(device, str):  # the loaders say the same, before loading anything
         with pytest.raises(UsageError, match=message):
             models.load_causal_lm("./no/such/folder", device=device)
@@ -343,7 +343,7 @@ def test_dropped_stretch_leaves_at_most_a_blank_line():
 
 def test_reported_case_without_a_model(smol_tokenizer):
     for method in ("bm25", "random", "wordfreq"):
-        r = compress(REPORTED, ratio=0.3, question="What is the revenue?", method=method,
+        r = compress(REPORTED, keep=0.3, question="What is the revenue?", method=method,
                      tokenizer=smol_tokenizer)
         assert r.text == "Revenue was 12.5 million.", method
         assert r.compressed_tokens <= r.target_tokens
@@ -358,7 +358,7 @@ LONG_SENTENCE = (
 
 def test_sentence_larger_than_the_budget_is_cut_into_words_not_lost(smol_tokenizer):
     text = "Intro.\n" + LONG_SENTENCE + "ended flat.\nOther line.\n"
-    r = compress(text, ratio=0.3, question="What was the revenue?", method="bm25",
+    r = compress(text, keep=0.3, question="What was the revenue?", method="bm25",
                  tokenizer=smol_tokenizer)
     assert r.granularity == "sentence+word"
     assert r.compressed_tokens <= r.target_tokens
@@ -369,7 +369,7 @@ def test_sentence_larger_than_the_budget_is_cut_into_words_not_lost(smol_tokeniz
     kept = [u.text for u in r.scores if u.kept]
     assert " ".join(kept) in " ".join(LONG_SENTENCE.split())
     # an explicit sentence granularity still keeps whole sentences only
-    whole = compress(text, ratio=0.3, question="What was the revenue?", method="bm25",
+    whole = compress(text, keep=0.3, question="What was the revenue?", method="bm25",
                      tokenizer=smol_tokenizer, granularity="sentence")
     assert "quarterly" not in whole.text and whole.granularity == "sentence"
 
@@ -426,7 +426,7 @@ def test_markdown_with_a_large_code_block_compresses_and_blocks_stay_whole(
     before = _blocks(MARKDOWN)
     assert len(before) == 2
     for ratio in (0.3, 0.5, 0.7):
-        r = compress(MARKDOWN, ratio=ratio, format="markdown", method=method,
+        r = compress(MARKDOWN, keep=ratio, format="markdown", method=method,
                      tokenizer=tokenizer, question=question)  # no BudgetError
         assert r.compressed_tokens <= r.target_tokens
         assert "# Pipeline notes" in r.text and "## Code" in r.text and "## Notes" in r.text
@@ -449,12 +449,12 @@ def test_markdown_comment_lines_in_code_are_not_headings():
 
 
 def test_protected_text_inside_a_code_block_keeps_the_whole_block():
-    r = compress(MARKDOWN, ratio=0.9, format="markdown", method="random",
-                 tokenizer=ws_tokenizer, keep=["step_5"])  # the block is 78% of the tokens
+    r = compress(MARKDOWN, keep=0.9, format="markdown", method="random",
+                 tokenizer=ws_tokenizer, keep_text=["step_5"])  # the block is 78% of the tokens
     assert _blocks(MARKDOWN)[0] in r.text
     with pytest.raises(BudgetError):
-        compress(MARKDOWN, ratio=0.3, format="markdown", method="random",
-                 tokenizer=ws_tokenizer, keep=["step_5"])
+        compress(MARKDOWN, keep=0.3, format="markdown", method="random",
+                 tokenizer=ws_tokenizer, keep_text=["step_5"])
 
 
 # ---------------------------------------------------------------- 6. no import circle
@@ -478,7 +478,7 @@ def test_formats_take_one_options_object():
     for fn in (compress_json, _compress_text):
         params = inspect.signature(fn).parameters
         assert "opts" in params and len(params) <= 5, list(params)
-    assert "ratio" in inspect.signature(compress).parameters  # public API unchanged
+    assert "keep" in inspect.signature(compress).parameters
     assert {"method", "granularity", "fmt", "scorers", "counter", "protect", "keep",
             "keep_spans", "keep_numbers", "allow_over", "finest", "timings"} <= set(
         CompressOptions.__dataclass_fields__)
@@ -488,8 +488,8 @@ def test_json_path_still_compresses_through_the_shared_pipeline():
     import json
 
     obj = {"id": 7, "body": SHORT, "tags": ["finance", "q3"]}
-    r = compress(json.dumps(obj), format="json", ratio=0.6, method="random",
-                 tokenizer=ws_tokenizer, keep=["48.2"])
+    r = compress(json.dumps(obj), format="json", keep=0.6, method="random",
+                 tokenizer=ws_tokenizer, keep_text=["48.2"])
     out = json.loads(r.text)
     assert out["id"] == 7 and "48.2" in out["body"] and r.compressed_tokens <= r.target_tokens
 
@@ -499,16 +499,16 @@ def test_json_path_still_compresses_through_the_shared_pipeline():
 
 @pytest.mark.model
 def test_reported_case_with_the_default_method():
-    r = compress(REPORTED, ratio=0.3, question="What is the revenue?")
+    r = compress(REPORTED, keep=0.3, question="What is the revenue?")
     assert r.text == "Revenue was 12.5 million."
     assert r.compressed_tokens <= r.target_tokens
-    assert compress(REPORTED, ratio=0.3).text.strip()  # and without the question
+    assert compress(REPORTED, keep=0.3).text.strip()  # and without the question
 
 
 @pytest.mark.model
 def test_default_method_cuts_an_oversized_sentence_with_its_word_scorer():
     text = "Intro.\n" + LONG_SENTENCE + "ended flat.\n"
-    r = compress(text, ratio=0.3, question="What was the revenue?")
+    r = compress(text, keep=0.3, question="What was the revenue?")
     assert r.granularity == "sentence+word"
     assert 0.8 * r.target_tokens <= r.compressed_tokens <= r.target_tokens
     assert "revenue" in r.text
@@ -516,7 +516,7 @@ def test_default_method_cuts_an_oversized_sentence_with_its_word_scorer():
 
 @pytest.mark.model
 def test_default_markdown_with_code_compresses_to_a_third():
-    r = compress(MARKDOWN, ratio=0.3, format="markdown")
+    r = compress(MARKDOWN, keep=0.3, format="markdown")
     assert r.compressed_tokens <= r.target_tokens
     after = _blocks(r.text)
     assert all(block in _blocks(MARKDOWN) for block in after)

@@ -74,13 +74,13 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     text = _read_input(args.path)
     result = compress(
         text,
-        ratio=args.ratio,
+        keep=args.keep if args.keep is not None else args.ratio,
         target_tokens=args.target_tokens,
         question=args.question,
         method=args.method,
         granularity=args.granularity,
         protect=args.protect,
-        keep=args.keep,
+        keep_text=args.keep_text,
         keep_numbers=args.keep_numbers,
         format=args.format,
         tokenizer=args.tokenizer,
@@ -97,7 +97,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if args.stats:
         print(f"tokens: {result.original_tokens} -> {result.compressed_tokens} "
-              f"(target {result.target_tokens}, {result.ratio:.0%} kept) in "
+              f"(target {result.target_tokens}, {result.kept_fraction:.0%} kept) in "
               f"{result.timings.get('total', 0):.2f}s", file=sys.stderr)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -136,6 +136,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _fraction(value: str) -> float:
+    """--keep FRACTION; a clear word for the old --keep TEXT."""
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--keep takes the fraction of tokens to keep (e.g. 0.33), got {value!r}; to "
+            f"protect a literal string use --keep-text {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .text.compressor import FORMATS, GRANULARITIES, METHODS
 
@@ -144,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="compress a prompt (file or - for stdin)")
     c.add_argument("path", help="text file to compress, or - for standard input")
     budget = c.add_mutually_exclusive_group()
-    budget.add_argument("--ratio", type=float, help="fraction of tokens to keep, in (0, 1] "
-                        "(default 0.5)")
+    budget.add_argument("--keep", type=_fraction, metavar="FRACTION",
+                        help="fraction of tokens to keep, in (0, 1] (default 0.5)")
+    budget.add_argument("--ratio", type=_fraction, help=argparse.SUPPRESS)  # old --keep
     budget.add_argument("--target-tokens", type=int, help="keep at most this many tokens")
     c.add_argument("--question", help="question the prompt must still answer")
     c.add_argument("--method", default="default", choices=METHODS, help="scorer (default: "
@@ -154,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="text", choices=FORMATS)
     c.add_argument("--protect", action="append", default=[], metavar="REGEX",
                    help="keep every match of REGEX byte for byte (repeatable)")
-    c.add_argument("--keep", action="append", default=[], metavar="TEXT",
+    c.add_argument("--keep-text", action="append", default=[], metavar="TEXT",
                    help="keep every occurrence of TEXT byte for byte (repeatable)")
-    c.add_argument("--keep-numbers", action="store_true", help="keep every number")
+    c.add_argument("--keep-numbers", action="store_true",
+                   help="keep every number and ID (12.5, 2024-01-15, Z9K6-4842)")
     c.add_argument("--allow-over-budget", action="store_true",
                    help="if protected text alone exceeds the budget, keep it and report")
     c.add_argument("--model", default="default", help="scoring LM: 'default' or a local folder")

@@ -6,10 +6,12 @@ on one text."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import regex
 
 from ..engine.budget import Budget
 from ..errors import BudgetError, InputError, UsageError
@@ -58,16 +60,32 @@ def _check_text(text: Any) -> str:
     return text
 
 
+def _budget_fraction(keep, ratio):
+    """``keep`` (the fraction kept), accepting the deprecated ``ratio`` and refusing the old
+    use of ``keep`` for literal strings with the new name."""
+    numeric = isinstance(keep, str) and regex.fullmatch(r"\s*[-+.\d eE]+\s*", keep)
+    if isinstance(keep, list | tuple | set) or (isinstance(keep, str) and not numeric):
+        raise UsageError("keep is the fraction of tokens to keep (e.g. keep=0.33); protect "
+                         f"literal strings with keep_text={keep!r}.")
+    if ratio is not None:
+        if keep is not None:
+            raise UsageError("give keep (the fraction kept) only; ratio is its old name.")
+        warnings.warn("compress(ratio=...) is now compress(keep=...) (same meaning: the "
+                      "fraction kept)", DeprecationWarning, stacklevel=3)
+        return ratio
+    return keep
+
+
 def compress(
     text: str | Sequence[str] | bytes,
     *,
-    ratio: float | None = None,
+    keep: float | None = None,
     target_tokens: int | None = None,
     question: str | None = None,
     method: str = "default",
     granularity: str = "auto",
     protect: Sequence[str] = (),
-    keep: Sequence[str] = (),
+    keep_text: Sequence[str] = (),
     keep_spans: Sequence[tuple[int, int]] = (),
     keep_numbers: bool = False,
     format: str = "text",
@@ -80,11 +98,15 @@ def compress(
     window: int = 1024,
     dtype: str = "auto",
     device: str = "cpu",
+    ratio: float | None = None,
 ) -> CompressionResult:
-    """Compress a prompt to at most ``ratio`` x its tokens (or ``target_tokens``).
+    """Compress a prompt to at most ``keep`` x its tokens (the fraction kept, as in every
+    place of tokensieve) or ``target_tokens``; neither keeps half.
 
-    ``protect``: regexes whose matches are kept byte for byte; ``keep``: literal strings;
-    ``keep_spans``: (start, end) character spans; ``keep_numbers``: protect all numbers.
+    ``protect``: regexes whose matches are kept byte for byte; ``keep_text``: literal
+    strings; ``keep_spans``: (start, end) character spans; ``keep_numbers``: protect all
+    numbers and IDs (12.5, 2024-01-15, Z9K6-4842). ``ratio`` is the old name of ``keep``
+    (same meaning; deprecated).
     Tokens are counted with ``tokenizer`` (a HF tokenizer, a callable or a model name;
     default: the scoring model's). ``format``: text, markdown, json or code.
     ``allow_over_budget``: when protected text alone exceeds the budget, keep just it and
@@ -104,7 +126,8 @@ def compress(
         raise UsageError("question must be a string.")
     question = question.strip() or None if question else None
     scorers = method_scorers(method, question)
-    budget = Budget.from_options(ratio, target_tokens)
+    keep = _budget_fraction(keep, ratio)
+    budget = Budget.from_options(keep, target_tokens)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise UsageError(f"seed must be a non-negative whole number, got {seed!r}.")
     if format == "code" and granularity not in ("auto", "sentence"):
@@ -121,7 +144,7 @@ def compress(
     ctx = ScoringContext(text, question, model, encoder, seed, progress, window, dtype, device)
     opts = CompressOptions(
         method=method, granularity=granularity, fmt=format, scorers=scorers, counter=counter,
-        model=model, protect=protect, keep=keep, keep_spans=keep_spans,
+        model=model, protect=protect, keep=keep_text, keep_spans=keep_spans,
         keep_numbers=keep_numbers, allow_over=allow_over_budget,
         timings={"setup": time.perf_counter() - t0})
     opts.finest = auto_finest(method, question, format, opts.protects)
@@ -164,7 +187,7 @@ def _compress_text(text: str, breaks: list[int] | None, budget: Budget, ctx: Sco
         msg = (f"{what} alone needs {needed} tokens but the budget is {target} "
                f"(over by {needed - target})")
         if not opts.allow_over:
-            raise BudgetError(msg + "; raise the budget (ratio / target tokens), protect less, "
+            raise BudgetError(msg + "; raise the budget (keep / target tokens), protect less, "
                               "or allow going over budget (--allow-over-budget).")
         notes.append(msg + "; kept only the protected text, as asked")
         out, spans = assemble(text, units.spans, must)

@@ -40,13 +40,13 @@ class CompressionResult:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def ratio(self) -> float:
+    def kept_fraction(self) -> float:
         """Achieved compressed / original tokens."""
         return self.compressed_tokens / self.original_tokens if self.original_tokens else 1.0
 
     def to_dict(self, include_scores: bool = True) -> dict[str, Any]:
         data = asdict(self)
-        data["ratio"] = round(self.ratio, 4)
+        data["kept_fraction"] = round(self.kept_fraction, 4)
         data["kept_spans"] = [list(s) for s in self.kept_spans]
         if not include_scores:
             data.pop("scores")
