@@ -135,3 +135,54 @@ def test_stored_entries_never_exceed_the_budget(policy, keep, t, seed):
     layers = len(cache.compressible_layers())
     budget = s.plan.budget(t)
     assert cache.entries() <= layers * heads * budget
+
+
+# ------------------------------------------------------------------ information policy
+
+
+def test_surprisal_from_the_prefill_equals_the_models_own_log_probs():
+    from tokensieve.kv.hooks import token_surprisal
+
+    model = tiny_model("llama")
+    ids = random_ids(50, batch=2, seed=9)
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        logp = torch.log_softmax(out.logits.float(), -1)
+        ref = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+        got = token_surprisal(model, out.hidden_states[-1], ids, chunk=7)
+    assert torch.allclose(got[:, 1:], ref, atol=1e-4)
+    assert torch.equal(got[:, 0], got[:, 1:].max(-1).values)
+
+
+def test_information_keeps_units_whole_and_the_most_surprising_one():
+    model = tiny_model("llama")
+    ids = random_ids(96, seed=4)
+    units = [(i, i + 8) for i in range(0, 96, 8)]
+    with kv.compress(model, "information", keep=0.5, units=units, sinks=0, recent=0) as s, \
+            torch.no_grad():
+        out = model(ids, use_cache=True, output_hidden_states=True)
+    from tokensieve.kv.hooks import token_surprisal
+
+    surprisal = token_surprisal(model, out.hidden_states[-1], ids)[0]
+    means = [float(surprisal[a:b].mean()) for a, b in units]
+    best = max(range(len(units)), key=means.__getitem__)
+    worst = min(range(len(units)), key=means.__getitem__)
+    for layer in s.last_cache.layers:
+        for kept in _positions(layer):
+            assert len(kept) == 48
+            assert set(range(*units[best])) <= kept
+            assert not kept & set(range(*units[worst]))
+            whole = [u for u in units if set(range(*u)) <= kept]
+            assert len(whole) == 6   # 48 entries = exactly six whole 8-token units
+
+
+def test_information_with_a_decode_cap():
+    model = tiny_model("llama")
+    ids = random_ids(60, seed=2)
+    with kv.compress(model, "information", keep=0.5, max_size=20) as s, torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                       min_new_tokens=8, do_sample=False)
+    seen = s.last_cache.get_seq_length()
+    for layer in s.last_cache.layers:
+        for kept in _positions(layer):
+            assert len(kept) <= 20 and seen - 1 in kept

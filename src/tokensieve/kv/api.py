@@ -8,6 +8,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import regex
 import torch
 
 from ..engine.budget import check_keep
@@ -47,7 +48,7 @@ class Session:
 
 
 _ACTIVE = "_tokensieve_kv_active"
-PLAN_OPTIONS = ("sinks", "recent", "window", "protect", "whole", "max_size", "seed")
+PLAN_OPTIONS = ("sinks", "recent", "window", "protect", "whole", "units", "max_size", "seed")
 
 
 def _refuse_ratio(ratio) -> None:
@@ -62,8 +63,8 @@ def _refuse_ratio(ratio) -> None:
 
 @contextmanager
 def compress(model, policy="default", keep: float = 0.5, *, sinks: int = 4, recent: int = 32,
-             window: int = 32, protect=None, whole=None, max_size: int | None = None,
-             seed: int = 0, ratio=None):
+             window: int = 32, protect=None, whole=None, units=None,
+             max_size: int | None = None, seed: int = 0, ratio=None):
     """Inside the block, every ``generate`` / forward call with a cache compresses the
     context's KV at prefill, keeping the fraction ``keep`` of it (1.0 = untouched);
     ``max_size`` also caps the cache during generation. ``protect`` spans (token positions)
@@ -76,7 +77,7 @@ def compress(model, policy="default", keep: float = 0.5, *, sinks: int = 4, rece
     _refuse_ratio(ratio)
     check_model(model)
     plan = Plan.build(policy, keep, sinks=sinks, recent=recent, window=window,
-                      protect=protect, whole=whole, max_size=max_size, seed=seed)
+                      protect=protect, whole=whole, units=units, max_size=max_size, seed=seed)
     if getattr(model, _ACTIVE, False):
         raise UsageError("this model is already inside a kv.compress() block; blocks cannot be "
                          "nested on one model (the hooks act on the model object). Leave the "
@@ -133,16 +134,40 @@ def chat_parts(tokenizer, context: str, question: str) -> tuple[list[int], list[
     return ctx_ids, q_ids
 
 
+def _context_offsets(tokenizer, context: str, question: str):
+    """The decoded context part and its token offsets, or (text, None) when the ids do not
+    round-trip exactly (then no token span can be trusted)."""
+    ctx_ids, _ = chat_parts(tokenizer, context, question)
+    text = tokenizer.decode(ctx_ids)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return text, (enc["offset_mapping"] if enc["input_ids"] == ctx_ids else None)
+
+
 def number_spans(tokenizer, context: str, question: str = "?") -> list[tuple[int, int]]:
     """Token spans of the context part (as ``chat_parts`` cuts it) that hold one number or
     ID of several tokens (``tokensieve.spans``: 12.5, 2024-01-15, Z9K6-4842, PX-1234), so
     they can be kept whole."""
-    ctx_ids, _ = chat_parts(tokenizer, context, question)
-    text = tokenizer.decode(ctx_ids)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if enc["input_ids"] != ctx_ids:  # offsets only when the ids round-trip exactly
+    text, offsets = _context_offsets(tokenizer, context, question)
+    return [] if offsets is None else token_spans(offsets, value_spans(text))
+
+
+_SENTENCE = regex.compile(r"[^\n]*?(?:[.!?]+[\"')\]]*(?=\s)|\n|$)")
+
+
+def sentence_spans(tokenizer, context: str, question: str = "?") -> list[tuple[int, int]]:
+    """Token spans of the sentences (and lines) of the context part, not overlapping: the
+    units of unit-level policies such as ``information``."""
+    text, offsets = _context_offsets(tokenizer, context, question)
+    if offsets is None:
         return []
-    return token_spans(enc["offset_mapping"], value_spans(text))
+    chars = [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if text[m.start():m.end()]
+             .strip()]
+    out: list[tuple[int, int]] = []
+    for a, b in token_spans(offsets, chars, singles=True):
+        a = max(a, out[-1][1]) if out else a
+        if b > a:
+            out.append((a, b))
+    return out
 
 
 def _full_bytes(model, n_tokens: int) -> int:
@@ -184,6 +209,8 @@ def answer(model, tokenizer, context: str, questions: list[str], *, policy="defa
     if whole_numbers and keep < 1:
         given = list(options.get("whole") or ())
         options["whole"] = given + number_spans(tokenizer, context, questions[0])
+    if keep < 1 and not options.get("units"):
+        options["units"] = sentence_spans(tokenizer, context, questions[0])
     outs, timing = [], {"prefill": 0.0, "decode": 0.0}
 
     def generate(ids, cache=None) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from .attention import LayerInputs, attention_modules
 from .cache import CompressedCache, CompressedLayer
 from .plan import Plan, Slots
@@ -62,6 +62,10 @@ class CompressionHooks:
         for m in self.modules:
             self.handles.append(m.register_forward_pre_hook(self._attn_pre, with_kwargs=True))
             self.handles.append(m.register_forward_hook(self._attn_post, with_kwargs=True))
+        self.final_norm = getattr(model.get_decoder(), "norm", None)
+        if self.final_norm is not None:
+            self.handles.append(self.final_norm.register_forward_hook(self._norm_post))
+        self._running: CompressedCache | None = None    # the cache of the forward under way
 
     def remove(self) -> None:
         for h in self.handles:
@@ -76,19 +80,43 @@ class CompressionHooks:
         if ids is not None and ids.shape[1] == 0:
             raise InputError("The context is empty (0 tokens): there is no KV cache to compress.")
         cache = kwargs.get("past_key_values")
+        self._running = None
         if isinstance(cache, CompressedCache):
             cache.shared.clear()  # per-forward policy state (ChunkKV's shared ranking)
         if kwargs.get("use_cache") is False or isinstance(cache, CompressedCache):
+            self._watch(cache, kwargs, args)
             return None
         if cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
             kwargs["past_key_values"] = self.make_cache()
+            self._watch(kwargs["past_key_values"], kwargs, args)
             return args, kwargs
+        return None
+
+    def _watch(self, cache, kwargs, args) -> None:
+        """Remember the token ids of a prefill whose policy scores by surprisal."""
+        if not isinstance(cache, CompressedCache) or cache.prefilled:
+            return
+        if cache.plan is not None and cache.plan.policy.needs_surprisal:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None:
+                raise InputError("the 'information' KV policy scores token ids by surprisal; "
+                                 "call the model with input_ids, not inputs_embeds.")
+            self._running = cache
+            cache.shared["input_ids"] = ids
+
+    def _norm_post(self, module, args, output):
+        if self._running is not None:
+            self._running.shared["final_hidden"] = output
         return None
 
     def _model_post(self, module, args, kwargs, output):
         cache = kwargs.get("past_key_values")
+        self._running = None
         if isinstance(cache, CompressedCache) and cache.pending:
-            finish_global(cache)
+            if cache.plan.policy.needs_surprisal:
+                finish_surprisal(self.model, cache)
+            else:
+                finish_global(cache)
             cache.pending = {}
         if isinstance(cache, CompressedCache):
             cache.prefilled = True
@@ -151,6 +179,11 @@ class CompressionHooks:
         if plan.keep >= 1:
             return  # nothing removed: the cache stays exactly what the model wrote
         x = self._inputs(module, kwargs, cache, hidden, layer.keys, layer.values, valid)
+        if plan.policy.needs_surprisal:  # scored once the forward has produced the output
+            keep_last = max(plan.window, getattr(plan.policy, "window", 0) or 0)
+            x.hidden, x.cos, x.sin = (t[:, -keep_last:] for t in (x.hidden, x.cos, x.sin))
+            cache.pending[module.layer_idx] = (x, None, None)
+            return
         scores = plan.policy.score(x)
         if plan.policy.deferred:
             info = plan.policy.informativeness(scores.masked_fill(~valid[:, None], 0))
@@ -175,7 +208,57 @@ class CompressionHooks:
         row_start = cache.row_start if cache.row_start is not None else \
             torch.zeros(b, dtype=torch.long, device=keys.device)
         slots = Slots.stored(valid, positions, row_start.to(keys.device), layer.seen)
+        if plan.policy.needs_surprisal:  # the prefill's surprisal; newer tokens: row median
+            known = getattr(cache, "surprisal", None)
+            known = known if known is not None else torch.zeros(b, 1, device=keys.device)
+            pos = positions[:, 0].clamp_max(known.shape[1] - 1)
+            fill = known.median(-1, keepdim=True).values.expand_as(pos)
+            x.shared["surprisal"] = torch.where(positions[:, 0] < known.shape[1],
+                                                known.gather(-1, pos), fill)
+            x.shared["units"] = torch.full_like(pos, -1)
         layer.keep(plan.select(x, counts, slots=slots, prefer="late"))
+
+
+@torch.no_grad()
+def token_surprisal(model, hidden: torch.Tensor, ids: torch.Tensor,
+                    chunk: int = 256) -> torch.Tensor:
+    """(B, T) surprisal -log p(x_i | x_<i) in nats from the final normed hidden states
+    (B, T, D), through the output head ``chunk`` positions at a time (never T x vocab at
+    once). The first token, which nothing predicts, gets the row's highest surprisal."""
+    head = model.get_output_embeddings()
+    cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+    b, t, _ = hidden.shape
+    out = torch.zeros(b, t, dtype=torch.float32, device=hidden.device)
+    for a in range(0, t - 1, chunk):
+        e = min(t - 1, a + chunk)
+        logits = head(hidden[:, a:e]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        target = ids[:, a + 1:e + 1].to(logits.device)
+        out[:, a + 1:e + 1] = (torch.logsumexp(logits, -1)
+                               - logits.gather(-1, target[..., None])[..., 0])
+    if t > 1:
+        out[:, 0] = out[:, 1:].max(-1).values
+    return out
+
+
+def finish_surprisal(model, cache: CompressedCache) -> None:
+    """Score every pending layer by the LM's surprisal of the context, then evict."""
+    plan = cache.plan
+    hidden, ids = cache.shared.pop("final_hidden", None), cache.shared.pop("input_ids", None)
+    if hidden is None or ids is None or hidden.shape[1] != ids.shape[1]:
+        raise UsageError("the 'information' KV policy needs the model's final hidden states "
+                         "for the context; this model's decoder has no final 'norm' module "
+                         "to read them from. Choose another policy.")
+    surprisal = token_surprisal(model, hidden, ids)
+    cache.surprisal = surprisal
+    order = cache.compressible_layers()
+    for i, (x, _, _) in cache.pending.items():
+        slots = Slots.prefill(x.valid)
+        x.shared["surprisal"] = surprisal.masked_fill(~x.valid, 0)
+        x.shared["units"] = plan.unit_ids(slots)
+        counts = plan.keep_counts(cache.n_real, order.index(i), len(order))
+        cache.layers[i].keep(plan.select(x, counts, slots=slots))
 
 
 def finish_global(cache: CompressedCache) -> None:

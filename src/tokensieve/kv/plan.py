@@ -51,7 +51,8 @@ class Plan:
     0.25 keeps a quarter, 1.0 keeps everything (nothing is touched). ``sinks`` first and
     ``recent`` last tokens are never evicted (both shrink to fit small budgets), nor any
     token span in ``protect`` (start, end) in context-token positions. Spans in ``whole``
-    (multi-token numbers, IDs) are kept whole or evicted whole, never cut. ``max_size`` caps
+    (multi-token numbers, IDs) are kept whole or evicted whole, never cut. ``units`` (e.g.
+    sentences) group tokens for unit-level policies (``information``). ``max_size`` caps
     the entries per head during generation (decode-time eviction, same rules).
     """
 
@@ -62,6 +63,7 @@ class Plan:
     window: int = 32
     protect: tuple[tuple[int, int], ...] = ()
     whole: tuple[tuple[int, int], ...] = ()
+    units: tuple[tuple[int, int], ...] = ()
     max_size: int | None = None
     seed: int = 0
 
@@ -79,7 +81,12 @@ class Plan:
                              f"{sinks} sink tokens (so the newest token always fits), got {ms!r}.")
         protect = tuple(check_spans(kw.pop("protect", None), "protect", unit="token positions"))
         whole = tuple(check_spans(kw.pop("whole", None), "whole", unit="token positions"))
-        return cls(policy=get_policy(policy), keep=keep, protect=protect, whole=whole, **kw)
+        units = tuple(check_spans(kw.pop("units", None), "units", unit="token positions"))
+        for (_, b), (a, _) in zip(units, units[1:], strict=False):
+            if a < b:
+                raise UsageError(f"units must not overlap; ({a}, ...) starts before {b}.")
+        return cls(policy=get_policy(policy), keep=keep, protect=protect, whole=whole,
+                   units=units, **kw)
 
     def protected_count(self) -> int:
         return len({i for a, b in self.protect for i in range(a, b)})
@@ -156,16 +163,23 @@ class Plan:
             keep = select_top_k(s, counts[:, None], forced, prefer=prefer)
         return self._whole_keep(keep & valid, forced, spans)
 
-    def _span_ids(self, slots: Slots) -> torch.Tensor | None:
-        """(B, H|1, T) 1 + index of the ``whole`` span each slot is in, 0 outside spans."""
-        if not self.whole:
-            return None
+    @staticmethod
+    def _index_in(spans, slots: Slots) -> torch.Tensor:
+        """(B, H|1, T) index of the span (sorted, not overlapping) each slot is in, or -1."""
         rank = slots.rank
-        starts = torch.tensor([a for a, _ in self.whole], device=rank.device)
-        ends = torch.tensor([b for _, b in self.whole], device=rank.device)
+        starts = torch.tensor([a for a, _ in spans], device=rank.device)
+        ends = torch.tensor([b for _, b in spans], device=rank.device)
         idx = torch.searchsorted(starts, rank.contiguous(), right=True) - 1
         inside = slots.valid & (idx >= 0) & (rank < ends[idx.clamp_min(0)])
-        return torch.where(inside, idx + 1, 0)
+        return torch.where(inside, idx, -1)
+
+    def _span_ids(self, slots: Slots) -> torch.Tensor | None:
+        """(B, H|1, T) 1 + index of the ``whole`` span each slot is in, 0 outside spans."""
+        return self._index_in(self.whole, slots) + 1 if self.whole else None
+
+    def unit_ids(self, slots: Slots) -> torch.Tensor | None:
+        """(B, T) index of the unit each slot is in (-1 outside units), None without units."""
+        return self._index_in(self.units, slots)[:, 0] if self.units else None
 
     def _span_stats(self, mask: torch.Tensor, spans: torch.Tensor):
         """Per span (index 0 = outside spans): how many slots of ``mask`` it holds, and its

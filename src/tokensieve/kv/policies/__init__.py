@@ -6,11 +6,12 @@ from ...errors import UsageError
 from .adaptive import AdaKV, ChunkKV, GlobalPool, PyramidKV
 from .attention_based import H2O, TOVA, VATP, SnapKV
 from .base import Policy
+from .information import Information
 from .simple import KeyNorm, RandomPolicy, StreamingLLM
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (StreamingLLM, H2O, SnapKV, TOVA, KeyNorm, VATP, ChunkKV,
-                              PyramidKV, GlobalPool, AdaKV, RandomPolicy)
+                              PyramidKV, GlobalPool, AdaKV, Information, RandomPolicy)
 }
 DEFAULT_POLICY = "tova"
 

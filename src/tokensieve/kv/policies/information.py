@@ -1,0 +1,85 @@
+"""Policies scored by information: how unpredictable each token was to the model itself.
+
+The LM's surprisal -log p(x_i | x_<i) of every context token comes from the same prefill (the
+final hidden states through the output head, in chunks; never a T x vocab tensor at once), so
+it costs a fraction of one extra forward. Codes, names and numbers are unpredictable, filler
+is not. Tokens are grouped into units (sentences, given as token spans by ``kv.answer``, or
+fixed chunks) and a unit is kept or dropped as a whole, ranked by its information; attention
+can be mixed in. Every layer keeps the same units (the signal is the model's, not a layer's).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..attention import LayerInputs
+from .base import Policy
+
+
+def unit_reduce(values: torch.Tensor, units: torch.Tensor, how: str) -> torch.Tensor:
+    """Per token, the ``how`` (mean / max / sum) of ``values`` (B, T) over its unit;
+    ``units`` (B, T) holds unit indices >= 0, -1 for tokens that are their own unit."""
+    b, t = values.shape
+    ids = torch.where(units >= 0, units, -1)
+    n_units = int(ids.max()) + 1 if ids.numel() and int(ids.max()) >= 0 else 0
+    own = ids < 0
+    slot = torch.where(own, n_units + torch.arange(t, device=values.device).expand(b, t), ids)
+    size = n_units + t
+    if how == "max":
+        red = torch.full((b, size), float("-inf"), device=values.device)
+        red = red.scatter_reduce(-1, slot, values, reduce="amax")
+    else:
+        red = torch.zeros(b, size, device=values.device).scatter_add(-1, slot, values)
+        if how == "mean":
+            cnt = torch.zeros(b, size, device=values.device).scatter_add(
+                -1, slot, torch.ones_like(values))
+            red = red / cnt.clamp_min(1)
+    return torch.gather(red, -1, slot)
+
+
+def chunk_units(t: int, chunk: int, device) -> torch.Tensor:
+    """(T,) unit index of fixed chunks of ``chunk`` tokens."""
+    return torch.arange(t, device=device) // max(1, chunk)
+
+
+def _rank01(x: torch.Tensor) -> torch.Tensor:
+    """Each row's values as ranks in [0, 1] (scale-free, so signals can be mixed)."""
+    t = x.shape[-1]
+    order = x.argsort(-1, stable=True)
+    ranks = torch.empty_like(order, dtype=torch.float32)
+    ranks.scatter_(-1, order, torch.arange(t, device=x.device, dtype=torch.float32)
+                   .expand_as(order).contiguous())
+    return ranks / max(1, t - 1)
+
+
+class Information(Policy):
+    """Units ranked by the model's surprisal of their tokens (``reduce``: mean, max or sum
+    over the unit), optionally mixed with TOVA-style attention of the last ``window``
+    queries (``attention`` in [0, 1] is its weight, on ranks). Units come from
+    ``kv.answer`` (sentences) or ``units=`` spans; without them, chunks of ``chunk``."""
+
+    name = "information"
+    needs_surprisal = True
+
+    def __init__(self, reduce: str = "mean", attention: float = 0.0, window: int = 8,
+                 chunk: int = 16):
+        if reduce not in ("mean", "max", "sum"):
+            raise TypeError(f"reduce must be mean, max or sum, got {reduce!r}")
+        if not 0 <= attention <= 1:
+            raise TypeError(f"attention is a weight in [0, 1], got {attention!r}")
+        self.reduce, self.attention, self.window, self.chunk = reduce, attention, window, chunk
+
+    def score(self, x: LayerInputs) -> torch.Tensor:
+        surprisal = x.shared["surprisal"].float()                  # (B, T)
+        b, t = surprisal.shape
+        units = x.shared.get("units")
+        if units is None:
+            units = chunk_units(t, self.chunk, surprisal.device).expand(b, t)
+        s = unit_reduce(surprisal, units, self.reduce)
+        if self.attention > 0:
+            attn = x.window_attention(self.window).mean(2)         # (B, H, T)
+            attn = unit_reduce(attn.mean(1), units, "mean")
+            s = (1 - self.attention) * _rank01(s) + self.attention * _rank01(attn)
+        # inside a unit, later tokens first, so a unit cut by the budget keeps its end
+        s = s + torch.arange(t, device=s.device) * 1e-7
+        return s[:, None, :].expand(-1, x.keys.shape[1], -1)
