@@ -15,16 +15,17 @@ def test_bench_kv_runs_end_to_end(tmp_path):
     out = tmp_path / "kv"
     res = run_bench(["passkey"], [256], 1, [0.5], ["tokensieve:default", "tokensieve:random"],
                     out, fidelity_length=192)
-    rows = {(s["method"], s["ratio"]): s for s in res["summary"]}
-    assert set(rows) == {("full", 0.0), ("tokensieve:default", 0.5), ("tokensieve:random", 0.5)}
+    rows = {(s["method"], s["keep"]): s for s in res["summary"]}
+    assert set(rows) == {("full", 1.0), ("tokensieve:default", 0.5), ("tokensieve:random", 0.5)}
     for key in (("tokensieve:default", 0.5), ("tokensieve:random", 0.5)):
         s = rows[key]
         assert s["errors"] == 0
         assert s["kv_kept"] == pytest.approx(0.5, abs=0.01)
         assert s["kl"] is not None and s["kl"] >= 0 and 0 <= s["top1"] <= 1
-    assert rows[("full", 0.0)]["kv_kept"] == pytest.approx(1.0)
+    assert rows[("full", 1.0)]["kv_kept"] == pytest.approx(1.0)
+    assert rows[("full", 1.0)]["of_full"] == pytest.approx(1.0)
     report = (out / "report.md").read_text()
-    assert "tokensieve:default" in report and "| 0.5 |" in report
+    assert "tokensieve:default" in report and "| 0.5 |" in report and "± " in report
     assert json.loads((out / "results.json").read_text())["meta"]["lengths"] == [256]
     # resumable: a second run reuses every row
     lines = (out / "records.jsonl").read_text().count("\n")

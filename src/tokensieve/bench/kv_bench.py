@@ -28,12 +28,12 @@ from ..models import load_causal_lm
 from .kv_report import write_report
 from .kv_tasks import TASKS, KVItem, make_tasks
 
-RATIOS = (0.5, 0.75, 0.9)
+KEEPS = (0.5, 0.25)
 TS_POLICIES = tuple(kv.POLICIES)
 KVPRESS = ("streaming_llm", "snapkv", "tova", "knorm", "expected_attention", "pyramidkv",
            "chunkkv", "adakv", "observed_attention", "random")
-QUICK = {"tasks": ["niah_filler", "passkey", "multikey"], "lengths": [1024], "items": 2,
-         "ratios": [0.5, 0.75],
+QUICK = {"tasks": ["code_essay", "multifact"], "lengths": [1024], "items": 2,
+         "keeps": [0.25],
          "methods": ["tokensieve:default", "kvpress:tova", "kvpress:snapkv",
                      "kvpress:expected_attention", "tokensieve:random"]}
 
@@ -80,10 +80,11 @@ def _kv_bytes(cache) -> int:
 
 @torch.no_grad()
 def run_full(model, tok, item: KVItem) -> dict:
-    """No compression: plain transformers, same prompt split as the compressed runs."""
+    """No compression: plain transformers, same prompt split as the compressed runs; the
+    context is prefilled once and every question answered from a copy of its cache."""
     from transformers import DynamicCache
 
-    ctx, q = kv.chat_parts(tok, item.context, item.question)
+    ctx, _ = kv.chat_parts(tok, item.context, item.questions[0])
     dev = model.device
     ids = torch.tensor([ctx], device=dev)
     t0 = time.perf_counter()
@@ -91,56 +92,60 @@ def run_full(model, tok, item: KVItem) -> dict:
     model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     prefill = time.perf_counter() - t0
     stored = _kv_bytes(cache)
-    full_ids = torch.tensor([ctx + q], device=dev)
-    t0 = time.perf_counter()
-    out = model.generate(full_ids, attention_mask=torch.ones_like(full_ids),
-                         past_key_values=copy.deepcopy(cache), do_sample=False,
-                         max_new_tokens=item.max_new_tokens)
-    decode = time.perf_counter() - t0
-    return {"answer": tok.decode(out[0, full_ids.shape[1]:], skip_special_tokens=True),
-            "stored_bytes": stored, "prefill_seconds": prefill, "decode_seconds": decode,
-            "new_tokens": int(out.shape[1] - full_ids.shape[1])}
+    answers, decode = [], 0.0
+    for question in item.questions:
+        _, q = kv.chat_parts(tok, item.context, question)
+        full_ids = torch.tensor([ctx + q], device=dev)
+        t0 = time.perf_counter()
+        out = model.generate(full_ids, attention_mask=torch.ones_like(full_ids),
+                             past_key_values=copy.deepcopy(cache), do_sample=False,
+                             max_new_tokens=item.max_new_tokens)
+        decode += time.perf_counter() - t0
+        answers.append(tok.decode(out[0, full_ids.shape[1]:], skip_special_tokens=True))
+    return {"answers": answers, "stored_bytes": stored, "prefill_seconds": prefill,
+            "decode_seconds": decode}
 
 
-def run_tokensieve(model, tok, item: KVItem, policy: str, ratio: float,
+def run_tokensieve(model, tok, item: KVItem, policy: str, keep: float,
                    query_aware: bool = False) -> dict:
-    res = kv.answer(model, tok, item.context, [item.question], policy=policy, ratio=ratio,
+    res = kv.answer(model, tok, item.context, item.questions, policy=policy, keep=keep,
                     max_new_tokens=item.max_new_tokens, query_aware=query_aware)
-    return {"answer": res.answers[0], "stored_bytes": res.stored_bytes,
+    return {"answers": res.answers, "stored_bytes": res.stored_bytes,
             "prefill_seconds": res.prefill_seconds, "decode_seconds": res.decode_seconds}
 
 
-def run_kvpress(model, tok, item: KVItem, press: str, ratio: float) -> dict:
+def run_kvpress(model, tok, item: KVItem, press: str, keep: float) -> dict:
     from .kv_press import kvpress_answer
 
-    res = kvpress_answer(model, tok, press, ratio, item.context, [item.question],
+    # kvpress's compression_ratio is the fraction removed
+    res = kvpress_answer(model, tok, press, 1 - keep, item.context, item.questions,
                          item.max_new_tokens, question_prefix="\n\n")
-    return {"answer": res["answers"][0], "stored_bytes": res["kv_bytes"],
+    return {"answers": res["answers"], "stored_bytes": res["kv_bytes"],
             "effective_bytes": res["kv_bytes_effective"], "kv_context_tokens":
             res["context_tokens"], "prefill_seconds": res["prefill_s"],
             "decode_seconds": res["decode_s"]}
 
 
-def run_method(model, tok, item: KVItem, method: str, ratio: float) -> dict:
+def run_method(model, tok, item: KVItem, method: str, keep: float) -> dict:
     family, _, name = method.partition(":")
     if method == "full":
         return run_full(model, tok, item)
     if family == "tokensieve":
         aware = name.endswith("+q")
-        return run_tokensieve(model, tok, item, name.removesuffix("+q"), ratio, aware)
+        return run_tokensieve(model, tok, item, name.removesuffix("+q"), keep, aware)
     if family == "kvpress":
-        return run_kvpress(model, tok, item, name, ratio)
+        return run_kvpress(model, tok, item, name, keep)
     raise SystemExit(f"unknown method {method!r}: use full, tokensieve:<policy>[+q] or "
                      f"kvpress:<press>")
 
 
-def kvpress_prefill(model, press_name: str, ratio: float, ctx: torch.Tensor):
+def kvpress_prefill(model, press_name: str, keep: float, ctx: torch.Tensor):
     """Prefill ``ctx`` under a kvpress press (its forward hooks prune the cache)."""
     from transformers import DynamicCache
 
     from .kv_press import attn_implementation, make_press
 
-    press = make_press(press_name, ratio)
+    press = make_press(press_name, 1 - keep)  # kvpress counts the fraction removed
     cache = DynamicCache(config=model.config)
     impl = "eager" if press_name == "observed_attention" else model.config._attn_implementation
     with attn_implementation(model, impl):
@@ -171,7 +176,7 @@ def _pydoc_ids(tok) -> list[int]:
 
 
 @torch.no_grad()
-def fidelity(model, tok, method: str, ratio: float, context_tokens: int, cont_tokens: int = 128,
+def fidelity(model, tok, method: str, keep: float, context_tokens: int, cont_tokens: int = 128,
              offset: int = 0) -> dict:
     """Teacher-forced KL(full || compressed) and top-1 agreement over ``cont_tokens`` tokens
     that follow a compressed context of ``context_tokens`` pydoc tokens."""
@@ -182,7 +187,7 @@ def fidelity(model, tok, method: str, ratio: float, context_tokens: int, cont_to
     full = model(torch.tensor([ids], device=dev)).logits[0, context_tokens - 1: -1].float()
     family, _, name = method.partition(":")
     if family == "tokensieve":
-        with kv.compress(model, name, ratio) as s:
+        with kv.compress(model, name, keep) as s:
             out = model(ctx, use_cache=True)
             cache = s.last_cache
             rest = model(cont, past_key_values=cache, use_cache=True).logits[0]
@@ -192,7 +197,7 @@ def fidelity(model, tok, method: str, ratio: float, context_tokens: int, cont_to
         modules = _attention_modules(model)
         had = ["rotary_emb" in m._modules for m in modules]
         try:
-            cache, out = kvpress_prefill(model, name, ratio, ctx)
+            cache, out = kvpress_prefill(model, name, keep, ctx)
             # kvpress's cache counts stored entries, so positions are passed explicitly, as
             # its own pipeline does for the question (true positions, gaps where pruned)
             pos = torch.arange(context_tokens, context_tokens + cont.shape[1], device=dev)[None]
@@ -233,36 +238,36 @@ class Run:
         return row
 
 
-def evaluate(run: Run, model, tok, item: KVItem, method: str, ratio: float) -> dict:
-    key = f"{item.id}|{method}|{ratio}"
+def evaluate(run: Run, model, tok, item: KVItem, method: str, keep: float) -> dict:
+    key = f"{item.id}|{method}|{keep}"
     if key in run.done:
         return run.done[key]
     row = {"key": key, "kind": "task", "task": item.task, "length": item.length,
-           "item": item.id, "method": method, "ratio": ratio,
+           "item": item.id, "method": method, "keep": keep, "questions": len(item.questions),
            "context_tokens": item.context_tokens, "error": None}
     try:
         with PeakRSS() as mem:
-            res = run_method(model, tok, item, method, ratio)
-        row.update(res, peak_mb=mem.mb, score=item.score(res["answer"]))
+            res = run_method(model, tok, item, method, keep)
+        row.update(res, peak_mb=mem.mb, score=item.score_answers(res["answers"]))
     except Exception as exc:  # a tool that fails on an item is reported, not hidden
         row.update(error=f"{type(exc).__name__}: {exc}"[:300], score=0.0)
     return run.add(row)
 
 
-def evaluate_fidelity(run: Run, model, tok, method: str, ratio: float, length: int) -> dict:
-    key = f"fidelity-{length}|{method}|{ratio}"
+def evaluate_fidelity(run: Run, model, tok, method: str, keep: float, length: int) -> dict:
+    key = f"fidelity-{length}|{method}|{keep}"
     if key in run.done:
         return run.done[key]
-    row = {"key": key, "kind": "fidelity", "length": length, "method": method, "ratio": ratio,
+    row = {"key": key, "kind": "fidelity", "length": length, "method": method, "keep": keep,
            "error": None}
     try:
-        row.update(fidelity(model, tok, method, ratio, length))
+        row.update(fidelity(model, tok, method, keep, length))
     except Exception as exc:
         row.update(error=f"{type(exc).__name__}: {exc}"[:300])
     return run.add(row)
 
 
-def run_bench(tasks, lengths, n_items, ratios, methods, out: Path, model_name="default",
+def run_bench(tasks, lengths, n_items, keeps, methods, out: Path, model_name="default",
               seed=0, threads=2, fidelity_length=2048, dtype="float32",
               device="cpu") -> dict:
     torch.set_num_threads(threads)
@@ -281,31 +286,32 @@ def run_bench(tasks, lengths, n_items, ratios, methods, out: Path, model_name="d
     model, tok = lm.model, lm.tokenizer
     items = make_tasks(tok, lengths=lengths, n_items=n_items, seed=seed, tasks=tasks)
     run = Run(out)
-    bar = tqdm(total=len(items) * (1 + len(ratios) * len(methods)) + len(ratios) * len(methods),
-               desc="bench kv", unit="run")
+    fid = fidelity_length > 0
+    bar = tqdm(total=len(items) * (1 + len(keeps) * len(methods)) +
+               fid * len(keeps) * len(methods), desc="bench kv", unit="run")
     for item in items:
-        evaluate(run, model, tok, item, "full", 0.0)
+        evaluate(run, model, tok, item, "full", 1.0)
         bar.update()
-        for ratio in ratios:
+        for keep in keeps:
             for method in methods:
-                evaluate(run, model, tok, item, method, ratio)
+                evaluate(run, model, tok, item, method, keep)
                 bar.update()
-    for ratio in ratios:
+    for keep in keeps if fid else ():
         for method in methods:
             if not method.endswith("+q"):
-                evaluate_fidelity(run, model, tok, method, ratio, fidelity_length)
+                evaluate_fidelity(run, model, tok, method, keep, fidelity_length)
             bar.update()
     bar.close()
     meta = {"model": model_name, "tasks": list(tasks), "lengths": list(lengths),
-            "items": n_items, "ratios": list(ratios), "methods": list(methods), "seed": seed,
+            "items": n_items, "keeps": list(keeps), "methods": list(methods), "seed": seed,
             "threads": threads, "dtype": str(model.dtype).removeprefix("torch."),
             "attn": model.config._attn_implementation, "fidelity_context": fidelity_length,
             "machine": platform.processor() or platform.machine(),
             "default_policy": kv.DEFAULT_POLICY, "kvpress": kvpress_note,
             "wall_seconds": round(time.perf_counter() - started, 1)}
-    keys = {f"{i.id}|{m}|{r}" for i in items for m in methods for r in ratios}
-    keys |= {f"{i.id}|full|0.0" for i in items}
-    keys |= {f"fidelity-{fidelity_length}|{m}|{r}" for m in methods for r in ratios}
+    keys = {f"{i.id}|{m}|{k}" for i in items for m in methods for k in keeps}
+    keys |= {f"{i.id}|full|1.0" for i in items}
+    keys |= {f"fidelity-{fidelity_length}|{m}|{k}" for m in methods for k in keeps}
     rows = [row for k, row in run.done.items() if k in keys]
     return write_report(rows, meta, out)
 
@@ -317,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096])
     ap.add_argument("--items", type=int, default=2, help="items per task and length")
-    ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS),
-                    help="fractions of the context's KV removed")
+    ap.add_argument("--keep", nargs="+", type=float, default=list(KEEPS), dest="keeps",
+                    help="fractions of the context's KV kept (1.0 = everything)")
+    ap.add_argument("--ratios", nargs="+", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--methods", nargs="+",
                     default=[f"tokensieve:{p}" for p in ("default", "default+q", "snapkv",
                                                          "streaming_llm", "random")]
@@ -332,9 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kv"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--fidelity-length", type=int, default=2048)
+    ap.add_argument("--fidelity-length", type=int, default=2048,
+                    help="context tokens of the teacher-forced fidelity rows (0: skip them)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
+    if args.ratios:
+        ap.error("--ratios (the fraction removed) is now --keep (the fraction kept): "
+                 f"--keep {' '.join(f'{1 - r:g}' for r in args.ratios)}")
     if args.report_only:
         run = Run(args.out)
         meta = json.loads((args.out / "results.json").read_text())["meta"] \
@@ -342,11 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         write_report(list(run.done.values()), meta, args.out)
         print((args.out / "report.md").read_text())
         return 0
-    cfg = dict(tasks=args.tasks, lengths=args.lengths, n_items=args.items, ratios=args.ratios,
+    cfg = dict(tasks=args.tasks, lengths=args.lengths, n_items=args.items, keeps=args.keeps,
                methods=args.methods)
     if args.quick:
         cfg = dict(tasks=QUICK["tasks"], lengths=QUICK["lengths"], n_items=QUICK["items"],
-                   ratios=QUICK["ratios"], methods=QUICK["methods"])
+                   keeps=QUICK["keeps"], methods=QUICK["methods"])
         if args.out == Path("benchmarks/results/kv"):
             args.out = Path("benchmarks/results/kv-quick")
     summary = run_bench(out=args.out, model_name=args.model, seed=args.seed,

@@ -14,18 +14,39 @@ def _mean(vals) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _sem(vals) -> float | None:
+    """Standard error of the mean (0 for one value)."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0
+
+
+def _keep(row: dict) -> float:
+    """The fraction kept (rows of older runs stored ``ratio``, the fraction removed)."""
+    return row["keep"] if "keep" in row else 1 - row["ratio"]
+
+
 def aggregate(rows: list[dict]) -> dict:
     tasks = sorted({r["task"] for r in rows if r["kind"] == "task"})
     full = {r["item"]: r for r in rows if r["kind"] == "task" and r["method"] == "full"}
-    fid = {(r["method"], r["ratio"]): r for r in rows if r["kind"] == "fidelity"}
+    fid = {(r["method"], _keep(r)): r for r in rows if r["kind"] == "fidelity"}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if r["kind"] == "task":
-            groups[(r["method"], r["ratio"])].append(r)
+            groups[(r["method"], _keep(r))].append(r)
+    full_score = {t: _mean(r["score"] for r in full.values() if r["task"] == t) for t in tasks}
     summary = []
-    for (method, ratio), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (method, keep), rs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
         ok = [r for r in rs if not r.get("error")]
         per_task = {t: _mean(r["score"] for r in rs if r["task"] == t) for t in tasks}
+        # the spread: standard error of the mean over the items of each task
+        per_task_sem = {t: _sem([r["score"] for r in rs if r["task"] == t]) for t in tasks}
+        n_task = {t: sum(r["task"] == t for r in rs) for t in tasks}
+        score = _mean(per_task.values())
+        sem = (float(np.sqrt(sum(v ** 2 for v in per_task_sem.values() if v is not None)))
+               / max(1, len(tasks))) if tasks else None
+        full_mean = _mean(full_score.values())
         per_len = {str(n): _mean(r["score"] for r in rs if r["length"] == n)
                    for n in sorted({r["length"] for r in rs})}
 
@@ -34,14 +55,16 @@ def aggregate(rows: list[dict]) -> dict:
                          if r.get(key) and r["item"] in full and full[r["item"]].get(key))
 
         kept = ratio_to_full("stored_bytes")
-        f = fid.get((method, ratio), {})
+        f = fid.get((method, keep), {})
         summary.append({
-            "method": method, "ratio": ratio, "n": len(rs), "errors": len(rs) - len(ok),
+            "method": method, "keep": keep, "n": len(rs), "errors": len(rs) - len(ok),
             "error_example": next((r["error"] for r in rs if r.get("error")), None),
-            "score": _mean(per_task.values()), "per_task": per_task, "per_length": per_len,
+            "score": score, "sem": sem, "per_task": per_task, "per_task_sem": per_task_sem,
+            "items_per_task": n_task, "per_length": per_len,
+            "of_full": score / full_mean if score is not None and full_mean else None,
             "kv_kept": kept,
             "budget_error": None if kept is None or method == "full"
-            else abs(kept - (1 - ratio)) / (1 - ratio),
+            else abs(kept - keep) / keep,
             "x_prefill": ratio_to_full("prefill_seconds"),
             "x_decode": ratio_to_full("decode_seconds"),
             # resident-memory growth per call, kept in the JSON only: freed blocks stay in
@@ -65,31 +88,34 @@ def markdown(agg: dict, meta: dict) -> str:
         f"{meta.get('attn', '?')}), {meta.get('items', '?')} item(s) per task and length",
         "",
         f"Lengths {meta.get('lengths')} tokens, seed {meta.get('seed')}, "
-        f"{meta.get('threads')} threads, wall {meta.get('wall_seconds')} s. `ratio` = fraction "
-        f"of the context's KV removed. Scores are task accuracy (RULER-style string match), "
-        f"mean over items and lengths; `kept` = stored KV bytes / full cache; `×prefill`, "
+        f"{meta.get('threads')} threads, wall {meta.get('wall_seconds')} s. `keep` = fraction "
+        f"of the context's KV kept. Scores are task accuracy (string match; a multi-question "
+        f"item scores the mean over its questions), mean over items and lengths, ± the "
+        f"standard error over items; `of full` = mean score / the full cache's mean score; "
+        f"`kept` = stored KV bytes / full cache; `×prefill`, "
         f"`×decode` = time over the no-compression run on the same item (query-aware `+q` "
         f"rows prefill inside decode); "
         f"KL / top-1 = teacher-forced fidelity vs the full cache on "
         f"{meta.get('fidelity_context')} tokens of pydoc text (128 continuation tokens). "
         f"tokensieve's `default` is `{meta.get('default_policy')}`.",
         "",
-        "| ratio | method | " + " | ".join(tasks) + " | mean | kept | ×prefill | ×decode "
-        "| KL | top-1 | errors |",
-        "|---:|---|" + "---:|" * (len(tasks) + 7),
+        "| keep | method | " + " | ".join(tasks) + " | mean ± s.e. | of full | kept | ×prefill "
+        "| ×decode | KL | top-1 | errors |",
+        "|---:|---|" + "---:|" * (len(tasks) + 8),
     ]
     for s in agg["summary"]:
         cells = [_f(s["per_task"].get(t)) for t in tasks]
         lines.append(
-            f"| {s['ratio']:g} | {s['method']} | " + " | ".join(cells) +
-            f" | **{_f(s['score'])}** | {_f(s['kv_kept'], 3)} | {_f(s['x_prefill'])} | "
+            f"| {s['keep']:g} | {s['method']} | " + " | ".join(cells) +
+            f" | **{_f(s['score'])}** ± {_f(s.get('sem'))} | {_f(s.get('of_full'), pct=True)} "
+            f"| {_f(s['kv_kept'], 3)} | {_f(s['x_prefill'])} | "
             f"{_f(s['x_decode'])} | {_f(s['kl'], 3)} | "
             f"{_f(s['top1'])} | {s['errors'] or ''} |")
     errs = [s for s in agg["summary"] if s["errors"] or s.get("fidelity_error")]
     if errs:
         lines += ["", "Errors (a failed run scores 0):", ""]
         for s in errs:
-            lines.append(f"- {s['method']} @ {s['ratio']:g}: "
+            lines.append(f"- {s['method']} @ keep {s['keep']:g}: "
                          f"{s['error_example'] or s['fidelity_error']}")
     return "\n".join(lines) + "\n"
 
@@ -108,14 +134,15 @@ def plot(agg: dict, out: Path) -> list[str]:
             by_method[s["method"]].append(s)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, ss in sorted(by_method.items()):
-        ss = sorted(ss, key=lambda s: s["ratio"])
+        ss = sorted(ss, key=lambda s: s["keep"])
         style = "-" if method.startswith("tokensieve") else "--"
-        ax.plot([s["ratio"] for s in ss], [s["score"] for s in ss], style, marker="o",
-                label=method)
+        ax.errorbar([s["keep"] for s in ss], [s["score"] for s in ss],
+                    yerr=[s.get("sem") or 0 for s in ss], fmt=style, marker="o", capsize=3,
+                    label=method)
     full = next((s["score"] for s in agg["summary"] if s["method"] == "full"), None)
     if full is not None:
         ax.axhline(full, color="black", lw=0.8, label="full cache")
-    ax.set_xlabel("fraction of the context's KV removed")
+    ax.set_xlabel("fraction of the context's KV kept")
     ax.set_ylabel("mean task accuracy")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
