@@ -341,7 +341,7 @@ def test_per_head_blocks_grow_in_place_while_decoding():
         lengths = [blk["pos"].shape[1] for blk in layer.heads]
         assert len(set(lengths)) > 1 and sum(lengths) == heads * round(t * keep)
         for blk, n in zip(layer.heads, lengths, strict=True):
-            assert blk["k"].shape[1] == n + 1 + max(GROW_SLOTS, (n + 1) // 8)
+            assert blk["k"].shape[1] == n + 1 + max(GROW_SLOTS, (n + 1) // 16)
         assert layer.stored_length() == max(lengths) + new - 1
         assert layer.entries() == heads * (round(t * keep) + new - 1)
         assert layer.nbytes() == sum(2 * blk["k"].shape[1] * d * 4 for blk in layer.heads)

@@ -56,7 +56,7 @@ class LayerInputs:
     seed: int = 0
     shared: dict = field(default_factory=dict)   # state shared across layers of one pass
     _attn: dict = field(default_factory=dict)
-    chunk_elements: ClassVar[int] = 1 << 24       # float32 logits per chunk (64 MiB)
+    chunk_elements: ClassVar[int] = 1 << 22       # float32 logits per chunk (16 MiB)
 
     @property
     def groups(self) -> int:

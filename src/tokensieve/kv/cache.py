@@ -23,7 +23,7 @@ from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLa
 
 from ..errors import UsageError
 
-GROW_SLOTS = 128   # a full per-head block grows by max(GROW_SLOTS, 1/8 of its length)
+GROW_SLOTS = 32    # a full per-head block grows by max(GROW_SLOTS, 1/16 of its length)
 
 
 def _front_aligned_gather(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +166,7 @@ class CompressedLayer(DynamicLayer):
             blk[name] = torch.cat([buf[:, :n], new], dim=1)
             return
         if n + q > buf.shape[1]:
-            grown = buf.new_empty(buf.shape[0], n + q + max(GROW_SLOTS, (n + q) // 8),
+            grown = buf.new_empty(buf.shape[0], n + q + max(GROW_SLOTS, (n + q) // 16),
                                   buf.shape[2])
             grown[:, :n] = buf[:, :n]
             blk[name] = buf = grown
