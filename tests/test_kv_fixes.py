@@ -186,3 +186,15 @@ def test_information_with_a_decode_cap():
     for layer in s.last_cache.layers:
         for kept in _positions(layer):
             assert len(kept) <= 20 and seen - 1 in kept
+
+
+def test_text_and_kv_share_one_number_and_id_pattern(lm_tokenizer):
+    """keep_numbers protects exactly what kv keeps whole: numbers and letter-digit IDs."""
+    from tokensieve.text.protect import protected_spans
+
+    text = "Code Z9K6-4842 and PX-1234 cost 12.5% on 2026-11-29 at 3:45, word v2 ok."
+    found = [text[a:b] for a, b in protected_spans(text, keep_numbers=True)]
+    assert found == ["Z9K6-4842", "PX-1234", "12.5%", "2026-11-29", "3:45", "v2"]
+    ids, _ = kv.chat_parts(lm_tokenizer, text, "?")
+    whole = [lm_tokenizer.decode(ids[a:b]).strip() for a, b in kv.number_spans(lm_tokenizer, text)]
+    assert set(whole) <= set(found) and "Z9K6-4842" in whole and "2026-11-29" in whole

@@ -29,7 +29,8 @@ def check_spans(spans, name: str, limit: int | None = None,
     if spans is None:
         return []
     if isinstance(spans, str | bytes) or not hasattr(spans, "__iter__"):
-        raise UsageError(f"{name} takes a list of (start, end) {unit}, got {spans!r}.")
+        raise UsageError(f"{name} must be a list of (start, end) pairs of {unit}, "
+                         f"got {spans!r}.")
     out = []
     for span in spans:
         try:
@@ -38,12 +39,13 @@ def check_spans(spans, name: str, limit: int | None = None,
                 raise TypeError
             a, b = int(a), int(b)
         except (TypeError, ValueError):
-            raise UsageError(f"{name} takes (start, end) {unit}, got {span!r}.") from None
+            raise UsageError(f"{name} must be (start, end) pairs of {unit}, "
+                             f"got {span!r}.") from None
+        if limit is not None and not 0 <= a < b <= limit:
+            raise UsageError(f"{name} span {span!r} is outside the text (length {limit}) or "
+                             f"empty; give 0 <= start < end <= {limit}.")
         if not 0 <= a < b:
             raise UsageError(f"{name} span {span!r} must satisfy 0 <= start < end.")
-        if limit is not None and b > limit:
-            raise UsageError(f"{name} span {span!r} reaches past the end ({limit} {unit}); "
-                             "give spans inside the input.")
         out.append((a, b))
     return sorted(out)
 

@@ -138,6 +138,7 @@ class Prepared:
     levels: list[str]
     forced: np.ndarray
     cut: bool
+    whole_lines: bool = False   # code: a line comes out with its indentation or not at all
 
 
 def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) -> Prepared:
@@ -167,7 +168,7 @@ def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) ->
     # rather than lose it; not code, where a partial comment line could break the syntax
     cut = (opts.granularity == "auto" and fmt != "code" and units.fine_level == "word"
            and levels[-1] != "word")
-    return Prepared(units, levels, forced, cut)
+    return Prepared(units, levels, forced, cut, whole_lines=fmt == "code")
 
 
 def forced_only_tokens(units: Units, forced: np.ndarray, counter: TokenCounter) -> int:
@@ -231,6 +232,7 @@ class LevelSelector:
                  counter: TokenCounter) -> None:
         self.units, self.levels = prepared.units, prepared.levels
         self.forced, self.cut = prepared.forced, prepared.cut
+        self.whole_lines = prepared.whole_lines
         self.scorers, self.ctx, self.counter = scorers, ctx, counter
         self.costs = counter.word_costs(self.units.text, self.units.spans)
         self._full_scores: dict[str, np.ndarray] = {}
@@ -390,7 +392,10 @@ class LevelSelector:
             n_ind = self.counter.count_many([text[a:b] for a, b in zip(indented, ends,
                                                                        strict=True)])
             for k, u in enumerate(batch):
-                for a, n in ((indented[k], n_ind[k]), (plain[k], n_plain[k])):
+                variants = [(indented[k], n_ind[k])]
+                if not self.whole_lines:
+                    variants.append((plain[k], n_plain[k]))
+                for a, n in variants:
                     if n <= target:
                         return Selection(unit_of == u, report, self.forced, text[a : ends[k]],
                                          [(a, ends[k])], int(n))

@@ -8,8 +8,7 @@ import numpy as np
 import regex
 
 from ..errors import UsageError
-
-NUMBER_PATTERN = r"[-+]?\d+(?:[.,:/]\d+)*%?"
+from ..spans import check_spans, value_spans
 
 
 def _items(value, what: str) -> list:
@@ -33,17 +32,18 @@ def protected_spans(
 ) -> list[tuple[int, int]]:
     """All protected [start, end) spans: regex matches, literal occurrences, given spans."""
     out: list[tuple[int, int]] = []
-    patterns, literals = _items(patterns, "protect"), _items(literals, "keep")
+    patterns, literals = _items(patterns, "protect"), _items(literals, "keep_text")
     spans = _items(spans, "keep_spans")
-    pats = patterns + ([NUMBER_PATTERN] if keep_numbers else [])
-    for pat in pats:
+    if keep_numbers:  # numbers and IDs, as kv keeps them whole (tokensieve.spans)
+        out += value_spans(text)
+    for pat in patterns:
         if not isinstance(pat, str) or not pat:
             raise UsageError(f"protect patterns must be non-empty regex strings, got {pat!r}")
         try:
             rx = regex.compile(pat)
         except regex.error as exc:
             raise UsageError(f"invalid protect regex {pat!r}: {exc}; escape special characters "
-                             "or pass the text as a literal (--keep).") from exc
+                             "or pass the text as a literal (keep_text / --keep-text).") from exc
         out += [(m.start(), m.end()) for m in rx.finditer(text) if m.end() > m.start()]
     for lit in literals:
         if not isinstance(lit, str) or not lit:
@@ -52,14 +52,7 @@ def protected_spans(
         while start >= 0:
             out.append((start, start + len(lit)))
             start = text.find(lit, start + 1)
-    for span in spans:
-        try:
-            s, e = (int(v) for v in span)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"protected spans must be (start, end) pairs, got {span!r}") from exc
-        if not 0 <= s < e <= len(text):
-            raise UsageError(f"protected span {span!r} is outside the text (length {len(text)}).")
-        out.append((s, e))
+    out += check_spans(spans, "keep_spans", limit=len(text), unit="characters")
     return sorted(out)
 
 
