@@ -198,3 +198,45 @@ def test_text_and_kv_share_one_number_and_id_pattern(lm_tokenizer):
     ids, _ = kv.chat_parts(lm_tokenizer, text, "?")
     whole = [lm_tokenizer.decode(ids[a:b]).strip() for a, b in kv.number_spans(lm_tokenizer, text)]
     assert set(whole) <= set(found) and "Z9K6-4842" in whole and "2026-11-29" in whole
+
+
+# ------------------------------------------------------------------ model-wide sliding window
+
+
+def _windowed_mistral(window: int):
+    from kv_models import COMMON
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(MistralConfig(**COMMON, sliding_window=window),
+                                             attn_implementation="eager")
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def test_a_model_wide_sliding_window_is_compressed_not_skipped():
+    """MistralConfig's default: one sliding_window, no layer_types. Compression used to be a
+    silent no-op there (every layer became transformers' own sliding layer)."""
+    model = _windowed_mistral(64)
+    with kv.compress(model, "snapkv", keep=0.5) as s, torch.no_grad():
+        model(random_ids(40, seed=1), use_cache=True)
+    assert s.last_cache.entries() == 4 * 2 * 20          # layers x kv heads x half of 40
+    with pytest.raises(UsageError, match="sliding window of 64 tokens"):
+        with kv.compress(model, "snapkv", keep=0.5), torch.no_grad():
+            model(random_ids(80, seed=1), use_cache=True)
+
+
+@pytest.mark.parametrize("policy", ["tova", "information"])
+def test_decoding_past_a_model_wide_window_matches_the_model(policy):
+    """keep=1.0 through the window: identical to the model's own sliding-window generate."""
+    model = _windowed_mistral(24)
+    ids = random_ids(20, seed=6)
+    with torch.no_grad():
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                             min_new_tokens=16, do_sample=False)
+        with kv.compress(model, policy, keep=1.0) as s:
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                                 min_new_tokens=16, do_sample=False)
+    assert torch.equal(ref, out)
+    for layer in s.last_cache.layers:
+        assert max(len(k) for k in _positions(layer)) <= 23

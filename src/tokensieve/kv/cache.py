@@ -47,8 +47,9 @@ class CompressedLayer(DynamicLayer):
 
     is_sliding = False
 
-    def __init__(self) -> None:
+    def __init__(self, window: int | None = None) -> None:
         super().__init__()
+        self.window = window   # a model-wide sliding window (no layer_types): see hooks
         self.seen = 0
         self.valid: torch.Tensor | None = None       # (B, S) or None when every slot is real
         self._pos: torch.Tensor | None = None        # (B, H, S0) positions of the slots kept
@@ -279,18 +280,21 @@ class CompressedLayer(DynamicLayer):
 
 
 class CompressedCache(Cache):
-    """A cache whose full-attention layers are :class:`CompressedLayer`; sliding-window
-    layers (Gemma 3, Mistral with a window) keep transformers' own bounded layer."""
+    """A cache whose full-attention layers are :class:`CompressedLayer`; the sliding-window
+    layers of a model that mixes both (Gemma 3's ``layer_types``) keep transformers' own
+    bounded layer. A model whose config has one ``sliding_window`` for every layer and no
+    ``layer_types`` (Mistral's default config) gets compressed layers that also honour the
+    window (entries that slid out are dropped), so compression is never a silent no-op."""
 
     def __init__(self, config, plan=None) -> None:
         text = config.get_text_config(decoder=True)
         window = getattr(text, "sliding_window", None)
-        types = getattr(text, "layer_types", None) or [
-            "sliding_attention" if window else "full_attention"
-        ] * text.num_hidden_layers
+        given = getattr(text, "layer_types", None)
+        types = given or ["full_attention"] * text.num_hidden_layers
+        model_wide = window if not given else None
         layers = [DynamicSlidingWindowLayer(window)
-                  if t in ("sliding_attention", "chunked_attention") else CompressedLayer()
-                  for t in types]
+                  if t in ("sliding_attention", "chunked_attention")
+                  else CompressedLayer(model_wide) for t in types]
         super().__init__(layers=layers)
         self.mask_layer = next((i for i, t in enumerate(types) if t == "full_attention"), 0)
         self.plan = plan

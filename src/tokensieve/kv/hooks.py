@@ -151,10 +151,20 @@ class CompressionHooks:
             cache.peak_bytes = max(cache.peak_bytes, cache.nbytes())
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         q = hidden.shape[1]
-        if not cache.prefilled and not layer.compressed and layer.stored_length() == q and q > 1:
+        prefill = not cache.prefilled and not layer.compressed and layer.stored_length() == q
+        if prefill and layer.window and q >= layer.window and plan.keep < 1:
+            raise UsageError(
+                f"this model attends within a sliding window of {layer.window} tokens on every "
+                f"layer (config.sliding_window, no layer_types) and the context has {q} "
+                f"tokens: entries past the window are never seen again, so compressing them "
+                f"is meaningless. Compress contexts shorter than {layer.window} tokens, or "
+                "set config.sliding_window=None if the model was trained on full attention.")
+        if prefill and q > 1:
             self._compress_prefill(module, kwargs, cache, layer, hidden)
         elif plan.max_size is not None and layer.stored_length() > plan.max_size:
             self._evict_decode(module, kwargs, cache, layer, hidden)
+        if layer.window:
+            _slide(layer)
         return None
 
     def _inputs(self, module, kwargs, cache, hidden, keys, values, valid) -> LayerInputs:
@@ -217,6 +227,22 @@ class CompressionHooks:
                                                 known.gather(-1, pos), fill)
             x.shared["units"] = torch.full_like(pos, -1)
         layer.keep(plan.select(x, counts, slots=slots, prefer="late"))
+
+
+def _slide(layer: CompressedLayer) -> None:
+    """Drop the entries that slid out of a model-wide sliding window: the next query (at
+    position ``seen``) sees only positions > seen - window, as transformers' own sliding
+    layer does; afterwards every stored entry is visible, so the model's mask stays right."""
+    _, _, positions = layer.dense_view()
+    inside = positions > layer.seen - layer.window
+    valid = layer.slot_valid()
+    if valid is not None:
+        inside = inside & valid
+        if bool((inside == valid).all()):
+            return
+    elif bool(inside.all()):
+        return
+    layer.keep(inside)
 
 
 @torch.no_grad()
