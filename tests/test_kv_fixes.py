@@ -240,3 +240,17 @@ def test_decoding_past_a_model_wide_window_matches_the_model(policy):
     assert torch.equal(ref, out)
     for layer in s.last_cache.layers:
         assert max(len(k) for k in _positions(layer)) <= 23
+
+
+def test_query_aware_answers_do_not_depend_on_question_order(lm, report_text):
+    """Each question gets its own plan (the recent window grew across questions before)."""
+    model, tok = lm.model, lm.tokenizer
+    short = "Q3 revenue?"
+    long = ("Taking into account everything the report says about the quarter, the sites, "
+            "the staff and the suppliers, what exactly was the revenue in the third quarter?")
+    kw = dict(keep=0.2, query_aware=True, max_new_tokens=8, policy="snapkv")
+    a = kv.answer(model, tok, report_text, [long, short], **kw).answers
+    b = kv.answer(model, tok, report_text, [short, long], **kw).answers
+    assert a == b[::-1]
+    alone = kv.answer(model, tok, report_text, [short], **kw).answers
+    assert alone == [a[1]]
