@@ -254,3 +254,10 @@ def test_query_aware_answers_do_not_depend_on_question_order(lm, report_text):
     assert a == b[::-1]
     alone = kv.answer(model, tok, report_text, [short], **kw).answers
     assert alone == [a[1]]
+
+
+def test_information_mixed_with_attention_runs_and_stays_in_budget():
+    model = tiny_model("llama")
+    with kv.compress(model, "information:attention=0.5", keep=0.25) as s, torch.no_grad():
+        model(random_ids(64, seed=8), use_cache=True)
+    assert s.last_cache.entries() == 4 * 2 * 16

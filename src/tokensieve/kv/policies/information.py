@@ -45,7 +45,7 @@ def chunk_units(t: int, chunk: int, device) -> torch.Tensor:
 def _rank01(x: torch.Tensor) -> torch.Tensor:
     """Each row's values as ranks in [0, 1] (scale-free, so signals can be mixed)."""
     t = x.shape[-1]
-    order = x.argsort(-1, stable=True)
+    order = torch.sort(x, dim=-1, stable=True).indices
     ranks = torch.empty_like(order, dtype=torch.float32)
     ranks.scatter_(-1, order, torch.arange(t, device=x.device, dtype=torch.float32)
                    .expand_as(order).contiguous())
