@@ -13,7 +13,7 @@ POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (StreamingLLM, H2O, SnapKV, TOVA, KeyNorm, VATP, ChunkKV,
                               PyramidKV, GlobalPool, AdaKV, Information, RandomPolicy)
 }
-DEFAULT_POLICY = "tova"
+DEFAULT_POLICY = "information"
 
 
 def _value(text: str):
