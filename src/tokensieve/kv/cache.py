@@ -92,7 +92,7 @@ class CompressedLayer(DynamicLayer):
         """(B, H, S) token position of each stored slot (filler slots of per-head storage
         read 0; :meth:`slot_valid` says which are real)."""
         if self.heads is not None:
-            return self.dense_view()[2]
+            return self._padded_positions()
         if self.keys is None or self.keys.numel() == 0:
             return None
         b, h = self.keys.shape[:2]
@@ -209,6 +209,11 @@ class CompressedLayer(DynamicLayer):
         if self.heads is None:
             return self.keys, self.values, self.positions
         width = self.stored_length()
+        return self._padded("k", width), self._padded("v", width), self._padded_positions()
+
+    def _padded_positions(self) -> torch.Tensor:
+        """(B, H, S) positions of per-head storage, right-aligned, 0 in filler slots."""
+        width = self.stored_length()
         first = self.heads[0]["pos"]
         b = first.shape[0]
         tail = self._tail_positions(b, 1, first.device)[:, 0]
@@ -216,7 +221,7 @@ class CompressedLayer(DynamicLayer):
         for j, blk in enumerate(self.heads):
             n = self._length(blk)
             pos[:, j, width - n:] = torch.cat([blk["pos"], tail], dim=1)
-        return self._padded("k", width), self._padded("v", width), pos
+        return pos
 
     def keep(self, mask: torch.Tensor) -> None:
         """Keep only the slots where ``mask`` (B, H, S) is true; everything else is freed."""
