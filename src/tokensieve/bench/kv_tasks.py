@@ -28,9 +28,11 @@ answers that are not plain numbers, so keeping digit spans alone does not find t
   essay text; four questions (``KVItem.questions``), one per fact, each scored against its
   own answer (``KVItem.score_answers``); ``question`` asks all four at once.
 
-The wording of the prose tasks ("a person named", "According to the text, ...") was chosen on
-the dev split (seed 1) so that SmolLM2-135M with the uncompressed cache answers most items:
-a task the full model cannot do says nothing about compression. Scores are case-insensitive
+The wording of the prose tasks ("According to the text, ...", and for names a question that
+ends like the needle: "the harbour master of Norholm is a person named what?") was chosen on
+the dev split (seed 1) so that SmolLM2-135M with the uncompressed cache answers most items
+(a task the full model cannot do says nothing about compression); measured on seed 0 with the
+full cache: see ``benchmarks/README.md``. Scores are case-insensitive
 containment (codes exactly as written, hyphens included).
 
 The context opens with a one-line instruction for the task (RULER's for the RULER tasks); the
@@ -479,7 +481,8 @@ def _code_essay(rng, count, target: int) -> dict:
     depth = rng.random()
     needle = f"The access code for the {thing} is {code}."
     text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"], [(depth, needle)])
-    return dict(context=text, question=f"What is the access code for the {thing}?",
+    return dict(context=text,
+                question=f"According to the text, what is the access code for the {thing}?",
                 answers=[code], context_tokens=tokens,
                 meta={"needle": needle, "depth": round(depth, 4)})
 
@@ -490,7 +493,8 @@ def _name_essay(rng, count, target: int) -> dict:
     depth = rng.random()
     needle = f"The {role} is a person named {name}."
     text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"], [(depth, needle)])
-    return dict(context=text, question=f"According to the text, what is the name of the {role}?",
+    return dict(context=text,
+                question=f"According to the text, the {role} is a person named what?",
                 answers=[name], context_tokens=tokens,
                 meta={"needle": needle, "depth": round(depth, 4)})
 
