@@ -78,9 +78,9 @@ def test_chunkkv_ranks_afresh_at_every_decode_step(monkeypatch):
     calls = []
     original = LayerInputs.window_attention
 
-    def counting(self, w=None):
+    def counting(self, w=None, **kw):
         calls.append(self.layer_idx)
-        return original(self, w)
+        return original(self, w, **kw)
 
     monkeypatch.setattr(LayerInputs, "window_attention", counting)
     ids, steps = random_ids(30, seed=5), 6

@@ -233,8 +233,7 @@ def _slide(layer: CompressedLayer) -> None:
     """Drop the entries that slid out of a model-wide sliding window: the next query (at
     position ``seen``) sees only positions > seen - window, as transformers' own sliding
     layer does; afterwards every stored entry is visible, so the model's mask stays right."""
-    _, _, positions = layer.dense_view()
-    inside = positions > layer.seen - layer.window
+    inside = layer.positions > layer.seen - layer.window
     valid = layer.slot_valid()
     if valid is not None:
         inside = inside & valid

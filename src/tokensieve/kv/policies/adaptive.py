@@ -23,7 +23,7 @@ class ChunkKV(Policy):
     def score(self, x: LayerInputs) -> torch.Tensor:
         group = ("chunkkv", x.layer_idx // self.reuse, x.keys.shape[2])
         if group not in x.shared:
-            s = x.window_attention(self.window).mean(2).mean(1)          # (B, T)
+            s = x.window_attention(self.window, reduce="mean").mean(1)          # (B, T)
             b, t = s.shape
             pad = (-t) % self.chunk
             padded = torch.nn.functional.pad(s, (0, pad))

@@ -18,7 +18,7 @@ class SnapKV(Policy):
         self.window, self.kernel = window, kernel
 
     def score(self, x: LayerInputs) -> torch.Tensor:
-        return pool1d(x.window_attention(self.window).mean(2), self.kernel)
+        return pool1d(x.window_attention(self.window, reduce="mean"), self.kernel)
 
 
 class TOVA(Policy):
@@ -33,7 +33,7 @@ class TOVA(Policy):
         self.window, self.per_head, self.kernel = window, per_head, kernel
 
     def score(self, x: LayerInputs) -> torch.Tensor:
-        s = x.window_attention(self.window).mean(2)
+        s = x.window_attention(self.window, reduce="mean")
         if not self.per_head:
             s = s.mean(1, keepdim=True).expand(-1, x.keys.shape[1], -1)
         return pool1d(s, self.kernel)
@@ -49,7 +49,7 @@ class H2O(Policy):
         self.window = window
 
     def score(self, x: LayerInputs) -> torch.Tensor:
-        return x.window_attention(self.window).sum(2)
+        return x.window_attention(self.window, reduce="sum")
 
 
 class VATP(Policy):
@@ -61,5 +61,5 @@ class VATP(Policy):
         self.window = window
 
     def score(self, x: LayerInputs) -> torch.Tensor:
-        attn = x.window_attention(self.window).mean(2)
+        attn = x.window_attention(self.window, reduce="mean")
         return attn * x.values.float().abs().sum(-1)

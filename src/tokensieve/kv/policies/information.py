@@ -77,7 +77,7 @@ class Information(Policy):
             units = chunk_units(t, self.chunk, surprisal.device).expand(b, t)
         s = unit_reduce(surprisal, units, self.reduce)
         if self.attention > 0:
-            attn = x.window_attention(self.window).mean(2)         # (B, H, T)
+            attn = x.window_attention(self.window, reduce="mean")  # (B, H, T)
             attn = unit_reduce(attn.mean(1), units, "mean")
             s = (1 - self.attention) * _rank01(s) + self.attention * _rank01(attn)
         # inside a unit, later tokens first, so a unit cut by the budget keeps its end
