@@ -251,7 +251,7 @@ def test_pip_configuration_is_respected(tmp_path, monkeypatch):
                     "[install]\nindex-url = https://install-only.example/simple\n")
     monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
     for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX", "PIP_FIND_LINKS",
-                "PIP_PROXY", "PIP_TRUSTED_HOST"):
+                "PIP_PROXY", "PIP_TRUSTED_HOST", "PIP_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "7")
     s = data.pip_sources()

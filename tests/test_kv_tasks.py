@@ -195,9 +195,9 @@ def test_code_essay_needle_once_with_a_mixed_code(prose_items):
         code = item.answers[0]
         assert CODE.match(code) and re.search(r"[A-Z]", code) and re.search(r"\d", code), code
         needle = item.meta["needle"]
-        assert needle.endswith(f" is {code}.") and needle.startswith("The access code for ")
+        assert needle.endswith(f' is "{code}".') and needle.startswith("The access code for ")
         assert item.context.count(needle) == 1 and item.context.count(code) == 1
-        thing = needle.removeprefix("The access code for ").removesuffix(f" is {code}.")
+        thing = needle.removeprefix("The access code for ").removesuffix(f' is "{code}".')
         assert thing in item.question and code not in item.question
     codes = {kv_tasks._code(random.Random(k)) for k in range(300)}
     shapes = {tuple(len(g) for g in c.split("-")) for c in codes}

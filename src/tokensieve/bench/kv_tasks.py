@@ -18,7 +18,7 @@ within 2% under the target), a short question and the strings a correct answer m
 Tasks closer to use (issue 8): real prose, one ordinary sentence holding an invented fact, and
 answers that are not plain numbers, so keeping digit spans alone does not find them:
 
-- ``code_essay``: "The access code for the Calderwick boathouse is QX7-19B4." in the essays;
+- ``code_essay``: 'The access code for the Calderwick boathouse is "QX7-19B4".' in the essays;
   codes mix letters and digits in varied group formats (Z9K6-4842, 0Z-11QE-PU, 916NL-179).
 - ``name_essay``: "The harbour master of Norholm is a person named Ottilie Brandvold." in the
   essays; invented but realistic names (first names from a list, surnames and places built
@@ -28,12 +28,14 @@ answers that are not plain numbers, so keeping digit spans alone does not find t
   essay text; four questions (``KVItem.questions``), one per fact, each scored against its
   own answer (``KVItem.score_answers``); ``question`` asks all four at once.
 
-The wording of the prose tasks ("According to the text, ...", and for names a question that
-ends like the needle: "the harbour master of Norholm is a person named what?") was chosen on
-the dev split (seed 1) so that SmolLM2-135M with the uncompressed cache answers most items
-(a task the full model cannot do says nothing about compression); measured on seed 0 with the
-full cache: see ``benchmarks/README.md``. Scores are case-insensitive
-containment (codes exactly as written, hyphens included).
+The wording of the prose tasks ("According to the text, ...", codes in quotes, and for names a
+question that ends like the needle: "the harbour master of Norholm is a person named what?")
+was chosen on the dev split (seed 1) so that SmolLM2-135M with the uncompressed cache answers
+most items: a task the full model cannot do says nothing about compression. Full-cache scores
+on seed 0, 10 items each, at 1k / 2k tokens: code_essay 0.9 / 0.9, name_essay 1.0 / 1.0,
+multifact 0.95 / 0.72. Scores are case-insensitive containment; codes must be copied exactly,
+hyphens included (the model writes them as given when it finds them; its misses drop or change
+characters, which no separator normalisation would forgive).
 
 The context opens with a one-line instruction for the task (RULER's for the RULER tasks); the
 question is separate (a harness puts it after the context, so a KV-cache method sees the
@@ -479,7 +481,7 @@ def _code_essay(rng, count, target: int) -> dict:
     thing = f"{_invented(rng, _PLACE_ENDS)} {rng.choice(_FACILITIES)}"
     code = _code(rng)
     depth = rng.random()
-    needle = f"The access code for the {thing} is {code}."
+    needle = f'The access code for the {thing} is "{code}".'
     text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"], [(depth, needle)])
     return dict(context=text,
                 question=f"According to the text, what is the access code for the {thing}?",
@@ -512,7 +514,7 @@ def _multifact(rng, count, target: int) -> dict:
          f"{ask} in which year was {company} established?", year),
         (f"The headquarters of {company} are in the city of {city}.",
          f"{ask} in which city are the headquarters of {company}?", city),
-        (f"The model number of the {product} of {company} is {code}.",
+        (f'The model number of the {product} of {company} is "{code}".',
          f"{ask} what is the model number of the {product} of {company}?", code),
     ]
     # one fact per quarter of the text, the quarters shuffled
