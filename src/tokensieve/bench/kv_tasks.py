@@ -477,28 +477,26 @@ def _person(rng) -> str:
     return f"{rng.choice(_FIRST_NAMES)} {_invented(rng, _SURNAME_ENDS)}"
 
 
+def _one_fact(rng, count, target: int, needle: str, question: str, answer: str) -> dict:
+    """One needle sentence at a random depth of the essay filler (depth drawn here)."""
+    depth = rng.random()
+    text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"], [(depth, needle)])
+    return dict(context=text, question=question, answers=[answer], context_tokens=tokens,
+                meta={"needle": needle, "depth": round(depth, 4)})
+
+
 def _code_essay(rng, count, target: int) -> dict:
     thing = f"{_invented(rng, _PLACE_ENDS)} {rng.choice(_FACILITIES)}"
     code = _code(rng)
-    depth = rng.random()
-    needle = f'The access code for the {thing} is "{code}".'
-    text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"], [(depth, needle)])
-    return dict(context=text,
-                question=f"According to the text, what is the access code for the {thing}?",
-                answers=[code], context_tokens=tokens,
-                meta={"needle": needle, "depth": round(depth, 4)})
+    return _one_fact(rng, count, target, f'The access code for the {thing} is "{code}".',
+                     f"According to the text, what is the access code for the {thing}?", code)
 
 
 def _name_essay(rng, count, target: int) -> dict:
     role = rng.choice(_ROLES).format(place=_invented(rng, _PLACE_ENDS))
     name = _person(rng)
-    depth = rng.random()
-    needle = f"The {role} is a person named {name}."
-    text, tokens = _essay_fill(rng, count, target, _PREAMBLE["essay"], [(depth, needle)])
-    return dict(context=text,
-                question=f"According to the text, the {role} is a person named what?",
-                answers=[name], context_tokens=tokens,
-                meta={"needle": needle, "depth": round(depth, 4)})
+    return _one_fact(rng, count, target, f"The {role} is a person named {name}.",
+                     f"According to the text, the {role} is a person named what?", name)
 
 
 def _multifact(rng, count, target: int) -> dict:

@@ -130,13 +130,18 @@ class Plan:
                 out.append(1 + int(alloc[layer]))
         return torch.tensor(out, dtype=torch.long, device=n_real.device)
 
+    def _user(self, slots: Slots) -> torch.Tensor:
+        """(B, H|1, T) slots inside a user ``protect`` span."""
+        user = torch.zeros_like(slots.valid)
+        for a, b in self.protect:
+            user |= slots.valid & (slots.rank >= a) & (slots.rank < b)
+        return user
+
     def forced(self, slots: Slots, counts: torch.Tensor) -> torch.Tensor:
         """(B, H|1, T) entries that must stay: user spans, then sinks and the recent window,
         which shrink so that everything forced fits ``counts`` (B,)."""
         rank, valid = slots.rank, slots.valid
-        user = torch.zeros_like(valid)
-        for a, b in self.protect:
-            user |= valid & (rank >= a) & (rank < b)
+        user = self._user(slots)
         room = (counts[:, None, None] - user.sum(-1, keepdim=True)).clamp_min(0)
         sinks = room.clamp(max=self.sinks)
         recent = (room - sinks).clamp(min=0, max=self.recent)
@@ -196,9 +201,7 @@ class Plan:
         if spans is None:
             return forced
         ids = spans.expand_as(forced)
-        user = torch.zeros_like(slots.valid)
-        for a, b in self.protect:
-            user |= slots.valid & (slots.rank >= a) & (slots.rank < b)
+        user = self._user(slots)
         n_forced, size = self._span_stats(forced, spans)
         n_user, _ = self._span_stats(user.expand_as(forced), spans)
         cut = (n_forced > 0) & (n_forced < size)
