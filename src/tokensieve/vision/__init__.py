@@ -1,0 +1,13 @@
+"""Vision-token reduction: prune or merge the patch tokens of a ViT-family encoder.
+
+    from tokensieve import vision
+    with vision.reduce(model, "default", keep=0.5):
+        features = model(pixel_values)
+"""
+
+from .api import apply, reduce, remove
+from .methods import DEFAULT_METHOD, METHODS, VisionMethod, get_method
+from .reduce import Reducer, VisionTrace
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "Reducer", "VisionMethod", "VisionTrace", "apply",
+           "get_method", "reduce", "remove"]
