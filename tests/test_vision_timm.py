@@ -321,7 +321,6 @@ class GatedAttention(Attention):
         super().__init__(*args, gated=True, **kwargs)
 
 
-@pytest.mark.xfail(reason="_timm_tapped_forward ignores Attention.gate (gated=True)", strict=False)
 def test_gated_attention_keep_one_is_bit_identical():
     model = _build(attn_layer=GatedAttention)
     x = torch.randn(2, 3, 32, 32)
@@ -332,16 +331,11 @@ def test_gated_attention_keep_one_is_bit_identical():
     assert torch.equal(out, ref)
 
 
-_CAUSAL = pytest.mark.xfail(reason="_timm_tapped_forward drops is_causal", strict=False)
-_BOOL_EAGER = pytest.mark.xfail(reason="_timm_tapped_forward adds a bool attn_mask as 0/1 on "
-                                "the eager path (timm turns it into 0/-inf)", strict=False)
-
-
 @pytest.mark.parametrize("call, fused", [
-    pytest.param("causal", True, marks=_CAUSAL, id="causal-fused"),
-    pytest.param("causal", False, marks=_CAUSAL, id="causal-eager"),
+    pytest.param("causal", True, id="causal-fused"),
+    pytest.param("causal", False, id="causal-eager"),
     pytest.param("bool_mask", True, id="bool_mask-fused"),
-    pytest.param("bool_mask", False, marks=_BOOL_EAGER, id="bool_mask-eager"),
+    pytest.param("bool_mask", False, id="bool_mask-eager"),
 ])
 def test_masked_calls_keep_one_are_bit_identical(call, fused):
     model, x = _variant("plain", fused)
@@ -371,8 +365,6 @@ def test_diff_attention_without_a_tap_works():
     assert feats.shape == (2, 1 + 8, 64) and r.last.sizes.shape == (2, 8)
 
 
-@pytest.mark.xfail(reason="install_tap accepts timm's DiffAttention (it has .qkv) and the "
-                   "tapped forward then fails with a reshape error", strict=False)
 def test_diff_attention_with_a_tap_is_refused_clearly():
     model = _build(attn_layer="diff")
     x = torch.randn(2, 3, 32, 32)
@@ -382,8 +374,6 @@ def test_diff_attention_with_a_tap_is_refused_clearly():
     _assert_clean(model)
 
 
-@pytest.mark.xfail(reason="reduce.py floors the patch grid; timm's dynamic_img_pad pads up, "
-                   "so extra patches are counted as prefix tokens", strict=False)
 def test_dynamic_img_pad_counts_padded_patches():
     model = _build(dynamic_img_size=True, dynamic_img_pad=True)
     x = torch.randn(1, 3, 36, 36)  # 5 x 5 patches after padding

@@ -125,27 +125,57 @@ def _register_hf_tap() -> None:
         AttentionInterface.register(TAP_NAME, _hf_tapped_attention)
 
 
-def _timm_tapped_forward(self, x, attn_mask=None, **kwargs):
-    """timm's ``Attention.forward`` with a tap before the attention (the same operations in
-    the same order, so it matches timm's fused path)."""
+def _timm_additive(n: int, like: torch.Tensor, mask, is_causal: bool):
+    """The additive bias timm's eager path builds from ``attn_mask`` / ``is_causal``."""
+    if is_causal:
+        return like.new_full((n, n), float("-inf")).triu_(1)
+    if mask is not None and mask.dtype == torch.bool:
+        return torch.zeros_like(mask, dtype=like.dtype).masked_fill_(~mask, float("-inf"))
+    return mask
+
+
+def _timm_tapped_forward(self, x, attn_mask=None, is_causal=False):
+    """timm's ``Attention.forward`` (timm 1.0.x: output gate, ``is_causal``, bool masks) with a
+    tap before the attention: the same operations in the same order, so with a tap that
+    leaves the mask alone it is bit-identical on both the fused and the eager path."""
     tap = self.__dict__["_tokensieve_tap"][0]
     b, n, c = x.shape
+    gate = getattr(self, "gate", None)
+    gate = gate(x).sigmoid() if gate is not None else None
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = self.q_norm(q), self.k_norm(k)
-    attn_mask = tap(self, q, k, v, attn_mask, self.scale)
+    given = attn_mask
+    if is_causal or (attn_mask is not None and attn_mask.dtype == torch.bool):
+        given = _timm_additive(n, q, attn_mask, is_causal)  # the tap adds to a float bias
+    tapped = tap(self, q, k, v, given, self.scale)
+    if tapped is not given:  # the tap changed the mask: it now carries the causal part too
+        attn_mask, is_causal = tapped, False
     if getattr(self, "fused_attn", True):
         x = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0)
+            q, k, v, attn_mask=attn_mask,
+            dropout_p=self.attn_drop.p if self.training else 0.0, is_causal=is_causal)
     else:
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        if attn_mask is not None:
-            attn = attn + attn_mask
+        q = q * self.scale
+        attn = q @ k.transpose(-2, -1)
+        bias = _timm_additive(n, attn, attn_mask, is_causal)
+        if bias is not None:
+            attn = attn + bias
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = attn @ v
     x = x.transpose(1, 2).reshape(b, n, -1)
     x = getattr(self, "norm", nn.Identity())(x)
+    if gate is not None:
+        x = x * gate
     return self.proj_drop(self.proj(x))
+
+
+def _timm_standard(module: nn.Module) -> bool:
+    """Whether ``module`` runs timm's standard ``Attention.forward`` (the one re-implemented
+    above); DiffAttention and other attention layers with a ``qkv`` do not."""
+    forward = getattr(type(module), "forward", None)
+    return (getattr(forward, "__qualname__", "") == "Attention.forward"
+            and getattr(forward, "__module__", "").startswith("timm."))
 
 
 def install_tap(family: Family, module: nn.Module, tap: Tap) -> Callable[[], None]:
@@ -171,6 +201,11 @@ def install_tap(family: Family, module: nn.Module, tap: Tap) -> Callable[[], Non
             module.config = config
             module.__dict__.pop("_tokensieve_tap", None)
         return undo
+    if not _timm_standard(module):
+        raise UsageError(
+            f"{type(module).__name__} is not timm's standard Attention: methods that read the "
+            "attention (keys, CLS attention) or weigh merged tokens (proportional attention) "
+            "are not supported on it; use 'random', 'grid' or 'repshift' (proportional=False).")
     module.__dict__["_tokensieve_tap"] = (tap, None)
     module.forward = _timm_tapped_forward.__get__(module)
 

@@ -162,7 +162,10 @@ class Reducer:
     def _on_image(self, module, args, kwargs):
         pixels = _first_tensor(args, kwargs, "pixel_values")
         p = self.family.patch_size
-        self._state = _Forward((pixels.shape[-2] // p, pixels.shape[-1] // p))
+        feat_size = getattr(module, "dynamic_feat_size", None)  # timm: pads up if asked to
+        grid = (tuple(int(s) for s in feat_size(tuple(pixels.shape[-2:])))
+                if callable(feat_size) else (pixels.shape[-2] // p, pixels.shape[-1] // p))
+        self._state = _Forward(grid)
 
     def _on_first_block(self, module, args, kwargs):
         st = self._state
