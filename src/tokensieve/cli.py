@@ -121,7 +121,27 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_vision(args: argparse.Namespace) -> int:
+    from .vision.images import reduce_images
+
+    results = reduce_images(args.images, args.method, keep=args.keep, count=args.count,
+                            at=args.at, model=args.model, device=args.device)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return EXIT_OK
+    for r in results:
+        print(f"{r.path}: {r.patches} -> {r.patches_kept} patch tokens "
+              f"({r.patches_kept / r.patches:.0%}, grid {r.grid[0]}x{r.grid[1]}, "
+              f"{r.prefix} prefix), feature cosine {r.cosine:.3f} (CLS {r.cosine_cls:.3f}), "
+              f"x{r.speedup:.2f} this forward")
+    return EXIT_OK
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.target == "vision":
+        from .bench.vision_bench import main as bench_vision
+
+        return bench_vision(args.rest)
     if args.target == "kv":
         from .bench.kv_bench import main as bench_kv
 
@@ -180,9 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--explain", action="store_true", help="show every unit coloured by score")
     c.add_argument("--stats", action="store_true", help="print token counts to stderr")
     c.set_defaults(func=_cmd_compress)
-    b = sub.add_parser("bench", help="run a benchmark (text or kv); see tokensieve bench kv "
+    v = sub.add_parser("vision", help="reduce the patch tokens of images on a vision model")
+    v.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    v.add_argument("--method", default="default", help="vision method, e.g. default, tome, "
+                   "evit, 'dart:pivots=4' (see the README)")
+    vb = v.add_mutually_exclusive_group()
+    vb.add_argument("--keep", type=_fraction, metavar="FRACTION",
+                    help="fraction of patch tokens to keep, in (0, 1] (default 0.5)")
+    vb.add_argument("--count", type=int, help="patch tokens to keep")
+    v.add_argument("--at", type=int, default=None, help="block after which to reduce")
+    v.add_argument("--model", default="default", help="'default' (DINOv2-S/14) or a local "
+                   "Hugging Face folder")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--json", action="store_true", help="print typed results as JSON")
+    v.set_defaults(func=_cmd_vision)
+    b = sub.add_parser("bench", help="run a benchmark (text, kv or vision); see tokensieve "
+                       "bench kv "
                        "--help", add_help=False)
-    b.add_argument("target", choices=["text", "kv"])
+    b.add_argument("target", choices=["text", "kv", "vision"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=_cmd_bench)
     m = sub.add_parser("models", help="list the installed models")
