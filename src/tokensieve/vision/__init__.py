@@ -6,8 +6,9 @@
 """
 
 from .api import apply, reduce, remove
+from .backbone import load_vision_model, vision_preprocessing
 from .methods import DEFAULT_METHOD, METHODS, VisionMethod, get_method
 from .reduce import Reducer, VisionTrace
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "Reducer", "VisionMethod", "VisionTrace", "apply",
-           "get_method", "reduce", "remove"]
+           "get_method", "load_vision_model", "reduce", "remove", "vision_preprocessing"]
