@@ -70,7 +70,8 @@ def run_features(model, pixels: torch.Tensor, method: str | None, keep: float,
                 sizes, prefix = r.last.sizes, r.last.prefix
                 work.append(_token_layers(r, n_layers) / (n_layers * (grid + prefix)))
             patches = out[:, prefix:].float()
-            w = torch.ones(patches.shape[:2]) if sizes is None else sizes.float()
+            w = torch.ones(patches.shape[:2], device=patches.device) if sizes is None \
+                else sizes.float()
             mean = (patches * w[..., None]).sum(1) / w.sum(1, keepdim=True)
             feats.append(torch.cat([out[:, 0].float(), mean], -1))
     return torch.cat(feats), float(np.mean(work))
