@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="cpu")
     v.add_argument("--json", action="store_true", help="print typed results as JSON")
     v.set_defaults(func=_cmd_vision)
+    from .inspect.cli import add_inspect_parser
+
+    add_inspect_parser(sub)
     b = sub.add_parser("bench", help="run a benchmark (text, kv or vision); see tokensieve "
                        "bench kv "
                        "--help", add_help=False)

@@ -1,0 +1,464 @@
+"""``surprise``: per-token and per-word surprisal -log p of a text under a causal LM.
+
+The numbers come from :func:`tokensieve.text.surprisal.token_surprisal` (the compressor's own
+sliding window, context carried across windows), so what is shown is what the compressor
+ranks. With a question, each word also gets how much the question lowers its surprisal,
+measured as the compressor's contrastive scorer does: against a neutral question of the same
+shape, so that merely having a prefix is not mistaken for relevance."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, UsageError
+
+DESCRIPTION = "per-token surprisal of a text (terminal, HTML, PNG or JSON)"
+
+
+@dataclass
+class TokenScore:
+    """One token of the LM: its text, [start, end) characters in the input, surprisal in nats,
+    and the index of the word it belongs to (-1 for whitespace between words)."""
+
+    text: str
+    start: int
+    end: int
+    surprisal: float
+    word: int = -1
+
+
+@dataclass
+class WordScore:
+    """One word (a run of non-space characters): the sum of its tokens' surprisal (nats).
+
+    With a question: ``conditioned`` is the surprisal with the question in front, and
+    ``reduction`` = surprisal after a neutral question - ``conditioned`` (positive where the
+    question makes the word more expected)."""
+
+    text: str
+    start: int
+    end: int
+    surprisal: float
+    tokens: int
+    conditioned: float | None = None
+    reduction: float | None = None
+
+
+@dataclass
+class SurpriseResult:
+    """What :func:`surprise` returns. Surprisal is in nats (divide by ln 2 for bits)."""
+
+    text: str
+    model: str
+    tokens: list[TokenScore]
+    words: list[WordScore]
+    total: float
+    question: str | None = None
+    total_conditioned: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        """Mean surprisal per token (nats); exp(mean) is the text's perplexity."""
+        return self.total / len(self.tokens) if self.tokens else 0.0
+
+    @property
+    def perplexity(self) -> float:
+        return float(math.exp(self.mean))
+
+    def top_words(self, k: int = 10, by: str = "surprisal") -> list[WordScore]:
+        """The ``k`` words with the highest ``by`` ('surprisal' or 'reduction')."""
+        if by == "reduction" and self.question is None:
+            raise UsageError("top_words(by='reduction') needs a result computed with a question.")
+        if by not in ("surprisal", "reduction"):
+            raise UsageError(f"by must be 'surprisal' or 'reduction', got {by!r}.")
+        return sorted(self.words, key=lambda w: -(getattr(w, by) or 0.0))[:k]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"] = self.mean
+        data["perplexity"] = self.perplexity
+        data["unit"] = "nats"
+        return data
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
+        if path is not None:
+            from .render import writable
+
+            writable(path, "JSON").write_text(text + "\n", encoding="utf-8")
+        return text
+
+    def rich(self, level: str = "token"):
+        """A rich ``Text``: the input on a heat scale (``level`` 'token', 'word' or
+        'reduction'), followed by a summary line."""
+        from rich.text import Text
+
+        from .render import terminal
+
+        spans, values = self._layer(level)
+        body, high = terminal(self.text, spans, values)
+        out = Text()
+        out.append(body)
+        if not self.text.endswith("\n"):
+            out.append("\n")
+        out.append(self.summary() + f"; colour scale 0 .. {high:.2f} nats ({level})",
+                    style="dim")
+        return out
+
+    def print(self, level: str = "token", console=None) -> None:
+        """Print the heat-coloured text to the terminal."""
+        from rich.console import Console
+
+        (console or Console(highlight=False, soft_wrap=True)).print(self.rich(level))
+
+    def summary(self) -> str:
+        s = (f"{len(self.tokens)} tokens, {len(self.words)} words, total {self.total:.1f} nats, "
+             f"mean {self.mean:.2f} nats/token (perplexity {self.perplexity:.1f}) under "
+             f"{self.model}")
+        if self.question is not None and self.total_conditioned is not None:
+            s += f"; with the question: total {self.total_conditioned:.1f} nats"
+        return s
+
+    def _layer(self, level: str):
+        if level == "token":
+            return [(t.start, t.end) for t in self.tokens], [t.surprisal for t in self.tokens]
+        if level == "word":
+            return [(w.start, w.end) for w in self.words], [w.surprisal for w in self.words]
+        if level == "reduction":
+            if self.question is None:
+                raise UsageError("the 'reduction' view needs a question; pass question=...")
+            return ([(w.start, w.end) for w in self.words],
+                    [max(0.0, w.reduction or 0.0) for w in self.words])
+        raise UsageError(f"unknown view {level!r}; use token, word or reduction.")
+
+    def to_html(self, path: str | Path | None = None) -> str:
+        """A self-contained HTML page: the text as a heat map of token surprisal (hover a
+        token for its score and its word's), and with a question a second map of how much
+        the question lowers each word's surprisal. Written to ``path`` when given."""
+        import html as _html
+
+        from .render import html_heat, legend_html, page, writable
+
+        tips = []
+        for t in self.tokens:
+            tip = f"{t.text!r}: {t.surprisal:.2f} nats"
+            if t.word >= 0:
+                word = self.words[t.word]
+                tip += f" | word {word.text[:40]!r}: {word.surprisal:.2f}"
+                if word.reduction is not None:
+                    tip += f", question lowers it by {word.reduction:.2f}"
+            tips.append(tip)
+        spans, values = self._layer("token")
+        body, high = html_heat(self.text, spans, values, tips)
+        parts = [f"<h1>Surprisal under {_html.escape(self.model)}</h1>",
+                 f"<p>{_html.escape(self.summary())}. Hover a token for its score.</p>",
+                 legend_html(high, "nats per token"), f'<div class="text">{body}</div>']
+        if self.question is not None:
+            wspans, wvalues = self._layer("reduction")
+            wtips = [f"{w.text[:40]!r}: {w.surprisal:.2f} nats alone, {w.conditioned:.2f} with "
+                     f"the question, lowered by {w.reduction:.2f}" for w in self.words]
+            wbody, whigh = html_heat(self.text, wspans, wvalues, wtips)
+            parts += [f"<h2>How much the question lowers each word's surprisal</h2>"
+                      f"<p>Question: <b>{_html.escape(self.question)}</b></p>",
+                      legend_html(whigh, "nats lower"), f'<div class="text">{wbody}</div>']
+        top = "".join(f"<tr><td>{_html.escape(w.text[:60])}</td><td>{w.surprisal:.2f}</td></tr>"
+                      for w in self.top_words(15))
+        parts.append(f"<h2>Most surprising words</h2><table><tr><th>word</th>"
+                     f"<th>nats</th></tr>{top}</table>")
+        out = page("tokensieve surprise", "\n".join(parts))
+        if path is not None:
+            writable(path, "HTML").write_text(out, encoding="utf-8")
+        return out
+
+    def to_png(self, path: str | Path, *, dpi: int = 120) -> Path:
+        """A PNG of surprisal along the text: per token, a running mean, and the most
+        surprising words labelled; with a question, a second panel of per-word reduction."""
+        from .render import pyplot, save, writable
+
+        target = writable(path, "PNG")
+        plt = pyplot()
+        s = np.array([t.surprisal for t in self.tokens])
+        rows = 2 if self.question is not None else 1
+        fig, axes = plt.subplots(rows, 1, figsize=(11, 3.2 * rows), squeeze=False)
+        ax = axes[0, 0]
+        x = np.arange(len(s))
+        ax.bar(x, s, width=1.0, color="#fd8d3c", linewidth=0, label="token surprisal")
+        if len(s) >= 8:
+            k = max(3, len(s) // 40)
+            run = np.convolve(s, np.ones(k) / k, mode="same")
+            ax.plot(x, run, color="#a50026", lw=1.5, label=f"running mean ({k} tokens)")
+        first_token = _first_token_of_words(self.tokens, len(self.words))
+        rank = np.argsort([-w.surprisal for w in self.words], kind="stable")[:8]
+        for k in rank.tolist():
+            w, i = self.words[k], first_token[k]
+            if i >= 0:
+                ax.annotate(w.text[:18], (i, s[i:i + max(1, w.tokens)].max()), fontsize=8,
+                            rotation=30, xytext=(2, 4), textcoords="offset points")
+        ax.set_xlabel("token position")
+        ax.set_ylabel("surprisal (nats)")
+        ax.set_title(f"Surprisal along the text ({self.model}; mean {self.mean:.2f} nats/token)")
+        ax.set_xlim(-0.5, max(len(s), 1) - 0.5)
+        ax.set_ylim(0, max(float(s.max()) if len(s) else 1.0, 1e-3) * 1.3)  # room for labels
+        ax.legend(loc="upper right", fontsize=8)
+        if self.question is not None:
+            ax2 = axes[1, 0]
+            red = np.array([w.reduction or 0.0 for w in self.words])
+            ax2.bar(np.arange(len(red)), red, width=1.0, linewidth=0,
+                    color=np.where(red >= 0, "#31a354", "#de2d26"))
+            ax2.axhline(0, color="#444", lw=0.6)
+            ax2.set_xlabel("word position")
+            ax2.set_ylabel("nats lower")
+            ax2.set_title(f"How much the question lowers each word's surprisal: "
+                          f"{self.question[:70]!r}")
+            for i in np.argsort(-red)[:6]:
+                if red[i] > 0:
+                    ax2.annotate(self.words[i].text[:18], (i, red[i]), fontsize=8, rotation=30,
+                                 xytext=(2, 4), textcoords="offset points")
+        return save(fig, target, dpi)
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def resolve_lm(model: Any = "default", *, device: str = "cpu", dtype: str = "float32"
+               ) -> tuple[Any, Any, str]:
+    """(model, tokenizer, name) from a model name or local folder (loaded offline and cached,
+    see :func:`tokensieve.models.load_causal_lm`), a ``LoadedModel``, or a
+    ``(model, tokenizer)`` pair. A model without a causal LM head is refused in one line."""
+    if isinstance(model, str | Path):
+        name = str(model)
+        _check_folder_is_causal_lm(name)
+        from ..models import load_causal_lm
+
+        loaded = load_causal_lm(name, device=device, dtype=dtype)
+        lm, tokenizer = loaded.model, loaded.tokenizer
+        label = "SmolLM2-135M-Instruct" if name == "default" else name
+    elif hasattr(model, "model") and hasattr(model, "tokenizer"):
+        lm, tokenizer = model.model, model.tokenizer
+        label = getattr(model, "name", None) or type(lm).__name__
+        if label == "default":
+            label = "SmolLM2-135M-Instruct"
+    elif isinstance(model, tuple | list) and len(model) == 2:
+        lm, tokenizer = model
+        label = getattr(getattr(lm, "config", None), "_name_or_path", "") or type(lm).__name__
+    else:
+        raise UsageError(f"model must be a model name, a local folder, a LoadedModel or a "
+                         f"(model, tokenizer) pair, got {type(model).__name__}.")
+    head = getattr(lm, "get_output_embeddings", None)
+    if head is None or head() is None:
+        raise UsageError(f"{type(lm).__name__} has no language-model head, so it gives no "
+                         "token probabilities; pass a causal LM (AutoModelForCausalLM), e.g. "
+                         "model='default'.")
+    return lm, tokenizer, label
+
+
+def _check_folder_is_causal_lm(name: str) -> None:
+    """A local folder whose config names a model without a causal LM head (an encoder such
+    as BertModel) would load with a randomly initialised head; refuse it before loading."""
+    folder = Path(name).expanduser()
+    config = folder / "config.json"
+    if not folder.is_dir():
+        return
+    if not config.is_file():
+        raise UsageError(f"model folder {name!r} has no config.json; pass a Hugging Face model "
+                         "folder (config.json + weights) or 'default'.")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{config} is not valid JSON ({exc}); fix or replace the model "
+                         "folder.") from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    archs = cfg.get("architectures") or []
+    if archs:
+        if not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            raise UsageError(
+                f"model folder {name!r} holds a {', '.join(archs)}, which has no causal "
+                "language-model head; inspect needs a causal LM (AutoModelForCausalLM), e.g. "
+                "--model default.")
+    elif cfg.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UsageError(f"model folder {name!r} (model_type {cfg.get('model_type')!r}) is not a "
+                         "causal LM; pass a causal LM folder or --model default.")
+
+
+def check_text(text: Any, what: str = "the text") -> str:
+    """A non-empty, non-binary str, or a one-line :class:`InputError`."""
+    if isinstance(text, bytes):
+        if b"\x00" in text:
+            raise InputError(f"{what} contains NUL bytes, so it looks binary; pass UTF-8 text.")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{what} is not valid UTF-8 (byte {exc.start}); convert it to "
+                             "UTF-8.") from None
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a str, got {type(text).__name__}.")
+    if "\x00" in text:
+        raise InputError(f"{what} contains NUL characters, so it looks binary; pass plain text.")
+    if not text.strip():
+        raise InputError(f"{what} is empty (or only whitespace); pass some text to score.")
+    return text
+
+
+# ------------------------------------------------------------------------------- scoring
+
+
+def core_starts(text: str, offsets: np.ndarray) -> np.ndarray:
+    """Where each token's first non-space character is (its start when it has none).
+
+    Byte-level BPE tokens carry the space before a word (' world' starts at the space), so a
+    token belongs to the word in which its first visible character lies."""
+    starts = offsets[:, 0].copy()
+    for i, (a, b) in enumerate(offsets.tolist()):
+        piece = text[a:b]
+        lead = len(piece) - len(piece.lstrip())
+        if 0 < lead < len(piece):
+            starts[i] = a + lead
+    return starts
+
+
+def token_to_unit(text: str, offsets: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """For each token, the index of the span (sorted, not overlapping) holding its first
+    visible character, or -1 (whitespace between spans)."""
+    starts = core_starts(text, offsets)
+    if not len(spans):
+        return np.full(len(starts), -1, dtype=np.int64)
+    j = np.searchsorted(spans[:, 0], starts, side="right") - 1
+    ok = (j >= 0) & (starts < spans[np.clip(j, 0, None), 1])
+    return np.where(ok, j, -1)
+
+
+def _unit_sums(values: np.ndarray, unit_of: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = unit_of >= 0
+    total = np.bincount(unit_of[keep], weights=values[keep], minlength=n)
+    count = np.bincount(unit_of[keep], minlength=n)
+    return total, count
+
+
+def _first_token_of_words(tokens: list[TokenScore], n_words: int) -> list[int]:
+    first = [-1] * n_words
+    for i, t in enumerate(tokens):
+        if t.word >= 0 and first[t.word] < 0:
+            first[t.word] = i
+    return first
+
+
+def surprise(
+    text: str,
+    model: Any = "default",
+    question: str | None = None,
+    *,
+    window: int = 1024,
+    overlap: int = 128,
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: bool | None = None,
+) -> SurpriseResult:
+    """Surprisal of every token and word of ``text`` under a causal LM.
+
+    ``model``: 'default' (the embedded SmolLM2), a local folder, a ``LoadedModel`` or a
+    ``(model, tokenizer)`` pair. Texts longer than ``window`` tokens are scored with a
+    sliding window that carries ``overlap`` tokens of context. ``question``: also score the
+    text with the question in front and report, per word, how much it lowers surprisal
+    (three passes instead of one). Progress shows on long inputs (``progress=False`` hides it).
+    """
+    from ..text.scorers import NEUTRAL_QUESTION
+    from ..text.segment import find_words
+    from ..text.surprisal import token_surprisal
+
+    text = check_text(text)
+    if question is not None and not str(question).strip():
+        raise UsageError("the question is empty; pass a question or leave it out.")
+    if window < 64 or overlap < 0:
+        raise UsageError(f"window must be >= 64 tokens and overlap >= 0, got window={window}, "
+                         f"overlap={overlap}.")
+    lm, tokenizer, label = resolve_lm(model, device=device, dtype=dtype)
+
+    def run(prefix: str | None):
+        return token_surprisal(lm, tokenizer, text, prefix=prefix, window=window,
+                               overlap=overlap, progress=progress)
+
+    plain = run(None)
+    offsets = plain.offsets
+    if not len(offsets):
+        raise InputError("the text gives no tokens under this tokenizer; pass some text.")
+    spans = np.array(find_words(text), dtype=np.int64).reshape(-1, 2)
+    unit_of = token_to_unit(text, offsets, spans)
+    tokens = [TokenScore(text[a:b], int(a), int(b), float(s), int(w)) for (a, b), s, w in
+              zip(offsets.tolist(), plain.surprisal.tolist(), unit_of.tolist(), strict=True)]
+    total, count = _unit_sums(plain.surprisal, unit_of, len(spans))
+    cond_total = red = None
+    total_conditioned = None
+    if question is not None:
+        cond = run(f"Question: {question}\n\n")
+        neutral = run(f"Question: {NEUTRAL_QUESTION}\n\n")
+        cond_total, _ = _unit_sums(cond.surprisal, unit_of, len(spans))
+        neutral_total, _ = _unit_sums(neutral.surprisal, unit_of, len(spans))
+        red = neutral_total - cond_total
+        total_conditioned = float(cond.surprisal.sum())
+    words = []
+    for k, (a, b) in enumerate(spans.tolist()):
+        words.append(WordScore(
+            text[a:b], a, b, float(total[k]), int(count[k]),
+            None if cond_total is None else float(cond_total[k]),
+            None if red is None else float(red[k])))
+    notes = []
+    if tokenizer.bos_token_id is None and question is None:
+        notes.append("the tokenizer has no BOS token, so the first token has no context and "
+                     "gets the median surprisal")
+    return SurpriseResult(text, label, tokens, words, float(plain.surprisal.sum()), question,
+                          total_conditioned, notes)
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="text file to score, or - for standard input")
+    parser.add_argument("--question", help="also show how much this question lowers each "
+                        "word's surprisal")
+    parser.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML heat map")
+    parser.add_argument("--png", metavar="OUT.png", help="write a PNG of surprisal along the text")
+    parser.add_argument("--json", action="store_true", help="print the typed result as JSON")
+    parser.add_argument("--view", default="token", choices=["token", "word", "reduction"],
+                        help="terminal colouring: per token, per word, or question reduction")
+    parser.add_argument("--model", default="default", help="causal LM: 'default' (embedded "
+                        "SmolLM2) or a local folder")
+    parser.add_argument("--window", type=int, default=1024, help="tokens per window (long texts)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "bfloat16", "float16", "auto"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import _read_input
+
+    text = _read_input(args.path)
+    if args.view == "reduction" and not args.question:
+        raise UsageError("--view reduction needs --question.")
+    result = surprise(text, args.model, args.question, window=args.window, device=args.device,
+                      dtype=args.dtype)
+    if args.html:
+        result.to_html(args.html)
+    if args.png:
+        result.to_png(args.png)
+    if args.json:
+        print(result.to_json())
+    else:
+        result.print(args.view)
+        for path in (args.html, args.png):
+            if path:
+                print(f"wrote {path}", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
