@@ -49,6 +49,10 @@ def test_reduction_after_the_last_block_gives_exact_values(family, method):
     assert torch.equal(out[:, :prefix], ref[:, :prefix])
     trace = r.last
     assert trace.prefix == prefix and trace.grid == (4, 4)
+    groups = trace.groups(1)
+    assert len(groups) == 4 and sorted(p for g in groups for p in g) == \
+        (trace.source[1] >= 0).nonzero().flatten().tolist()
+    assert trace.to_dict()["source"][1] == trace.source[1].tolist()
     assert trace.tokens == [prefix + 16, prefix + 4]
     patches = ref[:, prefix:]
     for b in range(2):

@@ -49,6 +49,20 @@ class VisionTrace:
         """Patch tokens at the end over patches in the image."""
         return self.sizes.shape[1] / self.source.shape[1]
 
+    def groups(self, image: int = 0) -> list[list[int]]:
+        """For one image, the original patches (raster indices) each final token holds."""
+        src = self.source[image].tolist()
+        out: list[list[int]] = [[] for _ in range(self.sizes.shape[1])]
+        for patch, slot in enumerate(src):
+            if slot >= 0:
+                out[slot].append(patch)
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain lists, one entry per image (JSON-ready)."""
+        return {"grid": list(self.grid), "prefix": self.prefix, "tokens": list(self.tokens),
+                "source": self.source.tolist(), "sizes": self.sizes.tolist()}
+
 
 class _Forward:
     """State of one forward pass."""
