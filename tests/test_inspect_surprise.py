@@ -241,4 +241,8 @@ def test_inspect_shell_lists_every_inspector_and_explains_missing_ones(monkeypat
     with pytest.raises(UsageError, match="not part of this version"):
         args.func(args)
     # the package still hands out the functions, not the submodules the CLI imported
+    import importlib
+
+    assert importlib.import_module("tokensieve.inspect.events").__name__.endswith(".events")
     assert callable(ins.surprise) and callable(ins.events)
+    assert ins.events.__name__ == "events" and ins.surprise.__module__.endswith(".surprise")

@@ -9,6 +9,8 @@ called); the others on first use."""
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 INSPECTORS = ("surprise", "events", "vocab", "attribute")
@@ -20,18 +22,37 @@ __all__ = ["INSPECTORS", "Event", "EventsResult", "SurpriseResult", "TokenScore"
            "events", "parse_events", "surprise", "template"]
 
 
+class _Package(types.ModuleType):
+    """Importing a submodule (``tokensieve.inspect.vocab``) binds its name on the package to
+    the module, whoever imports it and whenever; the package hands out the function of the
+    same name instead, so ``inspect.vocab(...)`` works in any import order. The module itself
+    stays in ``sys.modules`` (``importlib.import_module`` returns it)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if isinstance(value, types.ModuleType) and not name.startswith("_"):
+            same = getattr(value, name, None)
+            if callable(same):
+                return same
+        return value
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 def __getattr__(name: str) -> Any:
-    """The inspectors not imported above (``vocab``, ``attribute``), on first use."""
-    module = name if name in INSPECTORS else None
-    if module is None:
+    """The inspectors not imported above (``vocab``, ``attribute``, and helpers such as
+    ``sticky``), on first use: the function named after its module, else the module."""
+    module = name
+    if name.startswith("_"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
         mod = importlib.import_module(f"{__name__}.{module}")
     except ModuleNotFoundError as exc:
         if exc.name != f"{__name__}.{module}":
             raise
-        raise AttributeError(f"the {module!r} inspector is not part of this version of "
-                             "tokensieve") from None
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (no inspector "
+                             "of that name in this version of tokensieve)") from None
     value = getattr(mod, name, mod)
     # importing the submodule bound its name to the module; bind the function instead
     globals()[name] = value

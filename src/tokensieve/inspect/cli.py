@@ -33,10 +33,6 @@ def _load(name: str):
         return None, f"it failed to import ({type(exc).__name__}: {exc})"
     if not (hasattr(module, "add_arguments") and hasattr(module, "run")):
         return None, f"{full} has no add_arguments/run"
-    # importing the submodule bound tokensieve.inspect.<name> to it: bind the function back
-    package = importlib.import_module("tokensieve.inspect")
-    if callable(getattr(module, name, None)):
-        setattr(package, name, getattr(module, name))
     return module, None
 
 
