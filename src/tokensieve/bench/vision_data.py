@@ -374,6 +374,8 @@ def to_pixel_values(images, size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0
             arr = arr[..., None]
         if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
             raise ValueError(f"images must be N x H x W x 3 or N x H x W, got {arr.shape}")
+        if not arr.flags.writeable:  # e.g. an image from PIL: torch wants its own copy
+            arr = arr.copy()
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
