@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import time
 from pathlib import Path
 
@@ -521,3 +522,18 @@ def test_default_markdown_with_code_compresses_to_a_third():
     after = _blocks(r.text)
     assert all(block in _blocks(MARKDOWN) for block in after)
     assert r.text.count("```") == 2 * len(after)
+
+
+def test_word_scores_count_every_token_once(tiny_lm, smol_tokenizer):
+    """Byte-level BPE tokens start at the space before a word (" unbelie" + "vable"): a
+    word's score must include its first token. Found by the inspect review: the first
+    token of every multi-token word used to be counted in no word at all."""
+    from tokensieve.text.surprisal import token_surprisal
+
+    text = "The quick unbelievable fox jumped over extraordinarily lazy dogs."
+    ts = token_surprisal(tiny_lm, smol_tokenizer, text, window=400)
+    words = np.array([(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", text)])
+    per_word = ts.aggregate(words, "sum")
+    np.testing.assert_allclose(per_word.sum(), ts.surprisal.sum(), rtol=1e-9)
+    word = list(map(tuple, words)).index((10, 22))  # "unbelievable": two tokens
+    np.testing.assert_allclose(per_word[word], ts.surprisal[2:4].sum(), rtol=1e-9)

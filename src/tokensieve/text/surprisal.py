@@ -14,15 +14,18 @@ from tqdm.auto import tqdm
 
 @dataclass
 class TokenSurprisal:
-    """Token character offsets (T, 2) into the text and their surprisal in nats (T,)."""
+    """Token character offsets (T, 2) into the text and their surprisal in nats (T,).
+    ``starts`` (T,): where each token's visible text begins (byte-level BPE tokens such as
+    " quick" start at the space before the word); defaults to ``offsets[:, 0]``."""
 
     offsets: np.ndarray
     surprisal: np.ndarray
+    starts: np.ndarray | None = None
 
     def aggregate(self, spans: np.ndarray, how: str = "sum") -> np.ndarray:
-        """Score each [start, end) span from the tokens that start inside it
+        """Score each [start, end) span from the tokens whose visible text starts inside it
         (or the nearest token before it when none does)."""
-        starts = self.offsets[:, 0]
+        starts = self.offsets[:, 0] if self.starts is None else self.starts
         lo = np.searchsorted(starts, spans[:, 0], side="left")
         hi = np.searchsorted(starts, spans[:, 1], side="left")
         csum = np.r_[0.0, np.cumsum(self.surprisal)]
@@ -98,4 +101,15 @@ def token_surprisal(
     if np.isnan(out).any():
         fill = np.nanmedian(out) if (~np.isnan(out)).any() else 0.0
         out = np.where(np.isnan(out), fill, out)
-    return TokenSurprisal(offsets, out)
+    return TokenSurprisal(offsets, out, visible_starts(text, offsets))
+
+
+def visible_starts(text: str, offsets: np.ndarray) -> np.ndarray:
+    """Each token's start moved past its leading whitespace (kept when it is all space)."""
+    starts = offsets[:, 0].copy()
+    for i, (a, b) in enumerate(offsets):
+        while a < b and text[a].isspace():
+            a += 1
+        if a < b:
+            starts[i] = a
+    return starts
