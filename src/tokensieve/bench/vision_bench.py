@@ -248,6 +248,11 @@ def main(argv=None) -> int:
                             default_at=vision.reduce(model, keep=0.5).stages,
                             threads=args.threads, torch=torch.__version__,
                             machine=platform.machine(), cpus=os.cpu_count())}
+    previous = out / "results.json"
+    if args.skip and previous.exists():  # rerun some sections, keep the others' results
+        old = json.loads(previous.read_text())
+        results.update({k: v for k, v in old.items() if k in args.skip})
+        results["meta"]["kept_from_earlier_run"] = sorted(k for k in old if k in args.skip)
     if "accuracy" not in args.skip:
         results["accuracy"] = accuracy_rows(model, prep, args, out)
     if "fidelity" not in args.skip:
