@@ -157,6 +157,9 @@ class _Prompt:
         """(ids, for each token the context character it ends in, or -1)."""
         text = self.text(context)
         at = text.find(context)
+        if at < 0:  # a chat template that trims its content
+            core = context.strip()
+            at = text.find(core) - (len(context) - len(context.lstrip()))
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         where = np.full(len(self.head) + len(enc["input_ids"]), -1)
         for k, (s, e) in enumerate(enc["offset_mapping"]):
