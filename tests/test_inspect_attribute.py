@@ -77,7 +77,7 @@ def test_result_is_consistent(needle, lm):
     assert needle.sentences[3].loo == pytest.approx(direct - removed, abs=2e-3)
     data = json.loads(json.dumps(needle.to_dict()))
     assert data["sentences"][3]["text"] == NEEDLE
-    assert set(data["agreement"]) == {"gradxinput"}
+    assert set(data["agreement"]) == {"gradnorm"}
     assert NEEDLE in needle.table()
 
 
@@ -95,12 +95,13 @@ def test_batching_and_prefix_reuse_change_nothing(lm):
 
 def test_budget_is_respected(lm):
     r = attribute(CONTEXT, QUESTION, ANSWER, lm, max_forwards=5, top_sentences=2,
-                  cheap=["gradnorm", "attention"])
+                  cheap=["attention", "gradxinput"])
     assert r.forwards <= 5
     assert sum(u.loo is not None for u in r.sentences) == 2
     assert any("exceed the budget" in n for n in r.notes)
-    assert set(r.agreement) == {"gradnorm", "attention"} and r.cheap_method == "gradnorm"
-    assert all(u.cheap >= 0 for u in r.words)  # a norm and an attention weight
+    assert set(r.agreement) == {"attention", "gradxinput"} and r.cheap_method == "attention"
+    assert all(u.cheap >= 0 for u in r.words)  # attention weights
+    assert any(x < 0 for x in r.cheap_scores["gradxinput"]["words"])  # signed
 
 
 def test_without_leaves_clean_text():
