@@ -108,28 +108,15 @@ class AttributionResult:
 
 
 def spearman(a: Any, b: Any) -> float | None:
-    """Spearman rank correlation (ties get their average rank); None for fewer than 3
-    values or a constant input."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 3:
-        return None
+    """Spearman rank correlation (ties get their average rank, as in
+    :func:`tokensieve.inspect.events.spearman`); None for fewer than 3 values or a constant
+    input."""
+    from .events import spearman as rank_correlation
 
-    def ranks(x: np.ndarray) -> np.ndarray:
-        order = np.argsort(x, kind="stable")
-        xs, r = x[order], np.empty(len(x))
-        i = 0
-        while i < len(xs):
-            j = i
-            while j + 1 < len(xs) and xs[j + 1] == xs[i]:
-                j += 1
-            r[order[i : j + 1]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
+    if len(np.asarray(a)) < 3:
         return None
-    return float(np.corrcoef(ra, rb)[0, 1])
+    rho = rank_correlation(a, b)
+    return None if np.isnan(rho) else rho
 
 
 class _Prompt:
