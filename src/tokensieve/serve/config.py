@@ -1,0 +1,79 @@
+"""Settings of one ``tokensieve serve`` deployment: flags, or ``TOKENSIEVE_*`` environment
+variables (flags win)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from ..errors import UsageError
+
+
+@dataclass
+class ServeConfig:
+    """Everything a deployment can set. Requests may narrow the proxy settings (``proxy_*``)
+    through the ``tokensieve`` field of a chat request, never the model or any path."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    upstream: str | None = None          # e.g. https://api.openai.com/v1
+    upstream_api_key: str | None = None  # sent upstream; default: the client's Authorization
+    api_key: str | None = None           # clients must send it (Bearer or X-API-Key)
+    max_concurrency: int = 1             # model calls at once; the rest queue
+    queue_timeout: float = 5.0           # seconds a request may queue before 503
+    request_timeout: float = 60.0        # seconds per model call before 504
+    upstream_timeout: float = 300.0      # seconds for the upstream's answer
+    max_body_bytes: int = 2_000_000      # larger requests get 413
+    model: str = "default"               # scoring model (deployment only)
+    device: str = "cpu"
+    preload: bool = True                 # load the models at start-up
+    # proxy defaults
+    proxy_roles: tuple[str, ...] = ("system", "user", "tool")
+    proxy_min_tokens: int = 512          # compress messages longer than this
+    proxy_keep: float = 0.5              # fraction of tokens kept
+    proxy_method: str = "default"
+    proxy_protect: tuple[str, ...] = ()  # regexes kept byte for byte
+    proxy_keep_numbers: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise UsageError(f"max_concurrency must be at least 1, got {self.max_concurrency}.")
+        if self.max_body_bytes < 1024:
+            raise UsageError("max_body_bytes must be at least 1024.")
+        if not 0 < self.proxy_keep <= 1:
+            raise UsageError(f"proxy_keep must be in (0, 1], got {self.proxy_keep}.")
+        if self.upstream is not None:
+            self.upstream = self.upstream.rstrip("/")
+            if not self.upstream.startswith(("http://", "https://")):
+                raise UsageError(f"upstream must be an http(s) URL, got {self.upstream!r}.")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> ServeConfig:
+        """``TOKENSIEVE_<FIELD>`` variables (e.g. TOKENSIEVE_API_KEY, TOKENSIEVE_UPSTREAM,
+        TOKENSIEVE_PROXY_ROLES=system,user), then ``overrides`` (None means unset)."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"TOKENSIEVE_{f.name.upper()}")
+            if raw is None:
+                continue
+            default = f.default
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(default, tuple):
+                    values[f.name] = tuple(s.strip() for s in raw.split(",") if s.strip())
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise UsageError(f"TOKENSIEVE_{f.name.upper()}={raw!r} is not a valid "
+                                 f"{type(default).__name__}.") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
