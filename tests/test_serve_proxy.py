@@ -1,0 +1,145 @@
+"""The OpenAI-compatible proxy: the real ``openai`` client against the proxy, which forwards
+to a fake upstream; both run under uvicorn on loopback in threads."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
+
+from tokensieve.serve import ServeConfig, create_app  # noqa: E402
+
+pytestmark = pytest.mark.model
+
+
+def fake_upstream(seen: list) -> FastAPI:
+    """Answers with the number of characters of each message it received."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        seen.append(body)
+        answer = json.dumps([len(m["content"]) for m in body["messages"]])
+        if body.get("stream"):
+            def events():
+                for i, piece in enumerate([answer[: len(answer) // 2], answer[len(answer) // 2:]]):
+                    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                             "model": body["model"], "choices": [{
+                                 "index": 0, "delta": {"content": piece},
+                                 "finish_reason": None if i == 0 else "stop"}]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return JSONResponse({
+            "id": "c1", "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    return app
+
+
+class Served:
+    """An ASGI app under uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, app) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    seen: list = []
+    with Served(fake_upstream(seen)) as upstream:
+        config = ServeConfig(preload=False, upstream=f"{upstream}/v1", api_key="proxy-key",
+                             upstream_api_key="upstream-key", proxy_min_tokens=100,
+                             proxy_keep=0.5)
+        with Served(create_app(config)) as url:
+            yield url, seen
+
+
+def test_openai_client_through_the_proxy(proxy, report_text):
+    url, seen = proxy
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="proxy-key", max_retries=0)
+    context = report_text[:3000]
+    messages = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": context},
+                {"role": "user", "content": "What was the revenue?"}]
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=messages)
+    completion = raw.parse()
+    sizes = json.loads(completion.choices[0].message.content)
+    assert sizes[0] == len("Answer briefly.") and sizes[2] == len("What was the revenue?")
+    assert 0 < sizes[1] < len(context)                    # the long message was compressed
+    before = int(raw.headers["x-tokensieve-tokens-before"])
+    after = int(raw.headers["x-tokensieve-tokens-after"])
+    assert after < before and raw.headers["x-tokensieve-messages-compressed"] == "1"
+    assert "tokensieve" not in seen[-1]
+    # per request: switch compression off
+    completion = client.chat.completions.create(model="m", messages=messages,
+                                                extra_body={"tokensieve": {"enabled": False}})
+    assert json.loads(completion.choices[0].message.content)[1] == len(context)
+    assert "tokensieve" not in seen[-1]
+
+
+def test_streaming_passes_through(proxy, report_text):
+    url, _ = proxy
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="proxy-key", max_retries=0)
+    messages = [{"role": "user", "content": report_text[:3000] + "\nWhat was the revenue?"}]
+    stream = client.chat.completions.create(model="m", messages=messages, stream=True,
+                                            extra_body={"tokensieve": {"keep": 0.3}})
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert 0 < json.loads(text)[0] < len(messages[0]["content"]) * 0.6
+
+
+def test_proxy_errors(proxy):
+    url, _ = proxy
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="proxy-key", max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                       extra_body={"tokensieve": {"model": "/etc/passwd"}})
+
+
+def test_unreachable_upstream_is_a_502():
+    from fastapi.testclient import TestClient
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(ServeConfig(preload=False, upstream=f"http://127.0.0.1:{port}/v1"))
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions",
+                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_unreachable"
+        assert r.headers["x-tokensieve-tokens-before"] == r.headers["x-tokensieve-tokens-after"]
+        r = client.post("/v1/chat/completions", json={"model": "m", "messages": "hi"})
+        assert r.status_code == 422
