@@ -147,3 +147,11 @@ def test_config_from_env():
         ServeConfig.from_env({"TOKENSIEVE_PORT": "eighty"})
     with pytest.raises(UsageError):
         ServeConfig(upstream="file:///etc/passwd")
+
+
+def test_cli_serve_rejects_bad_settings(capsys):
+    from tokensieve.cli import main
+
+    assert main(["serve", "--max-concurrency", "0"]) == 2
+    assert "max_concurrency" in capsys.readouterr().err
+    assert main(["serve", "--upstream", "ftp://x"]) == 2

@@ -151,6 +151,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_text(args.rest)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import ServeConfig, run
+    except ImportError as exc:
+        raise UsageError(f"tokensieve serve needs the serve extra ({exc.name} is missing): "
+                         "pip install 'tokensieve[serve]'") from None
+    config = ServeConfig.from_env(host=args.host, port=args.port, upstream=args.upstream,
+                                  api_key=args.api_key, max_concurrency=args.max_concurrency)
+    run(config)
+    return EXIT_OK
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -223,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("target", choices=["text", "kv", "vision"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=_cmd_bench)
+    s = sub.add_parser("serve", help="HTTP service and OpenAI-compatible compressing proxy "
+                       "(flags override TOKENSIEVE_* environment variables)")
+    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    s.add_argument("--upstream", default=None, metavar="URL",
+                   help="OpenAI-compatible API the proxy forwards to, e.g. "
+                   "https://api.openai.com/v1")
+    s.add_argument("--api-key", default=None, metavar="KEY",
+                   help="clients must send this key (Bearer or X-API-Key)")
+    s.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                   help="model calls at once; the rest queue, then get 503 (default 1)")
+    s.set_defaults(func=_cmd_serve)
     m = sub.add_parser("models", help="list the installed models")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
