@@ -79,10 +79,13 @@ def test_bad_requests_get_json_4xx():
         for response, status in cases:
             assert response.status_code == status, response.text
             assert response.json()["error"]["message"]
+        chunked = client.post("/v1/compress", content=(b"x" * 1000 for _ in range(10)),
+                              headers={"content-type": "application/json"})
+        assert chunked.status_code == 413  # no Content-Length: counted while read
         ok = client.post("/v1/compress", json={"text": "one two three four", "keep": 0.5})
         assert ok.status_code == 200 and ok.json()["text"] == "one two"
         metrics = client.get("/metrics").text
-        assert 'tokensieve_errors_total{path="/v1/compress",status="413"} 1' in metrics
+        assert 'tokensieve_errors_total{path="/v1/compress",status="413"} 2' in metrics
         assert 'path="other",status="404"' in metrics
 
 

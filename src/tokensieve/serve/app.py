@@ -174,10 +174,6 @@ class ModelGate:
 
 # ---------------------------------------------------------------- ASGI guard
 
-class _TooLarge(Exception):
-    pass
-
-
 class Guard:
     """Pure ASGI middleware: request size limit, API key, metrics for every response."""
 
@@ -215,22 +211,29 @@ class Guard:
                                                       "bad Content-Length header."))
                 if int(length) > limit:
                     return await reply(self._too_large(limit))
-            seen = 0
-
-            async def receive_limited():
-                nonlocal seen
+            # read the whole body first (bounded), so that a chunked body over the limit is
+            # a 413 too, whatever the endpoint does with it
+            chunks, seen, more = [], 0, method in ("POST", "PUT", "PATCH")
+            while more:
                 message = await receive()
-                if message["type"] == "http.request":
-                    seen += len(message.get("body", b""))
-                    if seen > limit:
-                        raise _TooLarge
-                return message
+                if message["type"] != "http.request":
+                    status["code"] = 499  # the client went away
+                    return
+                chunks.append(message.get("body", b""))
+                seen += len(chunks[-1])
+                if seen > limit:
+                    return await reply(self._too_large(limit))
+                more = message.get("more_body", False)
+            replayed = False
 
-            try:
-                await self.app(scope, receive_limited, send_wrapped)
-            except _TooLarge:
-                if not status["started"]:
-                    await reply(self._too_large(limit))
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_wrapped)
         finally:
             self.metrics.in_flight -= 1
             self.metrics.observe(method, path, status["code"], time.perf_counter() - t0)
