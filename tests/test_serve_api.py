@@ -72,6 +72,9 @@ def test_bad_requests_get_json_4xx():
                                                "target_tokens": 3}), 422),
             (client.post("/v1/compress", json=["text"]), 422),
             (client.post("/v1/compress", json={"text": "x " * 4000}), 413),
+            (client.post("/v1/compress", json={"text": "a b", "protect": ["("]}), 400),
+            (client.post("/v1/compress", json={"text": "a" * 2000 + "!",
+                                               "protect": ["(a|aa)+$"]}), 400),  # too slow
             (client.get("/v1/nothing"), 404),
             (client.get("/v1/compress"), 405),
             (client.post("/v1/chat/completions", json={"messages": []}), 503),  # no upstream

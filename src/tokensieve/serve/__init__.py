@@ -12,4 +12,9 @@ def run(config: ServeConfig) -> None:
     """Start uvicorn on ``create_app(config)`` (blocks)."""
     import uvicorn
 
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)
+
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")

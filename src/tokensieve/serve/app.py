@@ -270,6 +270,7 @@ class Service:
         self.ready = not config.preload
 
     def compress_sync(self, text, **options):
+        check_patterns(options.get("protect") or (), text, self.config.pattern_timeout)
         return self._compress(text, model=self.config.model, device=self.config.device,
                               progress=False, **options)
 
@@ -289,6 +290,27 @@ class Service:
         self.compress_sync(sample, keep=0.5)
         self.count_tokens(sample)
         self.ready = True
+
+
+def check_patterns(patterns, text, timeout: float) -> None:
+    """Run the request's protect regexes once with a time limit, so a pathological pattern
+    (catastrophic backtracking) is a 400 instead of a thread stuck for good."""
+    import regex
+
+    texts = [text] if isinstance(text, str) else list(text)
+    deadline = time.monotonic() + timeout
+    for pat in patterns:
+        try:
+            rx = regex.compile(pat)
+        except (regex.error, TypeError) as exc:
+            raise InputError(f"bad protect pattern {pat!r}: {exc}") from None
+        for t in texts:
+            try:
+                for _ in rx.finditer(t, timeout=max(0.001, deadline - time.monotonic())):
+                    pass
+            except TimeoutError:
+                raise InputError(f"the protect pattern {pat!r} takes too long on this text; "
+                                 "simplify it.") from None
 
 
 def _detail_list(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -24,6 +24,8 @@ class ServeConfig:
     request_timeout: float = 60.0        # seconds per model call before 504
     upstream_timeout: float = 300.0      # seconds for the upstream's answer
     max_body_bytes: int = 2_000_000      # larger requests get 413
+    pattern_timeout: float = 1.0         # seconds for a request's protect regexes
+    threads: int = 0                     # torch threads for the models (0: torch's default)
     model: str = "default"               # scoring model (deployment only)
     device: str = "cpu"
     preload: bool = True                 # load the models at start-up
