@@ -118,6 +118,18 @@ def test_streaming_passes_through(proxy, report_text):
     assert 0 < json.loads(text)[0] < len(messages[0]["content"]) * 0.6
 
 
+def test_protected_patterns_survive(proxy, report_text):
+    url, seen = proxy
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="proxy-key", max_retries=0)
+    half = len(report_text[:3000]) // 2
+    context = report_text[:half] + " Ticket ORDER-7731-XQ was filed. " + report_text[half:3000]
+    client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": context + "\nWhat was the revenue?"}],
+        extra_body={"tokensieve": {"keep": 0.2, "protect": [r"ORDER-\d+-[A-Z]+"]}})
+    sent = seen[-1]["messages"][0]["content"]
+    assert len(sent) < len(context) * 0.5 and "ORDER-7731-XQ" in sent
+
+
 def test_proxy_errors(proxy):
     url, _ = proxy
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0)
