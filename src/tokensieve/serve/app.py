@@ -160,13 +160,13 @@ class ModelGate:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
         except TimeoutError:
-            fut.add_done_callback(lambda _f: sem.release())
-            fut = None
             raise ServiceError(504, "timeout", f"the model call took longer than "
                                f"{self.timeout:g} s; send a shorter text.") from None
-        finally:
-            if fut is not None:
+        finally:  # timed out or cancelled: the slot frees when the call really ends
+            if fut.done():
                 sem.release()
+            else:
+                fut.add_done_callback(lambda _f: sem.release())
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -9,6 +9,7 @@ comes back unchanged (status, body, server-sent events when ``stream`` is true),
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -149,7 +150,12 @@ def add_proxy_routes(app: FastAPI, service) -> None:
             raise ServiceError(503, "no_upstream", "this server has no upstream configured "
                                "(start it with --upstream URL).")
         data, opts = _parse(await request.body())
-        before, after, done = await compress_messages(data, opts)
+        try:
+            before, after, done = await asyncio.wait_for(compress_messages(data, opts),
+                                                         config.request_timeout)
+        except TimeoutError:
+            raise ServiceError(504, "timeout", f"compressing the messages took longer than "
+                               f"{config.request_timeout:g} s.") from None
         service.metrics.add_tokens("chat", before, after)
         ours = {"X-Tokensieve-Tokens-Before": str(before),
                 "X-Tokensieve-Tokens-After": str(after),
