@@ -17,7 +17,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     upstream: str | None = None          # e.g. https://api.openai.com/v1
-    upstream_api_key: str | None = None  # sent upstream; default: the client's Authorization
+    upstream_api_key: str | None = None  # sent upstream; unset: the client's Authorization
+    #                                      is forwarded, unless api_key (ours) is set
     api_key: str | None = None           # clients must send it (Bearer or X-API-Key)
     max_concurrency: int = 1             # model calls at once; the rest queue
     queue_timeout: float = 5.0           # seconds a request may queue before 503
