@@ -1,0 +1,77 @@
+"""LangChain: compress retrieved documents for the query to a token budget.
+
+``pip install tokensieve[langchain]``::
+
+    from tokensieve.adapters.langchain import TokensieveCompressor
+
+    compressor = TokensieveCompressor(target_tokens=400)           # one budget for all docs
+    docs = compressor.compress_documents(retriever.invoke(query), query)
+
+or as the ``base_compressor`` of LangChain's ``ContextualCompressionRetriever``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+try:
+    from langchain_core.documents import Document
+    from langchain_core.documents.compressor import BaseDocumentCompressor
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("tokensieve.adapters.langchain needs langchain-core: "
+                      "pip install 'tokensieve[langchain]'") from exc
+from pydantic import ConfigDict, Field
+
+from . import COMPRESSED_KEY, ORIGINAL_KEY, compress_texts
+
+__all__ = ["TokensieveCompressor"]
+
+
+class TokensieveCompressor(BaseDocumentCompressor):
+    """A LangChain document compressor backed by :func:`tokensieve.compress`.
+
+    The query drives question-aware compression. ``keep`` is the fraction of tokens kept,
+    ``target_tokens`` an exact budget (neither: keep half). ``budget="shared"`` (default):
+    one budget for all the documents together, compressed as the documents of one prompt, so
+    a document unrelated to the query can be dropped whole; ``budget="per_document"``: each
+    document alone gets the budget. ``method`` and ``tokenizer`` (the one the budget is
+    counted in; default: the scoring model's) and any other :func:`tokensieve.compress`
+    keyword in ``options`` (``protect``, ``keep_numbers``, ``device``, ...).
+
+    Each returned document keeps its metadata and id, plus ``tokensieve_original_tokens``
+    and ``tokensieve_compressed_tokens`` (that document counted alone). A document cut down
+    to nothing is left out unless ``keep_empty``; a blank document passes through as it is.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    keep: float | None = None
+    target_tokens: int | None = None
+    budget: Literal["shared", "per_document"] = "shared"
+    method: str = "default"
+    tokenizer: Any = None
+    keep_empty: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def compress_documents(self, documents: Sequence[Document], query: str,
+                           callbacks: Any = None) -> Sequence[Document]:
+        """Compress ``documents`` for ``query``; order and metadata kept."""
+        docs = list(documents)
+        if not docs:
+            return []
+        options = {"method": self.method, "tokenizer": self.tokenizer, **self.options}
+        results = compress_texts([d.page_content for d in docs], query, keep=self.keep,
+                                 target_tokens=self.target_tokens, budget=self.budget,
+                                 options=options)
+        out = []
+        for doc, res in zip(docs, results, strict=True):
+            if res.untouched:
+                out.append(doc)
+                continue
+            if res.dropped and not self.keep_empty:
+                continue
+            metadata = {**doc.metadata, ORIGINAL_KEY: res.original_tokens,
+                        COMPRESSED_KEY: res.compressed_tokens}
+            out.append(doc.model_copy(update={"page_content": res.text, "metadata": metadata}))
+        return out
