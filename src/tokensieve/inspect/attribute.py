@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -451,26 +449,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the typed result as JSON")
 
 
-def _read(path: str) -> str:
-    if path == "-":
-        data, name = sys.stdin.buffer.read(), "standard input"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"no such file: {path}" if not p.exists() else
-                             f"{path} is not a file; pass a text file or - for standard input.")
-        data, name = p.read_bytes(), path
-    if b"\x00" in data:
-        raise InputError(f"{name} contains NUL bytes, so it looks binary; pass a UTF-8 text file.")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{name} is not valid UTF-8 (byte {exc.start}); convert it to UTF-8, "
-                         "e.g. with iconv.") from None
-
-
 def run(args: argparse.Namespace) -> int:
-    result = attribute(_read(args.path), args.question, args.answer, args.model,
+    from ..cli import _read_input  # the one reader of FILE|- (as surprise and events)
+
+    result = attribute(_read_input(args.path), args.question, args.answer, args.model,
                        max_forwards=args.max_forwards, top_sentences=args.top_sentences,
                        cheap=args.cheap, device=args.device, dtype=args.dtype)
     if args.json:
