@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import vision
 from ..vision.backbone import load_vision_model, vision_preprocessing
+from ..vision.images import pooled_features
 from .probe import train_probe
 from .vision_data import cifar10, fashion_mnist, imagenet_photos, to_pixel_values
 from .vision_report import write_report
@@ -69,11 +70,7 @@ def run_features(model, pixels: torch.Tensor, method: str | None, keep: float,
                     out = model(pixel_values=x).last_hidden_state
                 sizes, prefix = r.last.sizes, r.last.prefix
                 work.append(_token_layers(r, n_layers) / (n_layers * (grid + prefix)))
-            patches = out[:, prefix:].float()
-            w = torch.ones(patches.shape[:2], device=patches.device) if sizes is None \
-                else sizes.float()
-            mean = (patches * w[..., None]).sum(1) / w.sum(1, keepdim=True)
-            feats.append(torch.cat([out[:, 0].float(), mean], -1))
+            feats.append(pooled_features(out, prefix, sizes))
     return torch.cat(feats), float(np.mean(work))
 
 

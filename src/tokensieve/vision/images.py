@@ -55,7 +55,10 @@ def load_images(paths: list[str]) -> list[np.ndarray]:
     return out
 
 
-def _pooled(out: torch.Tensor, prefix: int, sizes: torch.Tensor | None) -> torch.Tensor:
+def pooled_features(out: torch.Tensor, prefix: int,
+                    sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """CLS token ⊕ mean patch token of an encoder output; merged tokens weigh by their
+    ``sizes`` (from :class:`~tokensieve.vision.VisionTrace`)."""
     patches = out[:, prefix:].float()
     w = torch.ones(patches.shape[:2], device=out.device) if sizes is None else sizes.float()
     mean = (patches * w[..., None]).sum(1) / w.sum(1, keepdim=True)
@@ -89,8 +92,8 @@ def reduce_images(paths: list[str], method: str = "default", *, keep: float | No
                 out = net(pixel_values=x).last_hidden_state
                 t_red = time.perf_counter() - t
         tr = r.last
-        a = _pooled(out, tr.prefix, tr.sizes)
-        b = _pooled(ref, tr.prefix, None)
+        a = pooled_features(out, tr.prefix, tr.sizes)
+        b = pooled_features(ref, tr.prefix, None)
         c = a.shape[1] // 2
         cos = torch.nn.functional.cosine_similarity(a, b).item()
         cos_cls = torch.nn.functional.cosine_similarity(a[:, :c], b[:, :c]).item()
