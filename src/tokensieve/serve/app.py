@@ -1,10 +1,12 @@
 """The FastAPI application: ``create_app(config)``.
 
-Endpoints: ``POST /v1/compress``, ``POST /v1/score``, ``GET /health``, ``GET /metrics`` and
-the OpenAI-compatible ``POST /v1/chat/completions`` proxy (see :mod:`.proxy`).
+Endpoints: ``POST /v1/compress``, ``POST /v1/score``, ``GET /v1/methods``, ``GET /health``,
+``GET /metrics``, the OpenAI-compatible ``POST /v1/chat/completions`` proxy (see :mod:`.proxy`)
+and the web page at ``/`` (see :mod:`.page`).
 
 Safety: a request body above ``max_body_bytes`` gets 413; with an API key configured every
-path but ``/health`` needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401);
+path but ``/health`` and the static page (``/``, ``/static/*``) needs
+``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401);
 model calls run at most ``max_concurrency`` at once, the rest queue up to ``queue_timeout``
 seconds and then get 503 with Retry-After; a model call over ``request_timeout`` gets 504.
 Every error is JSON ``{"error": {"type", "message"}}``. No request field names a model,
@@ -199,7 +201,7 @@ class Guard:
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                        for k, v in scope.get("headers", [])}
-            if self.config.api_key and path != "/health" and not self._authorised(headers):
+            if self.config.api_key and not _public(path) and not self._authorised(headers):
                 return await reply(error_response(
                     401, "unauthorized", "missing or wrong API key (send Authorization: "
                     "Bearer KEY or X-API-Key: KEY).", {"WWW-Authenticate": "Bearer"}))
@@ -249,6 +251,11 @@ class Guard:
     def _too_large(limit: int) -> JSONResponse:
         return error_response(413, "request_too_large",
                               f"the request body is larger than {limit} bytes.")
+
+
+def _public(path: str) -> bool:
+    """Paths open without the API key: the health check and the static page (no data)."""
+    return path in ("/health", "/") or path.startswith("/static/")
 
 
 # ---------------------------------------------------------------- the app
@@ -407,9 +414,18 @@ def create_app(config: ServeConfig | None = None, *, compress_fn=None, score_fn=
             data["tokens"] = [asdict(t) for t in result.tokens]
         return data
 
+    @app.get("/v1/methods")
+    async def methods():
+        from ..text import FORMATS, GRANULARITIES, METHODS
+
+        return {"methods": list(METHODS), "granularities": list(GRANULARITIES),
+                "formats": list(FORMATS), "default_method": "default"}
+
+    from .page import add_page_routes
     from .proxy import add_proxy_routes
 
     add_proxy_routes(app, service)
+    add_page_routes(app)
     return app
 
 
