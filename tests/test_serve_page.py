@@ -231,9 +231,27 @@ def test_compress_in_the_browser(page, real_server, report_text):
     assert page.problems == []
 
     if os.environ.get("TOKENSIEVE_SCREENSHOT") == "1":
-        page.fill("#question", "")
-        page.locator("#results").scroll_into_view_if_needed()
-        page.screenshot(path=str(ROOT / "docs" / "serve-page.png"), full_page=True)
+        save_screenshot(page)
+
+
+def save_screenshot(page) -> None:
+    """docs/serve-page.png: the page after a question-aware compression (< 300 KB)."""
+    from playwright.sync_api import expect
+
+    page.fill("#question", "What was the revenue and the net income?")
+    page.click("#compress")
+    expect(page.locator("#busy")).to_be_hidden()
+    expect(page.locator("#results")).to_be_visible()
+    page.evaluate("document.activeElement.blur(); document.getElementById('text').scrollTop = 0")
+    path = ROOT / "docs" / "serve-page.png"
+    page.screenshot(path=str(path), full_page=True)
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
 
 
 def _methods(url: str) -> list[str]:
