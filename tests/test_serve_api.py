@@ -90,6 +90,14 @@ def test_bad_requests_get_json_4xx():
         metrics = client.get("/metrics").text
         assert 'tokensieve_errors_total{path="/v1/compress",status="413"} 2' in metrics
         assert 'path="other",status="404"' in metrics
+        client.get("/static/nothing.js")
+        client.get("/static/../../etc/passwd")
+        metrics = client.get("/metrics").text
+        assert 'tokensieve_errors_total{path="/static",status="404"}' in metrics
+        assert 'tokensieve_requests_total{method="GET",path="/v1/methods",' not in metrics
+        client.get("/v1/methods")
+        metrics = client.get("/metrics").text
+        assert 'tokensieve_requests_total{method="GET",path="/v1/methods",' in metrics
 
 
 def test_api_key():

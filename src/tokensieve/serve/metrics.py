@@ -7,11 +7,14 @@ import threading
 from collections import defaultdict
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-KNOWN_PATHS = ("/", "/health", "/metrics", "/v1/compress", "/v1/score", "/v1/chat/completions")
+KNOWN_PATHS = ("/", "/health", "/metrics", "/v1/compress", "/v1/score", "/v1/methods",
+               "/v1/chat/completions")
 
 
 def path_label(path: str) -> str:
-    """Bounded label values: unknown paths share one label."""
+    """Bounded label values: the page's files share ``/static``, unknown paths ``other``."""
+    if path.startswith("/static/"):
+        return "/static"
     return path if path in KNOWN_PATHS else "other"
 
 
