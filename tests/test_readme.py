@@ -29,3 +29,14 @@ def test_readme_has_the_two_commands_first():
     assert bash[0].startswith("bash scripts/setup.sh && .venv/bin/tokensieve compress")
     assert bash[1].startswith("bash scripts/setup.sh && .venv/bin/python -m pytest")
     assert os.path.exists(ROOT / "scripts" / "setup.sh")
+
+
+SNIPPETS = re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("block", range(len(SNIPPETS)))
+def test_readme_snippets_compile(block):
+    """```py blocks need a running service or an upstream API (the proxy example; the real
+    openai client runs against a fake upstream in test_serve_proxy.py): they must at least
+    be valid Python."""
+    compile(SNIPPETS[block], f"README.md py snippet {block}", "exec")
