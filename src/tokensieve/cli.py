@@ -223,6 +223,8 @@ def _cmd_compress_dataset(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(f"{report.output}: {report.summary()}")
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     if report.records_in != report.records_out:
         print(f"tokensieve: error: records in ({report.records_in}) != records out "
               f"({report.records_out})", file=sys.stderr)

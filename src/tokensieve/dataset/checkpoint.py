@@ -33,6 +33,7 @@ class MergeStats:
     statuses: Counter = field(default_factory=Counter)
     tokens_in: int = 0
     tokens_out: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 class Checkpoint:
@@ -162,6 +163,26 @@ class Checkpoint:
             yield from dio.iter_jsonl(self.fs, path)
 
     @staticmethod
+    def _infer_table(rows: list[dict[str, Any]], names: list[str] | None, stats: MergeStats):
+        """An Arrow table of JSONL records, column by column: a column whose values have
+        mixed types (a number here, a string there) is written as text (JSON for non-strings)
+        instead of failing the job."""
+        pa = dio.pyarrow()
+        names = names or list(dict.fromkeys(k for r in rows for k in r))
+        arrays = {}
+        for name in names:
+            values = [r.get(name) for r in rows]
+            try:
+                arrays[name] = pa.array(values) if rows else pa.array([], pa.string())
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                arrays[name] = pa.array([v if v is None or isinstance(v, str) else
+                                         json.dumps(v, ensure_ascii=False, default=str)
+                                         for v in values], pa.string())
+                stats.notes.append(f"column {name!r} has values of mixed types; written as "
+                                   "text (JSON for non-strings)")
+        return pa.table(arrays)
+
+    @staticmethod
     def _count(stats: MergeStats, row: dict[str, Any], columns: dict[str, str]) -> None:
         stats.records_out += 1
         status = row.get(columns["status"])
@@ -204,12 +225,5 @@ class Checkpoint:
                     writer.write_table(pa.Table.from_pylist(batch, schema=out_schema))
                 writer.close()
             else:
-                try:
-                    table = pa.Table.from_pylist(rows_all)
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                    raise UsageError(f"cannot write Parquet: a column has mixed types ({exc}); "
-                                     "write JSONL output instead") from None
-                if all_columns and table.num_rows == 0:
-                    table = pa.table({c: pa.array([], pa.string()) for c in all_columns})
-                pa.parquet.write_table(table, f)
+                pa.parquet.write_table(self._infer_table(rows_all, all_columns, stats), f)
         return stats

@@ -37,6 +37,7 @@ class DatasetReport:
     skipped_resumed: int = 0
     seconds: float = 0.0
     columns: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def records_per_second(self) -> float:
@@ -262,4 +263,5 @@ def compress_dataset(
         input=input, output=output, engine=engine, records_in=scan.records,
         records_out=stats.records_out, errors=sum(errors.values()), error_counts=errors,
         tokens_in=stats.tokens_in, tokens_out=stats.tokens_out, processed=processed,
-        skipped_resumed=skipped, seconds=time.perf_counter() - t0, columns=cols)
+        skipped_resumed=skipped, seconds=time.perf_counter() - t0, columns=cols,
+        notes=stats.notes)
