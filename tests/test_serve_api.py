@@ -169,3 +169,30 @@ def test_cli_serve_rejects_bad_settings(capsys):
     assert main(["serve", "--max-concurrency", "0"]) == 2
     assert "max_concurrency" in capsys.readouterr().err
     assert main(["serve", "--upstream", "ftp://x"]) == 2
+
+
+def test_cli_serve_flags_set_the_config_and_override_env(monkeypatch):
+    from tokensieve.cli import build_parser, serve_config
+
+    monkeypatch.setenv("TOKENSIEVE_QUEUE_TIMEOUT", "9")
+    monkeypatch.setenv("TOKENSIEVE_PROXY_KEEP", "0.7")
+    monkeypatch.setenv("TOKENSIEVE_THREADS", "3")
+    args = build_parser().parse_args([
+        "serve", "--queue-timeout", "30", "--request-timeout", "120", "--max-body-bytes",
+        "50000", "--proxy-roles", "user, tool", "--proxy-min-tokens", "64", "--proxy-method",
+        "surprisal", "--proxy-keep-numbers", "--model", "default", "--device", "cpu"])
+    config = serve_config(args)
+    assert (config.queue_timeout, config.request_timeout, config.max_body_bytes) == (30, 120,
+                                                                                     50000)
+    assert config.proxy_roles == ("user", "tool") and config.proxy_min_tokens == 64
+    assert config.proxy_method == "surprisal" and config.proxy_keep_numbers is True
+    assert config.proxy_keep == 0.7 and config.threads == 3  # no flag: the variable holds
+    assert serve_config(build_parser().parse_args(["serve"])).proxy_keep_numbers is False
+
+
+def test_cli_serve_bad_flag_value_is_one_line(capsys):
+    from tokensieve.cli import main
+
+    assert main(["serve", "--proxy-keep", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "proxy_keep" in err and "Traceback" not in err
