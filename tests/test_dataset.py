@@ -250,12 +250,16 @@ def test_resume_refuses_other_settings_and_a_finished_output(tmp_path):
     assert report.skipped_resumed == 0 and "ts_compressed_text" in read_out(out)[0]
 
 
-def test_missing_ray_names_the_extra(monkeypatch):
+def test_missing_ray_names_the_extra_before_any_work(monkeypatch, tmp_path):
     from tokensieve.dataset.ray_engine import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UsageError, match=r"tokensieve\[ray\]"):
         import_ray()
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "a b c"}], bad_lines=False)
+    with pytest.raises(UsageError, match=r"tokensieve\[ray\]"):
+        compress_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl"), engine="ray")
+    assert not list(tmp_path.glob("o.jsonl*"))
 
 
 @pytest.mark.parametrize("setup,args,code,message", [

@@ -162,6 +162,10 @@ def compress_dataset(
     if not isinstance(max_chars, int) or max_chars < 1:
         raise UsageError(f"max_chars must be a positive whole number, got {max_chars!r}")
     compress_options.pop("progress", None)
+    if engine == "ray":
+        from .ray_engine import import_ray
+
+        import_ray()  # a clear error naming the extra, before any work
     in_fmt, out_fmt = dio.data_format(input), dio.data_format(output)
     if out_fmt == "parquet" or in_fmt == "parquet":
         dio.pyarrow()
