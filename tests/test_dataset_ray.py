@@ -70,8 +70,9 @@ def test_ray_interrupted_then_resumed_loses_and_duplicates_nothing(ray_local, co
         compress_dataset(str(path), str(out), engine="ray", id_field="id", batch_size=4,
                          concurrency=2, progress=False, _on_part=stop, **OPTIONS)
     assert not out.exists()
+    # the 25 records left go to Ray in two windows (16 + 9): two actor pools, one output
     report = compress_dataset(str(path), str(out), engine="ray", id_field="id", batch_size=4,
-                              concurrency=2, progress=False, **OPTIONS)
+                              concurrency=2, ray_window=16, progress=False, **OPTIONS)
     rows = read_out(out)
     ids = [r.get("id") for r in rows]
     print(f"ray resume: {report.skipped_resumed} done before the interruption, "

@@ -248,6 +248,7 @@ def _cmd_compress_dataset(args: argparse.Namespace) -> int:
     report = compress_dataset(
         args.input, args.output, engine=args.engine, text_field=args.text_field,
         id_field=args.id_field, batch_size=args.batch_size, concurrency=args.concurrency,
+        ray_window=args.ray_window,
         ray_address=args.ray_address, threads=args.threads, max_chars=args.max_chars,
         column_prefix=args.column_prefix, overwrite=args.overwrite,
         progress=False if args.no_progress else None, **_compress_kwargs(args))
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray: model actors (default: Ray's CPUs / --threads)")
     d.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads per model (ray default 1; local: torch's default)")
+    d.add_argument("--ray-window", type=int, default=20_000, metavar="N",
+                   help="ray: records handed to Ray at a time (bounds the driver's memory; "
+                   "default 20000)")
     d.add_argument("--max-chars", type=int, default=200_000, metavar="N",
                    help="longer texts get status error:too_large (default 200000)")
     d.add_argument("--column-prefix", default="", metavar="P",

@@ -129,6 +129,7 @@ def compress_dataset(
     batch_size: int = 16,
     concurrency: int | None = None,
     ray_address: str | None = None,
+    ray_window: int = 20_000,
     threads: int | None = None,
     max_chars: int = DEFAULT_MAX_CHARS,
     column_prefix: str = "",
@@ -144,7 +145,8 @@ def compress_dataset(
 
     ``engine``: 'local' (in this process) or 'ray' (Ray Data, one model per actor:
     ``concurrency`` actors of ``threads`` torch threads each, default 1; ``ray_address``
-    of a cluster or None for a local Ray). ``batch_size`` records make a batch and a
+    of a cluster or None for a local Ray; ``ray_window`` records are handed to Ray at a time,
+    which bounds the driver's memory). ``batch_size`` records make a batch and a
     checkpoint part; an interrupted run restarted with the same OUT skips the finished ids
     (``id_field``, default the record's position). Bad records get an error status, never
     fail the job; at the end records in == records out is checked. ``compress_options`` go
@@ -159,6 +161,8 @@ def compress_dataset(
         raise UsageError(f"concurrency must be a positive whole number, got {concurrency!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UsageError(f"threads must be a positive whole number, got {threads!r}")
+    if isinstance(ray_window, bool) or not isinstance(ray_window, int) or ray_window < 1:
+        raise UsageError(f"ray_window must be a positive whole number, got {ray_window!r}")
     if not isinstance(max_chars, int) or max_chars < 1:
         raise UsageError(f"max_chars must be a positive whole number, got {max_chars!r}")
     compress_options.pop("progress", None)
@@ -258,6 +262,7 @@ def compress_dataset(
 
                 run_ray(entries(), write, compress_options, batch_size=batch_size,
                         concurrency=concurrency, threads=threads, address=ray_address,
+                        window=ray_window,
                         progress=bar.bar is not None)
     finally:
         bar.close()

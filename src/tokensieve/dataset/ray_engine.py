@@ -13,6 +13,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 from ..errors import UsageError
@@ -84,19 +85,24 @@ def init_ray(address: str | None, num_cpus: int | None = None):
     return ray, True
 
 
+# records handed to Ray at a time: bounds the driver's memory on a large corpus (the actor
+# pool is started once per window, so a window should take minutes, not seconds)
+DEFAULT_WINDOW = 20_000
+
+
 def run_ray(entries: Iterator[tuple[dict, dict, str]],
             write: Callable[[list, list[dict[str, Any]]], None],
             options: dict[str, Any], *, batch_size: int, concurrency: int | None,
-            threads: int | None, address: str | None, progress: bool = False) -> None:
+            threads: int | None, address: str | None, progress: bool = False,
+            window: int = DEFAULT_WINDOW) -> None:
     """Compress ``entries`` on ``concurrency`` actors (default: the CPUs Ray has / threads)
-    of ``threads`` torch threads each; ``write`` gets each block's entries and results."""
+    of ``threads`` torch threads each; ``write`` gets each block's entries and results.
+    The entries go to Ray ``window`` records at a time, so the driver holds at most one
+    window of records, whatever the size of the corpus."""
     threads = threads or DEFAULT_THREADS
+    window = max(window, batch_size)
     ray, started = init_ray(address)
     try:
-        import pyarrow as pa
-
-        batch = list(entries)
-        by_pos = {item["pos"]: (item, row, key) for item, row, key in batch}
         if concurrency is None:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             concurrency = max(1, cpus // threads)
@@ -108,24 +114,33 @@ def run_ray(entries: Iterator[tuple[dict, dict, str]],
         if not os.environ.get("TOKENSIEVE_DEBUG"):  # our bar and summary say enough
             for name in ("ray", "ray.data"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-        table = pa.table({
-            "pos": pa.array([it["pos"] for it, _, _ in batch], pa.int64()),
-            "text": pa.array([it["text"] for it, _, _ in batch], pa.string()),
-            "error_kind": pa.array([it["error_kind"] for it, _, _ in batch], pa.string()),
-            "error": pa.array([it["error"] for it, _, _ in batch], pa.string()),
-        })
-        blocks = max(1, math.ceil(len(batch) / batch_size))
-        ds = ray.data.from_arrow([table.slice(i * batch_size, batch_size)
-                                  for i in range(blocks)])
-        mapped = ds.map_batches(
-            CompressorActor, fn_constructor_kwargs={"options": options, "threads": threads},
-            batch_size=batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=threads,
-            runtime_env={"env_vars": actor_env(threads)})
-        for out in mapped.iter_batches(batch_size=None, batch_format="pyarrow",
-                                       prefetch_batches=0):
-            results = out.to_pylist()
-            write([by_pos[r["pos"]] for r in results], results)
+        while chunk := list(islice(entries, window)):
+            _run_window(ray, chunk, write, options, batch_size=batch_size,
+                        concurrency=concurrency, threads=threads)
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_window(ray, chunk: list[tuple[dict, dict, str]],
+                write: Callable[[list, list[dict[str, Any]]], None], options: dict[str, Any],
+                *, batch_size: int, concurrency: int, threads: int) -> None:
+    import pyarrow as pa
+
+    by_pos = {item["pos"]: (item, row, key) for item, row, key in chunk}
+    table = pa.table({
+        "pos": pa.array([it["pos"] for it, _, _ in chunk], pa.int64()),
+        "text": pa.array([it["text"] for it, _, _ in chunk], pa.string()),
+        "error_kind": pa.array([it["error_kind"] for it, _, _ in chunk], pa.string()),
+        "error": pa.array([it["error"] for it, _, _ in chunk], pa.string()),
+    })
+    blocks = max(1, math.ceil(len(chunk) / batch_size))
+    ds = ray.data.from_arrow([table.slice(i * batch_size, batch_size) for i in range(blocks)])
+    mapped = ds.map_batches(
+        CompressorActor, fn_constructor_kwargs={"options": options, "threads": threads},
+        batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=min(concurrency, blocks)), num_cpus=threads,
+        runtime_env={"env_vars": actor_env(threads)})
+    for out in mapped.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        results = out.to_pylist()
+        write([by_pos[r["pos"]] for r in results], results)
