@@ -9,9 +9,6 @@ With ``TOKENSIEVE_SCREENSHOT=1`` the main test writes docs/serve-page.png."""
 import os
 import re
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -19,8 +16,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from served import Served  # noqa: E402
 
 from tokensieve.serve import ServeConfig, create_app  # noqa: E402
 from tokensieve.text.result import CompressionResult, ScoredUnit  # noqa: E402
@@ -97,30 +94,6 @@ def test_static_files_are_package_data():
 
 
 # ---------------------------------------------------------------- in a browser
-
-class Served:
-    """An ASGI app under uvicorn on a free loopback port, in a thread."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

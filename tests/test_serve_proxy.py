@@ -3,17 +3,15 @@ to a fake upstream; both run under uvicorn on loopback in threads."""
 
 import json
 import socket
-import threading
-import time
 
 import pytest
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
+from served import Served  # noqa: E402
 
 from tokensieve.serve import ServeConfig, create_app  # noqa: E402
 
@@ -47,31 +45,6 @@ def fake_upstream(seen: list) -> FastAPI:
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
     return app
-
-
-class Served:
-    """An ASGI app under uvicorn on a free loopback port, in a thread."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
