@@ -26,6 +26,10 @@ def fake_upstream(seen: list) -> FastAPI:
     async def chat(request: Request):
         body = await request.json()
         seen.append(body)
+        if body["model"] == "rate-limited":  # the upstream's own error, to be passed through
+            return JSONResponse({"error": {"message": "slow down", "type": "rate_limit",
+                                           "code": "rate_limit_exceeded"}},
+                                status_code=429, headers={"retry-after": "7"})
         answer = json.dumps([len(m["content"]) for m in body["messages"]])
         if body.get("stream"):
             def events():
@@ -112,6 +116,17 @@ def test_proxy_errors(proxy):
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
                                        extra_body={"tokensieve": {"model": "/etc/passwd"}})
+
+
+def test_upstream_errors_come_back_unchanged(proxy):
+    url, _ = proxy
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="proxy-key", max_retries=0)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="rate-limited",
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 429
+    assert caught.value.response.headers["retry-after"] == "7"
+    assert caught.value.body["message"] == "slow down"
 
 
 def test_unreachable_upstream_is_a_502():
