@@ -281,3 +281,39 @@ def test_cli_errors_are_one_line_with_an_exit_code(tmp_path, setup, args, code, 
     assert res.returncode == code, res.stderr
     assert message in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.model
+def test_score_task_adds_surprisal_per_record(tmp_path):
+    """task='score': each ok record carries the surprisal inspect.surprise gives its text;
+    bad records keep their error status; compress-only options are refused, not ignored."""
+    from tokensieve.inspect import surprise
+
+    src = tmp_path / "in.jsonl"
+    rows = good_records(5)
+    rows[2]["text"] = "Zq7 vortex ledger 88-K flange, umbrella; thirty quiet giraffes Xw."
+    statuses = write_jsonl(src, rows, bad_lines=False)
+    with open(src, "ab") as f:
+        f.write(json.dumps({"id": "empty", "text": " "}).encode() + b"\n")
+    out = tmp_path / "scored.jsonl"
+    report = compress_dataset(str(src), str(out), task="score", id_field="id", batch_size=2,
+                              progress=False)
+    got = read_out(out)
+    assert report.records_in == report.records_out == len(got) == len(statuses) + 1
+    assert [r["status"] for r in got] == [*statuses, "error:empty"]
+    assert "compressed_text" not in got[0] and got[0]["source"] == rows[0]["source"]
+    for row in got[:-1]:
+        want = surprise(row["text"], progress=False)
+        assert row["tokens"] == len(want.tokens)
+        assert row["surprisal_total"] == pytest.approx(want.total, rel=1e-5)
+        assert row["surprisal_mean"] == pytest.approx(want.mean, rel=1e-5)
+        assert row["perplexity"] == pytest.approx(want.perplexity, rel=1e-5)
+    # the word salad is the most surprising record
+    assert max(got[:-1], key=lambda r: r["surprisal_mean"])["id"] == rows[2]["id"]
+    assert got[-1]["surprisal_mean"] is None and got[-1]["error"]
+    assert report.tokens_in == sum(r["tokens"] for r in got[:-1]) and report.tokens_out == 0
+    for option in ({"keep": 0.5}, {"question": "Why?"}, {"method": "bm25"}):
+        with pytest.raises(UsageError, match=next(iter(option))):
+            compress_dataset(str(src), str(tmp_path / "x.jsonl"), task="score", **option)
+    with pytest.raises(UsageError, match="task"):
+        compress_dataset(str(src), str(tmp_path / "x.jsonl"), task="summarise")

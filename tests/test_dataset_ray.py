@@ -82,3 +82,26 @@ def test_ray_interrupted_then_resumed_loses_and_duplicates_nothing(ray_local, co
     assert report.skipped_resumed + report.processed == report.records_in
     assert report.records_in == report.records_out == len(rows) == len(set(ids))
     assert rows == local
+
+
+def test_ray_score_task_matches_local(ray_local, corpus, tmp_path):
+    path, statuses, _ = corpus
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the actors' thread count: the same arithmetic
+    try:
+        compress_dataset(str(path), str(tmp_path / "local.jsonl"), task="score", id_field="id",
+                         batch_size=8, progress=False, max_chars=10_000)
+    finally:
+        torch.set_num_threads(threads)
+    report = compress_dataset(str(path), str(tmp_path / "ray.jsonl"), engine="ray",
+                              task="score", id_field="id", batch_size=8, concurrency=2,
+                              progress=False, max_chars=10_000)
+    local, rows = read_out(tmp_path / "local.jsonl"), read_out(tmp_path / "ray.jsonl")
+    assert report.records_in == report.records_out == len(rows) == len(statuses)
+    assert [r.get("id") for r in rows] == [r.get("id") for r in local]
+    for a, b in zip(rows, local, strict=True):
+        assert a["status"] == b["status"] and a["tokens"] == b["tokens"]
+        if a["status"] == "ok":
+            assert a["surprisal_mean"] == pytest.approx(b["surprisal_mean"], rel=1e-6)

@@ -246,7 +246,8 @@ def _cmd_compress_dataset(args: argparse.Namespace) -> int:
     from .dataset import compress_dataset
 
     report = compress_dataset(
-        args.input, args.output, engine=args.engine, text_field=args.text_field,
+        args.input, args.output, engine=args.engine, task=args.task,
+        text_field=args.text_field,
         id_field=args.id_field, batch_size=args.batch_size, concurrency=args.concurrency,
         ray_window=args.ray_window,
         ray_address=args.ray_address, threads=args.threads, max_chars=args.max_chars,
@@ -284,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "plus compressed_text, original_tokens, compressed_tokens, status, error; "
                    "run again with the same OUT to resume")
     d.add_argument("--engine", default="local", choices=["local", "ray"])
+    d.add_argument("--task", default="compress", choices=["compress", "score"],
+                   help="compress (default), or score: add tokens, surprisal_total, "
+                   "surprisal_mean and perplexity per record instead (of the compress options "
+                   "only --model applies)")
     d.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster "
                    "(auto, ray://host:10001); default: start a local Ray")
     d.add_argument("--text-field", default="text", metavar="F", help="column to compress")

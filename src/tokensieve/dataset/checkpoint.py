@@ -189,7 +189,8 @@ class Checkpoint:
         stats.statuses[status] += 1
         if status == "ok":
             stats.tokens_in += row[columns["original_tokens"]] or 0
-            stats.tokens_out += row[columns["compressed_tokens"]] or 0
+            if "compressed_tokens" in columns:  # task compress
+                stats.tokens_out += row[columns["compressed_tokens"]] or 0
 
     def _merge_jsonl(self, tmp: str, columns: dict[str, str]) -> MergeStats:
         stats = MergeStats()

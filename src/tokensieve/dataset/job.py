@@ -14,7 +14,16 @@ from typing import Any
 from ..errors import InputError, UsageError
 from . import io as dio
 from .checkpoint import HIDDEN, KEY, POS, Checkpoint
-from .records import DEFAULT_MAX_CHARS, RecordCompressor, WorkItem, classify, output_columns
+from .records import (
+    DEFAULT_MAX_CHARS,
+    SCORE_OPTIONS,
+    TASKS,
+    WorkItem,
+    arrow_types,
+    classify,
+    make_worker,
+    output_columns,
+)
 
 ENGINES = ("local", "ray")
 
@@ -38,6 +47,7 @@ class DatasetReport:
     seconds: float = 0.0
     columns: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    task: str = "compress"
 
     @property
     def records_per_second(self) -> float:
@@ -48,10 +58,11 @@ class DatasetReport:
 
     def summary(self) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in sorted(self.error_counts.items()))
+        tokens = (f"tokens {self.tokens_in} -> {self.tokens_out}" if self.task == "compress"
+                  else f"tokens scored {self.tokens_in}")
         return (f"records in {self.records_in}, out {self.records_out} "
                 f"({'OK' if self.records_in == self.records_out else 'MISMATCH'}); "
-                f"errors {self.errors}{f' ({errs})' if errs else ''}; "
-                f"tokens {self.tokens_in} -> {self.tokens_out}; "
+                f"errors {self.errors}{f' ({errs})' if errs else ''}; {tokens}; "
                 f"{self.processed} processed in {self.seconds:.1f}s "
                 f"({self.records_per_second:.2f} records/s), "
                 f"{self.skipped_resumed} already done")
@@ -92,6 +103,24 @@ def _scan(path: str, fmt: str, text_field: str, id_field: str | None) -> _Scan:
     return scan
 
 
+def _check_score_options(options: dict[str, Any]) -> None:
+    """task='score' uses only model / device: refuse a compress option that was
+    set (a value other than compress's default) instead of ignoring it."""
+    import inspect
+
+    from ..text import compress
+
+    defaults = {k: p.default for k, p in inspect.signature(compress).parameters.items()}
+    unused = sorted(k for k, v in options.items() if k not in SCORE_OPTIONS and k in defaults
+                    and v != defaults[k] and not (v in ((), []) and defaults[k] in ((), [])))
+    unknown = sorted(k for k in options if k not in defaults)
+    if unknown or unused:
+        names = unknown + unused
+        raise UsageError(f"task 'score' takes only {' and '.join(SCORE_OPTIONS)} of the compress "
+                         f"options; {', '.join(names)} {'applies' if len(names) == 1 else 'apply'}"
+                         " only to task 'compress'")
+
+
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(options, sort_keys=True, default=repr))
 
@@ -124,6 +153,7 @@ def compress_dataset(
     output: str,
     *,
     engine: str = "local",
+    task: str = "compress",
     text_field: str = "text",
     id_field: str | None = None,
     batch_size: int = 16,
@@ -143,6 +173,11 @@ def compress_dataset(
     ``compressed_text``, ``original_tokens``, ``compressed_tokens``, ``status`` (``ok`` or
     ``error:<kind>``) and ``error`` (a message or null), each behind ``column_prefix``.
 
+    ``task="score"`` scores instead of compressing (``tokensieve inspect surprise`` per
+    record): it adds ``tokens``, ``surprisal_total``, ``surprisal_mean`` (nats per token),
+    ``perplexity``, ``status`` and ``error``; of the compress options only ``model`` and
+    ``device`` apply.
+
     ``engine``: 'local' (in this process) or 'ray' (Ray Data, one model per actor:
     ``concurrency`` actors of ``threads`` torch threads each, default 1; ``ray_address``
     of a cluster or None for a local Ray; ``ray_window`` records are handed to Ray at a time,
@@ -155,6 +190,11 @@ def compress_dataset(
     t0 = time.perf_counter()
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose local or ray")
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose {' or '.join(TASKS)}")
+    compress_options.pop("progress", None)
+    if task == "score":
+        _check_score_options(compress_options)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive whole number, got {batch_size!r}")
     if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
@@ -165,7 +205,6 @@ def compress_dataset(
         raise UsageError(f"ray_window must be a positive whole number, got {ray_window!r}")
     if not isinstance(max_chars, int) or max_chars < 1:
         raise UsageError(f"max_chars must be a positive whole number, got {max_chars!r}")
-    compress_options.pop("progress", None)
     if engine == "ray":
         from .ray_engine import import_ray
 
@@ -183,7 +222,7 @@ def compress_dataset(
         raise UsageError(f"no record has a {text_field!r} field (columns: "
                          f"{', '.join(scan.columns[:12])}); choose it with text_field / "
                          "--text-field")
-    cols = output_columns(column_prefix)
+    cols = output_columns(column_prefix, task)
     clash = [c for c in cols.values() if c in scan.columns] + \
         [c for c in HIDDEN if c in scan.columns]
     if clash:
@@ -195,23 +234,22 @@ def compress_dataset(
     if in_fmt == "parquet" and out_fmt == "parquet":
         pa = dio.pyarrow()
         in_schema = dio.parquet_schema(input)
-        added = [pa.field(cols["text"], pa.string()), pa.field(cols["original_tokens"], pa.int64()),
-                 pa.field(cols["compressed_tokens"], pa.int64()),
-                 pa.field(cols["status"], pa.string()), pa.field(cols["error"], pa.string())]
+        added = [pa.field(cols[role], getattr(pa, kind)())
+                 for role, kind in arrow_types(task).items()]
         schema = pa.schema([*in_schema, *added, pa.field(POS, pa.int64()),
                             pa.field(KEY, pa.string())])
         part_format = "parquet"
     all_columns = [*scan.columns, *cols.values()]
 
     # check the options and load the model before anything is written
-    compressor = RecordCompressor(compress_options)
+    compressor = make_worker(task, compress_options)
     compressor.warm_up()
 
     size = None
     if in_local is not None:
         size = os.path.getsize(in_local)
     manifest = _jsonable({
-        "version": 1, "input": input, "input_bytes": size, "records": scan.records,
+        "version": 1, "task": task, "input": input, "input_bytes": size, "records": scan.records,
         "text_field": text_field, "id_field": id_field, "max_chars": max_chars,
         "column_prefix": column_prefix, "options": compress_options,
     })
@@ -242,7 +280,7 @@ def compress_dataset(
                 out[col] = res[role]
             out[POS], out[KEY] = item["pos"], key
             rows.append(out)
-            if res["status"] == "ok":
+            if res["status"] == "ok" and task == "compress":
                 saved += res["original_tokens"] - res["compressed_tokens"]
         if rows:
             ckpt.write_part(rows, schema)
@@ -260,7 +298,7 @@ def compress_dataset(
             else:
                 from .ray_engine import run_ray
 
-                run_ray(entries(), write, compress_options, batch_size=batch_size,
+                run_ray(entries(), write, compress_options, task=task, batch_size=batch_size,
                         concurrency=concurrency, threads=threads, address=ray_address,
                         window=ray_window,
                         progress=bar.bar is not None)
@@ -273,4 +311,4 @@ def compress_dataset(
         records_out=stats.records_out, errors=sum(errors.values()), error_counts=errors,
         tokens_in=stats.tokens_in, tokens_out=stats.tokens_out, processed=processed,
         skipped_resumed=skipped, seconds=time.perf_counter() - t0, columns=cols,
-        notes=stats.notes)
+        notes=stats.notes, task=task)

@@ -44,30 +44,28 @@ def actor_env(threads: int) -> dict[str, str]:
 
 
 class CompressorActor:
-    """One per Ray actor: loads the model once (warm-up in ``__init__``), then compresses
-    each batch (a pyarrow table of work items) into a table of results."""
+    """One per Ray actor: loads the model once (warm-up in ``__init__``), then runs the
+    task ('compress' or 'score') on each batch (a pyarrow table of work items) into a table
+    of results."""
 
-    def __init__(self, options: dict[str, Any], threads: int = DEFAULT_THREADS):
+    def __init__(self, options: dict[str, Any], threads: int = DEFAULT_THREADS,
+                 task: str = "compress"):
+        import pyarrow as pa
         import torch
 
-        from .records import RecordCompressor
+        from .records import arrow_types, make_worker
 
         torch.set_num_threads(threads)
-        self.compressor = RecordCompressor(options)
-        self.compressor.warm_up()
+        self.worker = make_worker(task, options)
+        self.worker.warm_up()
+        self.schema = pa.schema([pa.field("pos", pa.int64()),
+                                 *(pa.field(role, getattr(pa, kind)())
+                                   for role, kind in arrow_types(task).items())])
 
     def __call__(self, batch):
         import pyarrow as pa
 
-        results = self.compressor.batch(batch.to_pylist())
-        return pa.table({
-            "pos": pa.array([r["pos"] for r in results], pa.int64()),
-            "text": pa.array([r["text"] for r in results], pa.string()),
-            "original_tokens": pa.array([r["original_tokens"] for r in results], pa.int64()),
-            "compressed_tokens": pa.array([r["compressed_tokens"] for r in results], pa.int64()),
-            "status": pa.array([r["status"] for r in results], pa.string()),
-            "error": pa.array([r["error"] for r in results], pa.string()),
-        })
+        return pa.Table.from_pylist(self.worker.batch(batch.to_pylist()), schema=self.schema)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None):
@@ -94,7 +92,7 @@ def run_ray(entries: Iterator[tuple[dict, dict, str]],
             write: Callable[[list, list[dict[str, Any]]], None],
             options: dict[str, Any], *, batch_size: int, concurrency: int | None,
             threads: int | None, address: str | None, progress: bool = False,
-            window: int = DEFAULT_WINDOW) -> None:
+            window: int = DEFAULT_WINDOW, task: str = "compress") -> None:
     """Compress ``entries`` on ``concurrency`` actors (default: the CPUs Ray has / threads)
     of ``threads`` torch threads each; ``write`` gets each block's entries and results.
     The entries go to Ray ``window`` records at a time, so the driver holds at most one
@@ -116,7 +114,7 @@ def run_ray(entries: Iterator[tuple[dict, dict, str]],
                 logging.getLogger(name).setLevel(logging.WARNING)
         while chunk := list(islice(entries, window)):
             _run_window(ray, chunk, write, options, batch_size=batch_size,
-                        concurrency=concurrency, threads=threads)
+                        concurrency=concurrency, threads=threads, task=task)
     finally:
         if started:
             ray.shutdown()
@@ -124,7 +122,7 @@ def run_ray(entries: Iterator[tuple[dict, dict, str]],
 
 def _run_window(ray, chunk: list[tuple[dict, dict, str]],
                 write: Callable[[list, list[dict[str, Any]]], None], options: dict[str, Any],
-                *, batch_size: int, concurrency: int, threads: int) -> None:
+                *, batch_size: int, concurrency: int, threads: int, task: str) -> None:
     import pyarrow as pa
 
     by_pos = {item["pos"]: (item, row, key) for item, row, key in chunk}
@@ -137,7 +135,8 @@ def _run_window(ray, chunk: list[tuple[dict, dict, str]],
     blocks = max(1, math.ceil(len(chunk) / batch_size))
     ds = ray.data.from_arrow([table.slice(i * batch_size, batch_size) for i in range(blocks)])
     mapped = ds.map_batches(
-        CompressorActor, fn_constructor_kwargs={"options": options, "threads": threads},
+        CompressorActor,
+        fn_constructor_kwargs={"options": options, "threads": threads, "task": task},
         batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=min(concurrency, blocks)), num_cpus=threads,
         runtime_env={"env_vars": actor_env(threads)})

@@ -22,21 +22,41 @@ from typing import Any
 from ..errors import BudgetError, InputError, TokensieveError
 
 DEFAULT_MAX_CHARS = 200_000
-# role -> default column name; a prefix (column_prefix) goes in front of every name
-OUTPUT_COLUMNS = {
-    "text": "compressed_text",
-    "original_tokens": "original_tokens",
-    "compressed_tokens": "compressed_tokens",
-    "status": "status",
-    "error": "error",
+# role -> (default column name, Arrow type) per task; a prefix (column_prefix) goes in front
+# of every name. The roles original_tokens / compressed_tokens feed the token totals.
+TASK_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
+    "compress": {
+        "text": ("compressed_text", "string"),
+        "original_tokens": ("original_tokens", "int64"),
+        "compressed_tokens": ("compressed_tokens", "int64"),
+        "status": ("status", "string"),
+        "error": ("error", "string"),
+    },
+    "score": {
+        "original_tokens": ("tokens", "int64"),
+        "surprisal_total": ("surprisal_total", "float64"),
+        "surprisal_mean": ("surprisal_mean", "float64"),
+        "perplexity": ("perplexity", "float64"),
+        "status": ("status", "string"),
+        "error": ("error", "string"),
+    },
 }
+TASKS = tuple(TASK_COLUMNS)
+OUTPUT_COLUMNS = {role: name for role, (name, _) in TASK_COLUMNS["compress"].items()}
+# the options of tokensieve.compress that --task score uses (surprise's own)
+SCORE_OPTIONS = ("model", "device")
 WARMUP_TEXT = ("The river rose slowly through the night, and by morning the old stone bridge "
                "was under water. Villagers gathered on the hill to watch the current carry "
                "branches, fences and a small boat past the church.")
 
 
-def output_columns(prefix: str = "") -> dict[str, str]:
-    return {role: prefix + name for role, name in OUTPUT_COLUMNS.items()}
+def output_columns(prefix: str = "", task: str = "compress") -> dict[str, str]:
+    return {role: prefix + name for role, (name, _) in TASK_COLUMNS[task].items()}
+
+
+def arrow_types(task: str = "compress") -> dict[str, str]:
+    """role -> Arrow type name of the columns ``task`` adds."""
+    return {role: kind for role, (_, kind) in TASK_COLUMNS[task].items()}
 
 
 @dataclass
@@ -76,13 +96,16 @@ def classify(value: Any, field: str, max_chars: int, read_error: tuple[str, str]
     return value, None
 
 
-def error_result(kind: str, message: str) -> dict[str, Any]:
-    return {"text": None, "original_tokens": None, "compressed_tokens": None,
-            "status": f"error:{kind}", "error": message}
+def error_result(kind: str, message: str, task: str = "compress") -> dict[str, Any]:
+    out: dict[str, Any] = dict.fromkeys(TASK_COLUMNS[task])
+    out.update(status=f"error:{kind}", error=message)
+    return out
 
 
 class RecordCompressor:
     """Compresses work items with fixed options; the model loads once (:meth:`warm_up`)."""
+
+    task = "compress"
 
     def __init__(self, options: dict[str, Any]):
         self.options = {**options, "progress": False}
@@ -122,3 +145,42 @@ class RecordCompressor:
         carries its item's pos."""
         return [{"pos": it["pos"], **self.one(it["text"], it.get("error_kind"), it.get("error"))}
                 for it in items]
+
+
+class RecordScorer(RecordCompressor):
+    """``--task score``: the surprisal of each record's text under the scoring model (as
+    ``tokensieve inspect surprise``): token count, total and mean surprisal in nats, and
+    perplexity. Only ``model`` and ``device`` apply."""
+
+    task = "score"
+
+    def __init__(self, options: dict[str, Any]):
+        self.options = {k: v for k, v in options.items() if k in SCORE_OPTIONS and v is not None}
+
+    def warm_up(self) -> None:
+        self._score(WARMUP_TEXT)
+
+    def _score(self, text: str):
+        from ..inspect.surprise import surprise
+
+        opts = dict(self.options)
+        return surprise(text, opts.pop("model", "default"), progress=False, **opts)
+
+    def one(self, text: str | None, error_kind: str | None = None,
+            error: str | None = None) -> dict[str, Any]:
+        if error_kind is not None or text is None:
+            return error_result(error_kind or "missing", error or "no text", self.task)
+        try:
+            r = self._score(text)
+        except InputError as exc:
+            return error_result("input", str(exc), self.task)
+        except Exception as exc:  # never lose a record to one bad input
+            return error_result("internal", f"{type(exc).__name__}: {exc}", self.task)
+        return {"original_tokens": len(r.tokens), "surprisal_total": float(r.total),
+                "surprisal_mean": float(r.mean), "perplexity": float(r.perplexity),
+                "status": "ok", "error": None}
+
+
+def make_worker(task: str, options: dict[str, Any]) -> RecordCompressor:
+    """The per-record worker of ``task`` ('compress' or 'score')."""
+    return RecordScorer(options) if task == "score" else RecordCompressor(options)
