@@ -251,6 +251,23 @@ def test_server_errors_are_shown(page, real_server):
     expect(page.locator("#text")).to_have_value("# Notes\n\nThe launch moved to May.")
     expect(page.locator("#file-name")).to_have_text("· from notes.md")
     expect(error).to_be_hidden()
+    # a file dropped on the text box fills it too; a binary file is refused visibly
+    drop = """([name, body]) => {
+        const data = new DataTransfer();
+        data.items.add(new File([body], name, {type: "text/plain"}));
+        const box = document.getElementById("text");
+        box.dispatchEvent(new DragEvent("dragover", {dataTransfer: data, bubbles: true,
+                                                     cancelable: true}));
+        box.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true,
+                                                 cancelable: true}));
+    }"""
+    page.evaluate(drop, ["minutes.txt", "Minutes: the board approved budget B-17."])
+    expect(page.locator("#text")).to_have_value("Minutes: the board approved budget B-17.")
+    expect(page.locator("#file-name")).to_have_text("· from minutes.txt")
+    page.evaluate(drop, ["image.bin", "GIF89a\u0000\u0001"])
+    expect(error).to_be_visible()
+    expect(page.locator("#error-message")).to_contain_text("image.bin does not look like a text")
+    expect(page.locator("#text")).to_have_value("Minutes: the board approved budget B-17.")
 
 
 def test_api_key_in_the_browser(page):
