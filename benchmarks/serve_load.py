@@ -193,9 +193,9 @@ async def run_all(base: str, pid: int, args, pool: list[str]) -> tuple[list[dict
     return results, series
 
 
-def write(report: dict) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "load.json").write_text(json.dumps(report, indent=2) + "\n")
+def write(report: dict, out: Path = OUT, name: str = "load") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = ["| round | clients | requests | errors | req/s | tokens in / request | tokens in/s | "
             "p50 s | p95 s | max s | RSS after MiB |", "|---:" * 11 + "|"]
     for r in report["levels"]:
@@ -220,7 +220,7 @@ def write(report: dict) -> None:
           "Latency at N clients is mostly queueing: the model calls run "
           f"{s['max_concurrency']} at a time, so p50 grows about linearly with N while "
           "req/s stays flat.", ""]
-    (OUT / "load.md").write_text("\n".join(md))
+    (out / f"{name}.md").write_text("\n".join(md))
     try:
         import matplotlib
 
@@ -251,7 +251,7 @@ def write(report: dict) -> None:
     c.set(xlabel="seconds", ylabel="server RSS (MiB)", title="memory over the run")
     fig.suptitle(f"tokensieve serve, /v1/compress on ~{s['target_tokens_per_text']}-token texts")
     fig.tight_layout()
-    fig.savefig(OUT / "load.png", dpi=110)
+    fig.savefig(out / f"{name}.png", dpi=110)
 
 
 def main() -> None:
@@ -265,6 +265,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--queue-timeout", type=float, default=300.0)
     p.add_argument("--warmup", type=int, default=2, help="requests before measuring")
+    p.add_argument("--name", default="load", help="file names of the results (NAME.json, "
+                   ".md, .png in benchmarks/results/serve/)")
     p.add_argument("--rounds", type=int, default=2, help="run the levels this many times; "
                    "memory must not grow after the first round")
     args = p.parse_args()
@@ -308,8 +310,8 @@ def main() -> None:
                    "series": series},
         "server_errors_from_metrics": server_errors,
     }
-    write(report)
-    print(f"wrote {OUT / 'load.md'}")
+    write(report, OUT, args.name)
+    print(f"wrote {OUT / (args.name + '.md')}")
 
 
 if __name__ == "__main__":
