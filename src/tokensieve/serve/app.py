@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BudgetError, InputError, ModelNotFoundError, TokensieveError
+from ..inspect.surprise import WordScore
+from ..text.result import ScoredUnit
 from .config import ServeConfig
 from .metrics import Metrics
 
@@ -85,15 +87,6 @@ class ScoreRequest(_Strict):
     include_tokens: bool = False
 
 
-class ScoredUnitOut(BaseModel):
-    start: int
-    end: int
-    text: str
-    score: float
-    kept: bool
-    protected: bool = False
-
-
 class CompressResponse(BaseModel):
     text: str
     original_tokens: int
@@ -101,22 +94,12 @@ class CompressResponse(BaseModel):
     target_tokens: int
     kept_fraction: float
     kept_spans: list[list[int]]
-    scores: list[ScoredUnitOut] | None = None
+    scores: list[ScoredUnit] | None = None
     method: str
     granularity: str
     format: str
     timings: dict[str, float]
     notes: list[str]
-
-
-class WordOut(BaseModel):
-    text: str
-    start: int
-    end: int
-    surprisal: float
-    tokens: int
-    conditioned: float | None = None
-    reduction: float | None = None
 
 
 class ScoreResponse(BaseModel):
@@ -125,7 +108,7 @@ class ScoreResponse(BaseModel):
     mean: float
     perplexity: float
     question: str | None = None
-    words: list[WordOut]
+    words: list[WordScore]
     tokens: list[dict[str, Any]] | None = None
     notes: list[str]
 
