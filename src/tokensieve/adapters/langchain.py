@@ -13,7 +13,7 @@ or as the ``base_compressor`` of LangChain's ``ContextualCompressionRetriever``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 try:
     from langchain_core.documents import Document
@@ -21,14 +21,13 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tokensieve.adapters.langchain needs langchain-core: "
                       "pip install 'tokensieve[langchain]'") from exc
-from pydantic import ConfigDict, Field
-
-from . import COMPRESSED_KEY, ORIGINAL_KEY, compress_texts
+from . import COMPRESSED_KEY, ORIGINAL_KEY
+from .settings import AdapterSettings
 
 __all__ = ["TokensieveCompressor"]
 
 
-class TokensieveCompressor(BaseDocumentCompressor):
+class TokensieveCompressor(AdapterSettings, BaseDocumentCompressor):
     """A LangChain document compressor backed by :func:`tokensieve.compress`.
 
     The query drives question-aware compression. ``keep`` is the fraction of tokens kept,
@@ -44,32 +43,19 @@ class TokensieveCompressor(BaseDocumentCompressor):
     to nothing is left out unless ``keep_empty``; a blank document passes through as it is.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    keep: float | None = None
-    target_tokens: int | None = None
-    budget: Literal["shared", "per_document"] = "shared"
-    method: str = "default"
-    tokenizer: Any = None
-    keep_empty: bool = False
-    options: dict[str, Any] = Field(default_factory=dict)
-
     def compress_documents(self, documents: Sequence[Document], query: str,
                            callbacks: Any = None) -> Sequence[Document]:
         """Compress ``documents`` for ``query``; order and metadata kept."""
         docs = list(documents)
         if not docs:
             return []
-        options = {"method": self.method, "tokenizer": self.tokenizer, **self.options}
-        results = compress_texts([d.page_content for d in docs], query, keep=self.keep,
-                                 target_tokens=self.target_tokens, budget=self.budget,
-                                 options=options)
+        results = self.compress_retrieved([d.page_content for d in docs], query)
         out = []
         for doc, res in zip(docs, results, strict=True):
+            if res is None:
+                continue
             if res.untouched:
                 out.append(doc)
-                continue
-            if res.dropped and not self.keep_empty:
                 continue
             metadata = {**doc.metadata, ORIGINAL_KEY: res.original_tokens,
                         COMPRESSED_KEY: res.compressed_tokens}

@@ -10,17 +10,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 try:
-    from llama_index.core.bridge.pydantic import Field
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("tokensieve.adapters.llamaindex needs llama-index-core: "
                       "pip install 'tokensieve[llamaindex]'") from exc
 
-from . import COMPRESSED_KEY, METADATA_KEYS, ORIGINAL_KEY, compress_texts
+from . import COMPRESSED_KEY, METADATA_KEYS, ORIGINAL_KEY
+from .settings import AdapterSettings
 
 __all__ = ["TokensievePostprocessor"]
 
@@ -29,7 +27,7 @@ def _with_keys(keys: list[str]) -> list[str]:
     return [*keys, *(k for k in METADATA_KEYS if k not in keys)]
 
 
-class TokensievePostprocessor(BaseNodePostprocessor):
+class TokensievePostprocessor(AdapterSettings, BaseNodePostprocessor):
     """A LlamaIndex node postprocessor backed by :func:`tokensieve.compress`.
 
     The query (``query_bundle.query_str``) drives question-aware compression of each node's
@@ -46,14 +44,6 @@ class TokensievePostprocessor(BaseNodePostprocessor):
     left out unless ``keep_empty``; a node without text passes through as it is.
     """
 
-    keep: float | None = None
-    target_tokens: int | None = None
-    budget: Literal["shared", "per_document"] = "shared"
-    method: str = "default"
-    tokenizer: Any = None
-    keep_empty: bool = False
-    options: dict[str, Any] = Field(default_factory=dict)
-
     @classmethod
     def class_name(cls) -> str:
         return "TokensievePostprocessor"
@@ -63,16 +53,13 @@ class TokensievePostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         query = query_bundle.query_str if query_bundle is not None else None
-        options = {"method": self.method, "tokenizer": self.tokenizer, **self.options}
         texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
-        results = compress_texts(texts, query, keep=self.keep, target_tokens=self.target_tokens,
-                                 budget=self.budget, options=options)
         out = []
-        for item, res in zip(nodes, results, strict=True):
+        for item, res in zip(nodes, self.compress_retrieved(texts, query), strict=True):
+            if res is None:
+                continue
             if res.untouched:
                 out.append(item)
-                continue
-            if res.dropped and not self.keep_empty:
                 continue
             node = item.node.model_copy()
             node.set_content(res.text)
