@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from tokensieve import InputError, UsageError, cli
 from tokensieve import inspect as ins
@@ -27,18 +26,6 @@ def sequence(n=40, at=30):
     lines = [f"10:{i:02d}:00 INFO worker-{i % 3} heartbeat ok seq={1000 + i}" for i in range(n)]
     lines.insert(at, f"10:{at:02d}:30 ERROR {ANOMALY}")
     return lines
-
-
-@pytest.fixture(scope="module")
-def tiny(lm_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(lm_tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=512, bos_token_id=lm_tokenizer.bos_token_id,
-                      eos_token_id=lm_tokenizer.eos_token_id)
-    return LlamaForCausalLM(cfg).eval(), lm_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -30,19 +30,6 @@ def direct_loss(model, tokenizer, text, prefix=""):
     return nll[len(head) - 1 :].numpy()
 
 
-@pytest.fixture(scope="module")
-def tiny(lm_tokenizer):
-    """A tiny random Llama with the embedded model's tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(lm_tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=512, bos_token_id=lm_tokenizer.bos_token_id,
-                      eos_token_id=lm_tokenizer.eos_token_id)
-    return LlamaForCausalLM(cfg).eval(), lm_tokenizer
-
-
 # ------------------------------------------------------------------ the numbers themselves
 
 
