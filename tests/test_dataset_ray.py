@@ -55,7 +55,8 @@ def test_ray_matches_local_record_for_record(ray_local, corpus, tmp_path):
     assert rows == local
 
 
-def test_ray_interrupted_then_resumed_loses_and_duplicates_nothing(ray_local, corpus, tmp_path):
+def test_ray_interrupted_then_resumed_loses_and_duplicates_nothing(ray_local, corpus, tmp_path,
+                                                                    monkeypatch):
     path, statuses, local = corpus
     out = tmp_path / "ray.jsonl"
 
@@ -71,6 +72,16 @@ def test_ray_interrupted_then_resumed_loses_and_duplicates_nothing(ray_local, co
                          concurrency=2, progress=False, _on_part=stop, **OPTIONS)
     assert not out.exists()
     # the 25 records left go to Ray in two windows (16 + 9): two actor pools, one output
+    from tokensieve.dataset import ray_engine
+
+    windows: list[int] = []
+    run_window = ray_engine._run_window
+
+    def counted(ray_, chunk, *args, **kwargs):
+        windows.append(len(chunk))
+        return run_window(ray_, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(ray_engine, "_run_window", counted)
     report = compress_dataset(str(path), str(out), engine="ray", id_field="id", batch_size=4,
                               concurrency=2, ray_window=16, progress=False, **OPTIONS)
     rows = read_out(out)
@@ -79,6 +90,7 @@ def test_ray_interrupted_then_resumed_loses_and_duplicates_nothing(ray_local, co
           f"{report.processed} after, {report.records_in} in, {report.records_out} out, "
           f"{len(ids) - len(set(ids))} duplicates")
     assert report.skipped_resumed == 12
+    assert windows == [16, 9]
     assert report.skipped_resumed + report.processed == report.records_in
     assert report.records_in == report.records_out == len(rows) == len(set(ids))
     assert rows == local
