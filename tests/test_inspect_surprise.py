@@ -150,7 +150,9 @@ def test_outputs_html_png_json_terminal(tiny, tmp_path):
 
 @pytest.mark.parametrize("bad, match", [("", "empty"), ("  \n\t", "empty"),
                                         (b"\x00\x01binary", "binary"),
-                                        (b"\xff\xfe caf\xe9", "UTF-8")])
+                                        (b"\xff\xfe caf\xe9", "UTF-8"),
+                                        ("abc \ud800 def", "not valid UTF-8.*surrogate"),
+                                        ("abc\x00def", "NUL bytes")])
 def test_bad_text_gets_one_line_error(tiny, bad, match):
     with pytest.raises(InputError, match=match) as exc:
         ins.surprise(bad, tiny)

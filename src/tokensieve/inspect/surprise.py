@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
+from ..inputs import decode_text
 
 DESCRIPTION = "per-token surprisal of a text (terminal, HTML, PNG or JSON)"
 
@@ -293,18 +294,9 @@ def _check_folder_is_causal_lm(name: str) -> None:
 
 def check_text(text: Any, what: str = "the text") -> str:
     """A non-empty, non-binary str, or a one-line :class:`InputError`."""
-    if isinstance(text, bytes):
-        if b"\x00" in text:
-            raise InputError(f"{what} contains NUL bytes, so it looks binary; pass UTF-8 text.")
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{what} is not valid UTF-8 (byte {exc.start}); convert it to "
-                             "UTF-8.") from None
+    text = decode_text(text, what)
     if not isinstance(text, str):
         raise InputError(f"{what} must be a str, got {type(text).__name__}.")
-    if "\x00" in text:
-        raise InputError(f"{what} contains NUL characters, so it looks binary; pass plain text.")
     if not text.strip():
         raise InputError(f"{what} is empty (or only whitespace); pass some text to score.")
     return text

@@ -15,6 +15,7 @@ import regex
 
 from ..engine.budget import Budget
 from ..errors import BudgetError, InputError, UsageError
+from ..inputs import decode_text
 from .assemble import assemble
 from .json_format import compress_json
 from .pipeline import (
@@ -40,21 +41,9 @@ __all__ = ["COARSE_SLACK", "FORMATS", "GRANULARITIES", "METHODS", "CompressOptio
 
 
 def _check_text(text: Any) -> str:
-    if isinstance(text, bytes | bytearray):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"input is not valid UTF-8 (byte {exc.start}); "
-                             "convert it to UTF-8 text first.") from exc
+    text = decode_text(text)
     if not isinstance(text, str):
         raise InputError(f"text must be a string or a list of strings, got {type(text).__name__}.")
-    if "\x00" in text:
-        raise InputError("input contains NUL bytes, so it looks binary; pass UTF-8 text.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"input is not valid UTF-8 (unpaired surrogate at character "
-                         f"{exc.start}); convert it to UTF-8 text first.") from None
     if not text.strip():
         raise InputError("input text is empty or only whitespace; there is nothing to compress.")
     return text
