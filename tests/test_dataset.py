@@ -106,6 +106,11 @@ def test_jsonl_round_trip_keeps_columns_and_reports_bad_records(corpus, referenc
             assert row["compressed_text"] is None and row["error"]
     by_id = {r.get("id"): r for r in rows}
     assert by_id["bad-utf8"]["source"] == "x"  # what could be read of a bad line is kept
+    # ... and so is the line itself (bytes that are not UTF-8 as \xNN escapes)
+    assert by_id["bad-utf8"]["raw_line"] == '{"id": "bad-utf8", "text": "caf\\xe9 au lait", ' \
+        '"source": "x"}'
+    assert rows[statuses.index("error:json")]["raw_line"] == '{"id": "bad-json", "text": '
+    assert sum("raw_line" in r for r in rows) == 2
     assert "UTF-8" in by_id["bad-utf8"]["error"]
     assert "protected text" in by_id["protected"]["error"]
     assert "10000" in by_id["huge"]["error"]
@@ -317,3 +322,160 @@ def test_score_task_adds_surprisal_per_record(tmp_path):
             compress_dataset(str(src), str(tmp_path / "x.jsonl"), task="score", **option)
     with pytest.raises(UsageError, match="task"):
         compress_dataset(str(src), str(tmp_path / "x.jsonl"), task="summarise")
+
+
+# ----------------------------------------------------------------- never lose or duplicate
+
+
+CHEAP = {"method": "random", "keep": 0.5, "progress": False}  # no LM, only the tokenizer
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("id_field", [None, "id"])
+def test_resume_refuses_an_input_that_changed_since_the_interruption(tmp_path, id_field):
+    """IN = a b c d, interrupted after a b, then reordered to c d a b (same size, same
+    count). Before, the resume wrote ids a b a b "(OK)", or with an id field a resumed part
+    replaced a finished one and in 4 != out 2."""
+    rows = [{"id": c, "text": f"Record {c} says the harbour traffic rose again."}
+            for c in "abcd"]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(src, rows, bad_lines=False)
+    size = src.stat().st_size
+
+    def stop(done):
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    opts = {"id_field": id_field, "batch_size": 1, **CHEAP}
+    with pytest.raises(KeyboardInterrupt):
+        compress_dataset(str(src), str(out), _on_part=stop, **opts)
+    write_jsonl(src, [rows[2], rows[3], rows[0], rows[1]], bad_lines=False)
+    assert src.stat().st_size == size
+    with pytest.raises(UsageError, match="input changed"):
+        compress_dataset(str(src), str(out), **opts)
+    assert not out.exists() and len(list((tmp_path / "out.jsonl.parts").glob("part-*"))) == 2
+    report = compress_dataset(str(src), str(out), overwrite=True, **opts)
+    assert [r["id"] for r in read_out(out)] == ["c", "d", "a", "b"]
+    assert (report.records_in, report.records_out, report.skipped_resumed) == (4, 4, 0)
+
+
+def test_part_names_never_collide(tmp_path):
+    """Two parts over the same positions (what a changed input produced) are two files: a
+    finished part is never replaced, also after a restart."""
+    from tokensieve.dataset.checkpoint import KEY, POS, Checkpoint
+
+    def part(keys):
+        return [{POS: i, KEY: k} for i, k in enumerate(keys)]
+
+    out = str(tmp_path / "o.jsonl")
+    ckpt = Checkpoint(out, {"v": 1}, part_format="jsonl")
+    assert ckpt.open() == 0
+    ckpt.write_part(part("ab"))
+    ckpt.write_part(part("cd"))
+    assert len(ckpt.parts()) == 2
+    ckpt.close()
+    again = Checkpoint(out, {"v": 1}, part_format="jsonl")
+    assert again.open() == 4 and all(k in again.done for k in "abcd") and "e" not in again.done
+    again.write_part(part("ef"))
+    assert len(again.parts()) == 3
+    again.close()
+
+
+@pytest.mark.model
+def test_bom_and_unreadable_lines_keep_their_content(tmp_path):
+    """A UTF-8 byte-order mark does not make record 0 an error; a line that cannot be read
+    (not JSON, not UTF-8, not an object) keeps its text in raw_line, JSONL and Parquet out."""
+    from tokensieve.dataset.io import read_records
+
+    src = tmp_path / "in.jsonl"
+    lines = [b'\xef\xbb\xbf{"id": "first", "text": "The harbour reopened after the storm."}',
+             b'{"id": "cut", "text": "unterminated',
+             b'{"id": "latin1", "text": "caf\xe9"',
+             b"[1, 2]",
+             b'{"id": "last", "text": "Engineers traced the outage to a load balancer."}']
+    src.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    raw = ['{"id": "cut", "text": "unterminated', '{"id": "latin1", "text": "caf\\xe9"',
+           "[1, 2]"]
+    recs = list(read_records(str(src)))
+    assert recs[0].read_error is None and recs[0].row["id"] == "first"
+    assert [r.raw for r in recs] == [None, *raw, None]
+    out = tmp_path / "out.jsonl"
+    report = compress_dataset(str(src), str(out), id_field="id", **CHEAP)
+    rows = read_out(out)
+    assert [r["status"] for r in rows] == ["ok", "error:json", "error:encoding", "error:json",
+                                          "ok"]
+    assert [r.get("raw_line") for r in rows] == [None, *raw, None]
+    assert report.records_out == 5 and rows[0]["id"] == "first"
+    pq = pytest.importorskip("pyarrow.parquet")
+    compress_dataset(str(src), str(tmp_path / "out.parquet"), id_field="id", **CHEAP)
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("raw_line").to_pylist() == [None, *raw, None]
+    assert table.column("id").to_pylist()[0] == "first"
+
+
+def test_memory_of_ids_does_not_grow_with_the_corpus(tmp_path):
+    """The scan's duplicate-id check, a resume's set of finished ids and the merge hold no
+    Python structure of every id: their peak Python memory is the same for N and 2N records
+    (before, each grew by about 100 bytes per id)."""
+    import tracemalloc
+
+    from tokensieve.dataset.checkpoint import KEY, POS, Checkpoint
+    from tokensieve.dataset.job import _scan
+
+    def peak(fn):
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def peaks(n):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        src, out = folder / "in.jsonl", str(folder / "o.jsonl")
+        src.write_text("".join(json.dumps({"id": f"doc-{i:09d}", "text": "x"}) + "\n"
+                               for i in range(n)))
+        ckpt = Checkpoint(out, {"v": 1}, part_format="jsonl")
+        ckpt.open()
+        for start in range(0, n, 1000):
+            ckpt.write_part([{POS: i, KEY: f'"doc-{i:09d}"', "status": "error:empty"}
+                             for i in range(start, min(n, start + 1000))])
+        del ckpt  # as a run that stopped here
+        resumed = Checkpoint(out, {"v": 1}, part_format="jsonl")
+        got = [peak(lambda: _scan(str(src), "jsonl", "text", "id")),
+               peak(resumed.open)]
+        assert len(resumed.done) == n and f'"doc-{n - 1:09d}"' in resumed.done
+        stats = []
+        got.append(peak(lambda: stats.append(resumed.merge(
+            "jsonl", {"status": "status", "original_tokens": "t"}, n))))
+        assert stats[0].records_out == n
+        return np.array(got)
+
+    import numpy as np
+
+    n = 10_000
+    small, large = peaks(n), peaks(2 * n)
+    print(f"peak Python memory (scan, resume, merge), {n} ids: {small // 1024} KiB; "
+          f"{2 * n} ids: {large // 1024} KiB")
+    assert (large - small < 200_000).all(), (small, large)
+
+
+def test_ray_windows_are_bounded_in_bytes_as_well_as_records():
+    """The driver hands Ray at most ``window`` records and ``window_bytes`` bytes at a time
+    (a record larger than that goes alone); order kept, nothing lost."""
+    from tokensieve.dataset.ray_engine import approx_bytes, windows
+
+    def entry(i, n):
+        text = "w" * n
+        return {"pos": i, "text": text}, {"id": i, "text": text}, f"#{i}"
+
+    entries = [entry(i, 1000) for i in range(10)] + [entry(10, 50_000)] + \
+        [entry(i, 10) for i in range(11, 20)]
+    chunks = list(windows(iter(entries), 8, 5_000))
+    assert [e for c in chunks for e in c] == entries
+    assert [len(c) for c in chunks] == [2, 2, 2, 2, 2, 1, 8, 1]
+    for c in chunks:
+        size = sum(approx_bytes(row) + approx_bytes(item["text"]) for item, row, _ in c)
+        assert len(c) == 1 or size <= 5_000
+    assert approx_bytes({"id": 1, "text": "w" * 1000}) > 1000

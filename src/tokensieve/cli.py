@@ -249,7 +249,7 @@ def _cmd_compress_dataset(args: argparse.Namespace) -> int:
         args.input, args.output, engine=args.engine, task=args.task,
         text_field=args.text_field,
         id_field=args.id_field, batch_size=args.batch_size, concurrency=args.concurrency,
-        ray_window=args.ray_window,
+        ray_window=args.ray_window, ray_window_bytes=args.ray_window_bytes,
         ray_address=args.ray_address, threads=args.threads, max_chars=args.max_chars,
         column_prefix=args.column_prefix, overwrite=args.overwrite,
         progress=False if args.no_progress else None, **_compress_kwargs(args))
@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ray-window", type=int, default=20_000, metavar="N",
                    help="ray: records handed to Ray at a time (bounds the driver's memory; "
                    "default 20000)")
+    d.add_argument("--ray-window-bytes", type=int, default=256 << 20, metavar="N",
+                   help="ray: and at most about N bytes of records at a time (default 256 MiB)")
     d.add_argument("--max-chars", type=int, default=200_000, metavar="N",
                    help="longer texts get status error:too_large (default 200000)")
     d.add_argument("--column-prefix", default="", metavar="P",

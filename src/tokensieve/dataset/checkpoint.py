@@ -4,13 +4,17 @@ record exactly once, in input order, then removes the parts.
 
 Crash safety: every part (and the manifest, and OUT itself) is written under a temporary
 name and renamed, so a part is either whole or absent; temporary leftovers of a killed run
-are removed on restart. A part's name holds its first and last input position, so parts that
-do not overlap (the normal case: records are processed in input order) merge by streaming.
+are removed on restart. The manifest holds the settings and a fingerprint of the input (a
+hash of its bytes): a restart on a changed input is refused, never merged with parts of the
+old one. A part's name holds its first and last input position and a sequence number (so
+two parts never share a name); the merge streams the parts in order of first position,
+opening a part only when the merge reaches it, so memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import re
 from collections import Counter
@@ -20,11 +24,13 @@ from typing import Any
 
 from ..errors import TokensieveError, UsageError
 from . import io as dio
+from .keyset import KeySet
 
 POS, KEY = "_tokensieve_pos", "_tokensieve_key"
 HIDDEN = (POS, KEY)
 MANIFEST = "manifest.json"
-_PART = re.compile(r"^part-(\d{12})-(\d{12})\.(jsonl|parquet)$")
+_PART = re.compile(r"^part-(\d{12})-(\d{12})-(\d{6,})\.(jsonl|parquet)$")
+FINGERPRINT = "input_sha256"
 
 
 @dataclass
@@ -34,6 +40,12 @@ class MergeStats:
     tokens_in: int = 0
     tokens_out: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+def _span(name: str) -> tuple[int, int, int]:
+    """(first position, last position, sequence number) of a part's name."""
+    first, last, seq, _ = _PART.match(name).groups()
+    return int(first), int(last), int(seq)
 
 
 class Checkpoint:
@@ -47,7 +59,8 @@ class Checkpoint:
         self.manifest = manifest
         self.part_format = part_format
         self.overwrite = overwrite
-        self.done: set[str] = set()
+        self.done = KeySet()
+        self._seq = 0
 
     # ------------------------------------------------------------------ open / resume
     def open(self) -> int:
@@ -56,6 +69,13 @@ class Checkpoint:
         if fs.exists(self.dir):
             old = self._read_manifest()
             if old != self.manifest:
+                if not self.overwrite and old.get(FINGERPRINT) and \
+                        old.get(FINGERPRINT) != self.manifest.get(FINGERPRINT):
+                    raise UsageError(
+                        f"the input changed since the run interrupted in {self.dir} (its "
+                        "fingerprint differs), so its finished parts no longer match the "
+                        "records; resume with the same input, or pass overwrite (--overwrite) "
+                        "to start again")
                 if not self.overwrite:
                     diff = sorted(k for k in set(old) | set(self.manifest)
                                   if old.get(k) != self.manifest.get(k))
@@ -74,10 +94,17 @@ class Checkpoint:
         for name in fs.listdir(self.dir):  # leftovers of a run killed mid-write
             if name.startswith(".tmp-"):
                 fs.remove(dio.join(self.dir, name))
-        self.done = set()
-        for name in self.parts():
+        self.done.close()
+        self.done = KeySet()
+        names = self.parts()
+        for name in names:
             self.done.update(self._part_keys(name))
+        self._seq = 1 + max((_span(n)[2] for n in names), default=0)
         return len(self.done)
+
+    def close(self) -> None:
+        """Drop the set of finished keys (its temporary file)."""
+        self.done.close()
 
     def _read_manifest(self) -> dict[str, Any]:
         path = dio.join(self.dir, MANIFEST)
@@ -93,8 +120,8 @@ class Checkpoint:
         self.fs.replace(tmp, dio.join(self.dir, name))
 
     def parts(self) -> list[str]:
-        """Part file names, by first position."""
-        return sorted(n for n in self.fs.listdir(self.dir) if _PART.match(n))
+        """Part file names, by first position (then last, then sequence number)."""
+        return sorted((n for n in self.fs.listdir(self.dir) if _PART.match(n)), key=_span)
 
     def _part_keys(self, name: str) -> list[str]:
         path = dio.join(self.dir, name)
@@ -104,9 +131,15 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ write
     def write_part(self, rows: list[dict[str, Any]], schema=None) -> str:
-        """Write finished rows (each with POS and KEY) as one part, atomically."""
+        """Write finished rows (each with POS and KEY) as one part, atomically, under a name
+        no other part has (a finished part is never replaced)."""
         rows = sorted(rows, key=lambda r: r[POS])
-        name = f"part-{rows[0][POS]:012d}-{rows[-1][POS]:012d}.{self.part_format}"
+        self._seq += 1
+        name = (f"part-{rows[0][POS]:012d}-{rows[-1][POS]:012d}-{self._seq:06d}."
+                f"{self.part_format}")
+        if self.fs.exists(dio.join(self.dir, name)):
+            raise TokensieveError(f"{self.dir}/{name} exists already; another run may be "
+                                  "writing to the same OUT (run one at a time)")
         tmp = dio.join(self.dir, ".tmp-" + name)
         if self.part_format == "parquet":
             dio.write_parquet(self.fs, tmp, dio.arrow_table(rows, schema))
@@ -136,23 +169,36 @@ class Checkpoint:
                 f"records in ({records_in}) != records out ({stats.records_out}); the parts "
                 f"are kept in {self.dir} (please report this)")
         self.fs.replace(tmp, self.output)
+        self.close()
         self.fs.rmtree(self.dir)
         return stats
 
     def _ordered_rows(self) -> Iterator[dict[str, Any]]:
-        """Every part's rows by position, each key once (parts never share keys; a repeat
-        would be dropped)."""
-        names = self.parts()
-        spans = [tuple(int(x) for x in _PART.match(n).groups()[:2]) for n in names]
-        disjoint = all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))
-        streams = [self._iter_part(n) for n in names]
-        rows = (r for s in streams for r in s) if disjoint else heapq.merge(
-            *streams, key=lambda r: r[POS])
-        seen: set[str] = set()
-        for row in rows:
-            if row[KEY] in seen:
-                continue
-            seen.add(row[KEY])
+        """Every part's rows by position, each position once (parts never share records;
+        a repeat would be dropped). A k-way merge that opens a part only when the merge
+        reaches its first position: parts written in input order are read one at a time."""
+        pending = [(_span(n)[0], n) for n in self.parts()]  # sorted by first position
+        heap: list[tuple[int, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
+        tie = itertools.count()  # rows of equal position never compare as dicts
+        nxt = 0
+        last = -1
+        while heap or nxt < len(pending):
+            # open every part that may hold the next row (its first position <= the heap's)
+            while nxt < len(pending) and (not heap or pending[nxt][0] <= heap[0][0]):
+                stream = self._iter_part(pending[nxt][1])
+                nxt += 1
+                for row in stream:
+                    heapq.heappush(heap, (row[POS], next(tie), row, stream))
+                    break
+            if not heap:
+                break  # only empty parts were left
+            pos, _, row, stream = heapq.heappop(heap)
+            for following in stream:
+                heapq.heappush(heap, (following[POS], next(tie), following, stream))
+                break
+            if pos == last:
+                continue  # the same record twice (a position is one record of the input)
+            last = pos
             yield row
 
     def _iter_part(self, name: str) -> Iterator[dict[str, Any]]:

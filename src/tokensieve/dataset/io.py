@@ -2,7 +2,8 @@
 
 Paths are local paths or, when they contain ``://``, any filesystem URI pyarrow accepts
 (``s3://``, ``gs://``, ``hdfs://``...; untested here). JSONL is read line by line so a line
-that is not UTF-8 or not a JSON object becomes an error record instead of failing the job.
+that is not UTF-8 or not a JSON object becomes an error record that keeps the raw line
+instead of failing the job; a UTF-8 byte-order mark before the first line is skipped.
 """
 
 from __future__ import annotations
@@ -130,16 +131,22 @@ def join(folder: str, name: str) -> str:
 @dataclass
 class InputRecord:
     """One input record: its position, its columns, and a read error (a line that is not
-    UTF-8 or not a JSON object) as (kind, message)."""
+    UTF-8 or not a JSON object) as (kind, message) with the line itself in ``raw`` (bytes
+    that are not UTF-8 as ``\\xNN`` escapes), so no content is lost."""
 
     pos: int
     row: dict[str, Any] = field(default_factory=dict)
     read_error: tuple[str, str] | None = None
+    raw: str | None = None
 
 
-def read_records(path: str, fmt: str | None = None, batch_rows: int = 1024,
+BOM = b"\xef\xbb\xbf"
+
+
+def read_records(path: str, fmt: str | None = None, batch_rows: int = 1024, digest=None,
                  ) -> Iterator[InputRecord]:
-    """The records of a JSONL or Parquet file, in order; never raises on a bad line."""
+    """The records of a JSONL or Parquet file, in order; never raises on a bad line.
+    ``digest`` (a hashlib object), if given, is fed every byte of the file."""
     fmt = fmt or data_format(path)
     fs = FS(path)
     if not fs.exists(path):
@@ -147,16 +154,28 @@ def read_records(path: str, fmt: str | None = None, batch_rows: int = 1024,
     if fs.isdir(path):
         raise UsageError(f"{path} is a folder; pass a .jsonl or .parquet file")
     if fmt == "parquet":
+        if digest is not None:
+            with fs.open_read(path) as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
         yield from _read_parquet(fs, path, batch_rows)
     else:
-        yield from _read_jsonl(fs, path)
+        yield from _read_jsonl(fs, path, digest)
 
 
-def _read_jsonl(fs: FS, path: str) -> Iterator[InputRecord]:
+def _raw(line: bytes) -> str:
+    return line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+
+
+def _read_jsonl(fs: FS, path: str, digest=None) -> Iterator[InputRecord]:
     pos = 0
     with fs.open_read(path) as raw:
         stream = io.BufferedReader(raw) if fs.remote else raw
         for lineno, line in enumerate(stream, 1):
+            if digest is not None:
+                digest.update(line)
+            if lineno == 1 and line.startswith(BOM):
+                line = line[len(BOM):]
             if not line.strip():
                 continue  # a blank line is not a record
             try:
@@ -169,19 +188,19 @@ def _read_jsonl(fs: FS, path: str) -> Iterator[InputRecord]:
                     row = None
                 yield InputRecord(pos, row if isinstance(row, dict) else {},
                                   ("encoding", f"line {lineno} is not valid UTF-8 "
-                                   f"(byte {exc.start})"))
+                                   f"(byte {exc.start})"), _raw(line))
                 pos += 1
                 continue
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield InputRecord(pos, {}, ("json", f"line {lineno} is not JSON: {exc.msg} "
-                                            f"(column {exc.colno})"))
+                                            f"(column {exc.colno})"), _raw(line))
                 pos += 1
                 continue
             if not isinstance(row, dict):
                 yield InputRecord(pos, {}, ("json", f"line {lineno} is a JSON "
-                                            f"{type(row).__name__}, not an object"))
+                                            f"{type(row).__name__}, not an object"), _raw(line))
             else:
                 yield InputRecord(pos, row)
             pos += 1

@@ -3,6 +3,7 @@ records to an engine, write parts as results come back, merge, check records in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -13,7 +14,8 @@ from typing import Any
 
 from ..errors import InputError, UsageError
 from . import io as dio
-from .checkpoint import HIDDEN, KEY, POS, Checkpoint
+from .checkpoint import FINGERPRINT, HIDDEN, KEY, POS, Checkpoint
+from .keyset import KeySet
 from .records import (
     DEFAULT_MAX_CHARS,
     SCORE_OPTIONS,
@@ -26,6 +28,7 @@ from .records import (
 )
 
 ENGINES = ("local", "ray")
+RAW_COLUMN = "raw_line"  # the line of a record that could not be read (error:json / encoding)
 
 
 @dataclass
@@ -73,6 +76,8 @@ class _Scan:
     records: int = 0
     columns: list[str] = field(default_factory=list)
     has_text_field: bool = False
+    unreadable: int = 0  # records whose raw line is kept (not UTF-8, or not a JSON object)
+    fingerprint: str = ""  # sha256 of the input's bytes
 
 
 def _key(rec: dio.InputRecord, id_field: str | None) -> str:
@@ -83,23 +88,27 @@ def _key(rec: dio.InputRecord, id_field: str | None) -> str:
 
 
 def _scan(path: str, fmt: str, text_field: str, id_field: str | None) -> _Scan:
-    """Count the records, collect the columns, refuse duplicate ids (before any work)."""
+    """Count the records, collect the columns, fingerprint the bytes, refuse duplicate ids
+    (before any work). The ids go to a set on disk: memory does not grow with the corpus."""
     scan = _Scan()
     seen_cols: dict[str, None] = {}
-    ids: dict[str, int] = {}
-    for rec in dio.read_records(path, fmt):
-        scan.records += 1
-        for col in rec.row:
-            seen_cols.setdefault(col, None)
-        if text_field in rec.row:
-            scan.has_text_field = True
-        if id_field is not None:
-            key = _key(rec, id_field)
-            if key in ids:
-                raise InputError(f"{path}: id {key} of {id_field!r} appears twice (records "
-                                 f"{ids[key]} and {rec.pos}); ids must be unique to resume")
-            ids[key] = rec.pos
+    digest = hashlib.sha256()
+    with KeySet() as ids:
+        for rec in dio.read_records(path, fmt, digest=digest):
+            scan.records += 1
+            scan.unreadable += rec.raw is not None
+            for col in rec.row:
+                seen_cols.setdefault(col, None)
+            if text_field in rec.row:
+                scan.has_text_field = True
+            if id_field is not None:
+                key = _key(rec, id_field)
+                first = ids.add(key, rec.pos)
+                if first is not None:
+                    raise InputError(f"{path}: id {key} of {id_field!r} appears twice (records "
+                                     f"{first} and {rec.pos}); ids must be unique to resume")
     scan.columns = list(seen_cols)
+    scan.fingerprint = digest.hexdigest()
     return scan
 
 
@@ -160,6 +169,7 @@ def compress_dataset(
     concurrency: int | None = None,
     ray_address: str | None = None,
     ray_window: int = 20_000,
+    ray_window_bytes: int = 256 << 20,
     threads: int | None = None,
     max_chars: int = DEFAULT_MAX_CHARS,
     column_prefix: str = "",
@@ -180,12 +190,15 @@ def compress_dataset(
 
     ``engine``: 'local' (in this process) or 'ray' (Ray Data, one model per actor:
     ``concurrency`` actors of ``threads`` torch threads each, default 1; ``ray_address``
-    of a cluster or None for a local Ray; ``ray_window`` records are handed to Ray at a time,
-    which bounds the driver's memory). ``batch_size`` records make a batch and a
-    checkpoint part; an interrupted run restarted with the same OUT skips the finished ids
-    (``id_field``, default the record's position). Bad records get an error status, never
-    fail the job; at the end records in == records out is checked. ``compress_options`` go
-    to :func:`tokensieve.compress` (keep, target_tokens, question, protect, ...).
+    of a cluster or None for a local Ray; at most ``ray_window`` records and about
+    ``ray_window_bytes`` bytes of records are handed to Ray at a time, which bounds the
+    driver's memory). ``batch_size`` records make a batch and a checkpoint part; an
+    interrupted run restarted with the same OUT and the same input (checked by a hash of
+    its bytes) skips the finished ids (``id_field``, default the record's position). Bad
+    records get an error status, never fail the job; a line that cannot be read keeps its
+    text in the ``raw_line`` column; at the end records in == records out is checked.
+    ``compress_options`` go to :func:`tokensieve.compress` (keep, target_tokens, question,
+    protect, ...).
     """
     t0 = time.perf_counter()
     if engine not in ENGINES:
@@ -203,6 +216,10 @@ def compress_dataset(
         raise UsageError(f"threads must be a positive whole number, got {threads!r}")
     if isinstance(ray_window, bool) or not isinstance(ray_window, int) or ray_window < 1:
         raise UsageError(f"ray_window must be a positive whole number, got {ray_window!r}")
+    if isinstance(ray_window_bytes, bool) or not isinstance(ray_window_bytes, int) or \
+            ray_window_bytes < 1:
+        raise UsageError("ray_window_bytes must be a positive whole number, got "
+                         f"{ray_window_bytes!r}")
     if not isinstance(max_chars, int) or max_chars < 1:
         raise UsageError(f"max_chars must be a positive whole number, got {max_chars!r}")
     if engine == "ray":
@@ -223,7 +240,8 @@ def compress_dataset(
                          f"{', '.join(scan.columns[:12])}); choose it with text_field / "
                          "--text-field")
     cols = output_columns(column_prefix, task)
-    clash = [c for c in cols.values() if c in scan.columns] + \
+    raw_col = column_prefix + RAW_COLUMN if scan.unreadable else None
+    clash = [c for c in [*cols.values(), raw_col] if c in scan.columns] + \
         [c for c in HIDDEN if c in scan.columns]
     if clash:
         raise UsageError(f"the input already has column(s) {', '.join(clash)}; give the added "
@@ -239,7 +257,7 @@ def compress_dataset(
         schema = pa.schema([*in_schema, *added, pa.field(POS, pa.int64()),
                             pa.field(KEY, pa.string())])
         part_format = "parquet"
-    all_columns = [*scan.columns, *cols.values()]
+    all_columns = [*scan.columns, *([raw_col] if raw_col else []), *cols.values()]
 
     # check the options and load the model before anything is written
     compressor = make_worker(task, compress_options)
@@ -249,7 +267,8 @@ def compress_dataset(
     if in_local is not None:
         size = os.path.getsize(in_local)
     manifest = _jsonable({
-        "version": 1, "task": task, "input": input, "input_bytes": size, "records": scan.records,
+        "version": 2, "task": task, "input": input, "input_bytes": size, "records": scan.records,
+        FINGERPRINT: scan.fingerprint,
         "text_field": text_field, "id_field": id_field, "max_chars": max_chars,
         "column_prefix": column_prefix, "options": compress_options,
     })
@@ -264,7 +283,8 @@ def compress_dataset(
                 continue
             text, err = classify(rec.row.get(text_field), text_field, max_chars, rec.read_error)
             item = WorkItem(rec.pos, text, *(err or (None, None)))
-            yield item.to_dict(), rec.row, key
+            row = rec.row if rec.raw is None else {**rec.row, raw_col: rec.raw}
+            yield item.to_dict(), row, key
 
     bar = _Progress(pending, progress)
     processed = 0
@@ -300,11 +320,13 @@ def compress_dataset(
 
                 run_ray(entries(), write, compress_options, task=task, batch_size=batch_size,
                         concurrency=concurrency, threads=threads, address=ray_address,
-                        window=ray_window,
+                        window=ray_window, window_bytes=ray_window_bytes,
                         progress=bar.bar is not None)
+        bar.close()
+        stats = ckpt.merge(out_fmt, cols, scan.records, all_columns=all_columns, schema=schema)
     finally:
         bar.close()
-    stats = ckpt.merge(out_fmt, cols, scan.records, all_columns=all_columns, schema=schema)
+        ckpt.close()
     errors = {k: v for k, v in stats.statuses.items() if k != "ok"}
     return DatasetReport(
         input=input, output=output, engine=engine, records_in=scan.records,

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from itertools import islice
 from typing import Any
 
 from ..errors import UsageError
@@ -83,20 +82,53 @@ def init_ray(address: str | None, num_cpus: int | None = None):
     return ray, True
 
 
-# records handed to Ray at a time: bounds the driver's memory on a large corpus (the actor
-# pool is started once per window, so a window should take minutes, not seconds)
+# records (and bytes of records) handed to Ray at a time: bounds the driver's memory on a
+# large corpus, whatever the size of its records (the actor pool is started once per window,
+# so a window should take minutes, not seconds)
 DEFAULT_WINDOW = 20_000
+DEFAULT_WINDOW_BYTES = 256 << 20
+
+
+def approx_bytes(value: Any) -> int:
+    """About how many bytes ``value`` (a record's row or work item) holds: the length of its
+    strings and bytes, 8 for any other scalar, summed through lists and dicts."""
+    if isinstance(value, str | bytes | bytearray):
+        return len(value) + 8
+    if isinstance(value, dict):
+        return sum(approx_bytes(k) + approx_bytes(v) for k, v in value.items()) + 8
+    if isinstance(value, list | tuple):
+        return sum(approx_bytes(v) for v in value) + 8
+    return 8
+
+
+def windows(entries: Iterator[tuple[dict, dict, str]], records: int, max_bytes: int,
+            ) -> Iterator[list[tuple[dict, dict, str]]]:
+    """Consecutive chunks of ``entries`` of at most ``records`` entries and at most
+    ``max_bytes`` bytes (by :func:`approx_bytes`; a larger entry goes alone)."""
+    chunk: list[tuple[dict, dict, str]] = []
+    size = 0
+    for entry in entries:
+        n = approx_bytes(entry[1]) + approx_bytes(entry[0].get("text"))
+        if chunk and (len(chunk) >= records or size + n > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += n
+    if chunk:
+        yield chunk
 
 
 def run_ray(entries: Iterator[tuple[dict, dict, str]],
             write: Callable[[list, list[dict[str, Any]]], None],
             options: dict[str, Any], *, batch_size: int, concurrency: int | None,
             threads: int | None, address: str | None, progress: bool = False,
-            window: int = DEFAULT_WINDOW, task: str = "compress") -> None:
+            window: int = DEFAULT_WINDOW, window_bytes: int = DEFAULT_WINDOW_BYTES,
+            task: str = "compress") -> None:
     """Compress ``entries`` on ``concurrency`` actors (default: the CPUs Ray has / threads)
     of ``threads`` torch threads each; ``write`` gets each block's entries and results.
-    The entries go to Ray ``window`` records at a time, so the driver holds at most one
-    window of records, whatever the size of the corpus."""
+    The entries go to Ray ``window`` records (and at most ``window_bytes`` bytes of them) at
+    a time, so the driver holds at most one window of records, whatever the size of the
+    corpus or of its records."""
     threads = threads or DEFAULT_THREADS
     window = max(window, batch_size)
     ray, started = init_ray(address)
@@ -112,7 +144,7 @@ def run_ray(entries: Iterator[tuple[dict, dict, str]],
         if not os.environ.get("TOKENSIEVE_DEBUG"):  # our bar and summary say enough
             for name in ("ray", "ray.data"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-        while chunk := list(islice(entries, window)):
+        for chunk in windows(entries, window, window_bytes):
             _run_window(ray, chunk, write, options, batch_size=batch_size,
                         concurrency=concurrency, threads=threads, task=task)
     finally:
