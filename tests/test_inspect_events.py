@@ -61,6 +61,26 @@ def test_planted_anomaly_with_a_sliding_window_and_top_k(lm):
     assert r.flagged[0] == 45 and len(r.flagged) == 3 and r.rule == "top 3"
 
 
+def test_empty_events_stay_out_of_the_median_and_mad(tiny):
+    """Events with no token (empty strings) carry nothing: they are not in the median / MAD
+    (before, four empty events of ten pulled the median to the low scores and flattened every
+    z-score), get z = 0, and are never flagged, even by a top-k larger than the real events."""
+    real = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota", "kappa", "lambda mu",
+            "nu xi omicron"]
+    lines = real[:2] + ["", ""] + real[2:4] + ["", ""] + real[4:]
+    r = ins.events(lines, tiny, warmup=0, progress=False)
+    empty = [i for i, t in enumerate(lines) if not t]
+    full = [i for i, t in enumerate(lines) if t]
+    assert all(r.events[i].tokens == 0 for i in empty)
+    means = np.array([r.events[i].mean for i in full])
+    z, med, mad = robust_z(means)
+    assert r.median == pytest.approx(med) and r.mad == pytest.approx(mad)
+    assert [r.events[i].z for i in full] == pytest.approx(list(z))
+    assert all(r.events[i].z == 0 for i in empty)
+    top = ins.events(lines, tiny, warmup=0, top=len(lines), progress=False)
+    assert sorted(top.flagged) == full
+
+
 def test_event_scores_are_the_tokens_of_each_line(tiny):
     model, tok = tiny
     lines = ["alpha beta gamma", "  indented delta", "x", "café 你好 épsilon"]
@@ -119,6 +139,21 @@ def test_parse_lines_and_jsonl():
     assert parse_events('{"text": "x"}', format="lines") == [{"text": '{"text": "x"}',
                                                              "time": None}]
     assert parse_events("{not json} still a line")[0]["text"].startswith("{not")
+
+
+def test_parse_splits_only_on_line_feeds():
+    """U+2028, U+0085, form feed, vertical tab ... inside an event are part of it (before,
+    str.splitlines cut a JSONL string at a raw U+2028 into fragments scored as lines);
+    CRLF ends a line like LF, and a byte-order mark is not part of the first event."""
+    odd = "a\u2028b", "c\x85d", "e\x0cf\x0bg\x1ch\u2029i"
+    jl = "".join(json.dumps({"text": t}, ensure_ascii=False) + end
+                 for t, end in zip(odd, ("\n", "\r\n", "\n"), strict=True))
+    assert "\u2028" in jl and "\\u2028" not in jl  # raw, as a JSON writer may leave it
+    assert parse_events(jl) == [{"text": t, "time": None} for t in odd]
+    assert parse_events("\ufeff" + jl)[0]["text"] == odd[0]
+    lines = "one\x0ctwo\u2028three\r\n\r\nfour\x85five\n"
+    assert parse_events(lines) == [{"text": "one\x0ctwo\u2028three", "time": None},
+                                   {"text": "four\x85five", "time": None}]
 
 
 @pytest.mark.parametrize("data, match", [

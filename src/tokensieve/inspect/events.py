@@ -245,10 +245,11 @@ def parse_events(data: str, *, name: str = "the input", format: str = "auto"
                  ) -> list[dict[str, Any]]:
     """Records ``{"text": ..., "time": ...}`` from one event per line (blank lines skipped) or
     from JSONL with a ``text`` field and an optional ``time``. ``format``: 'auto' (JSONL when
-    the first non-blank line is a JSON object), 'lines' or 'jsonl'."""
+    the first non-blank line is a JSON object), 'lines' or 'jsonl'. Lines end at LF or CRLF
+    only: U+2028, U+0085, form feeds ... belong to the event (str.splitlines would cut it)."""
     if format not in ("auto", "lines", "jsonl"):
         raise UsageError(f"format must be auto, lines or jsonl, got {format!r}.")
-    lines = data.splitlines()
+    lines = [line.removesuffix("\r") for line in data.removeprefix("\ufeff").split("\n")]
     numbered = [(k + 1, line) for k, line in enumerate(lines) if line.strip()]
     if not numbered:
         raise InputError(f"{name} holds no events (it is empty or blank); pass one event per "
@@ -433,10 +434,13 @@ def events(
     warm = np.arange(len(texts)) < int(warmup)
     if warm.all():
         warm[:] = False  # nothing would be left to rank
-    # the centre and spread come from the events after the warm-up
-    _, med, mad = robust_z(ranked[~warm])
-    zs = _z_against(ranked, ranked[~warm])
-    order = [int(i) for i in np.argsort(-ranked, kind="stable") if not warm[i]]
+    # the centre and spread come from the events after the warm-up that hold a token (an
+    # empty event scores 0 and would flatten every z-score): it gets z = 0, is never flagged
+    scored = count > 0
+    ref = ranked[~warm & scored] if (~warm & scored).any() else ranked[scored]
+    _, med, mad = robust_z(ref)
+    zs = np.where(scored, _z_against(ranked, ref), 0.0)
+    order = [int(i) for i in np.argsort(-ranked, kind="stable") if not warm[i] and scored[i]]
     if top is not None:
         flagged = order[: int(top)]
         rule = f"top {int(top)}"
