@@ -381,6 +381,23 @@ def test_part_names_never_collide(tmp_path):
     again.close()
 
 
+def test_merge_streams_overlapping_parts_in_input_order(tmp_path):
+    """Parts whose positions interleave (a resume that skipped finished records) merge by
+    position, each record once, and the parts are removed."""
+    from tokensieve.dataset.checkpoint import KEY, POS, Checkpoint
+
+    out = tmp_path / "o.jsonl"
+    ckpt = Checkpoint(str(out), {"v": 1}, part_format="jsonl")
+    ckpt.open()
+    for positions in ([0, 2, 4], [1, 3], [5], [6, 7, 9], [8]):
+        ckpt.write_part([{POS: i, KEY: f"#{i}", "n": i, "status": "error:empty"}
+                         for i in positions])
+    stats = ckpt.merge("jsonl", {"status": "status", "original_tokens": "t"}, 10)
+    assert [r["n"] for r in read_out(out)] == list(range(10)) and stats.records_out == 10
+    assert "_tokensieve_pos" not in read_out(out)[0]
+    assert not (tmp_path / "o.jsonl.parts").exists()
+
+
 @pytest.mark.model
 def test_bom_and_unreadable_lines_keep_their_content(tmp_path):
     """A UTF-8 byte-order mark does not make record 0 an error; a line that cannot be read
