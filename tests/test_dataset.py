@@ -229,6 +229,8 @@ def test_duplicate_ids_and_column_clashes_fail_up_front(tmp_path):
         compress_dataset(str(path), str(tmp_path / "o.jsonl"), progress=False)
     with pytest.raises(UsageError, match="engine"):
         compress_dataset(str(path), str(tmp_path / "o.jsonl"), engine="spark")
+    with pytest.raises(UsageError, match="ray_window_bytes"):
+        compress_dataset(str(path), str(tmp_path / "o.jsonl"), ray_window_bytes=0)
     assert not list(tmp_path.glob("o.jsonl*"))
 
 
