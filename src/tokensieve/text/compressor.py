@@ -16,7 +16,6 @@ import regex
 from ..engine.budget import Budget
 from ..errors import BudgetError, InputError, UsageError
 from ..inputs import decode_text
-from .assemble import assemble
 from .json_format import compress_json
 from .pipeline import (
     COARSE_SLACK,
@@ -24,7 +23,7 @@ from .pipeline import (
     CompressOptions,
     LevelSelector,
     auto_finest,
-    forced_only_tokens,
+    forced_only,
     join_documents,
     make_counter,
     method_scorers,
@@ -170,7 +169,7 @@ def _compress_text(text: str, breaks: list[int] | None, budget: Budget, ctx: Sco
     # protected text keeps its whole unit of the finest selected level (e.g. its sentence)
     unit_of = units.unit_of(levels[-1])
     must = (np.bincount(unit_of, weights=forced.astype(float)) > 0)[unit_of]
-    needed = forced_only_tokens(units, must, counter) if must.any() else 0
+    needed = counter.count(forced_only(prep, must)[0]) if must.any() else 0
     if needed > target:
         what = "code outside comments" if opts.fmt == "code" else "protected text"
         msg = (f"{what} alone needs {needed} tokens but the budget is {target} "
@@ -179,7 +178,7 @@ def _compress_text(text: str, breaks: list[int] | None, budget: Budget, ctx: Sco
             raise BudgetError(msg + "; raise the budget (keep / target tokens), protect less, "
                               "or allow going over budget (--allow-over-budget).")
         notes.append(msg + "; kept only the protected text, as asked")
-        out, spans = assemble(text, units.spans, must)
+        out, spans = forced_only(prep, must)
         return result(out, spans, needed, np.zeros(len(units.spans)), must)
     selector = LevelSelector(prep, opts.scorers, ctx, counter)
     t = time.perf_counter()

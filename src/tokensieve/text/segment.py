@@ -1,6 +1,7 @@
 """Text -> documents -> sentences -> words, each unit a character span into the original.
 
-Words are runs of non-space grapheme clusters (``regex``'s ``\\X``), so a combining mark,
+Words are runs of non-space grapheme clusters (``regex``'s ``\\X``; the zero-width space
+U+200B separates words as a space does), so a combining mark,
 an emoji sequence or a CJK character is never split. Scripts written without spaces (Han,
 kana, Thai, ...) give one word per grapheme cluster. Sentences and documents are runs of
 words, so every boundary of a coarser unit is also a word boundary.
@@ -14,11 +15,14 @@ import numpy as np
 import regex
 
 _UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+# what separates words: whitespace and the zero-width space (not White_Space in Unicode, but
+# a word break by definition; scraped pages put runs of it between sentences)
+SPACE = r"[\s\u200b]"
 _WORD_RE = regex.compile(
     rf"(?=[{_UNSPACED}])\X"  # one unspaced-script grapheme = one word
     # otherwise a run of graphemes that are not all whitespace (a space carrying a combining
     # mark is one grapheme and belongs to a word, so the word never starts inside it)
-    rf"|(?:(?![{_UNSPACED}])(?:(?!\s)\X|\X(?<!\s)))+",
+    rf"|(?:(?![{_UNSPACED}])(?:(?!{SPACE})\X|\X(?<!{SPACE})))+",
     regex.V1,
 )
 _SENTENCE_END = regex.compile(r"(?:[.!?…]+|[。！？])[\"'”’)\]»」』]*$")
