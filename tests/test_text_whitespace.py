@@ -9,7 +9,7 @@ import regex
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tokensieve import compress
+from tokensieve import InputError, compress
 from tokensieve.models import load_tokenizer
 
 SENTENCES = [
@@ -80,3 +80,9 @@ def test_whitespace_goes_first_and_words_stay(case, granularity, question, metho
         assert s >= pos and e > s
         pos = e
     assert "".join(text[s:e] for s, e in r.kept_spans) == r.text
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", " \u200b\n\t\u00a0"])
+def test_only_blank_or_zero_width_spaces_is_an_input_error(text):
+    with pytest.raises(InputError, match="only whitespace"):
+        compress(text, keep=0.5, method="wordfreq")

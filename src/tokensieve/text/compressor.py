@@ -31,6 +31,7 @@ from .pipeline import (
 )
 from .result import CompressionResult, ScoredUnit
 from .scorers import SCORERS, ScoringContext
+from .segment import SPACE
 
 GRANULARITIES = ("auto", *LEVELS)
 FORMATS = ("text", "markdown", "json", "code")
@@ -39,12 +40,16 @@ __all__ = ["COARSE_SLACK", "FORMATS", "GRANULARITIES", "METHODS", "CompressOptio
            "method_scorers"]
 
 
+_BLANK = regex.compile(f"{SPACE}*")
+
+
 def _check_text(text: Any) -> str:
     text = decode_text(text)
     if not isinstance(text, str):
         raise InputError(f"text must be a string or a list of strings, got {type(text).__name__}.")
-    if not text.strip():
-        raise InputError("input text is empty or only whitespace; there is nothing to compress.")
+    if _BLANK.fullmatch(text):
+        raise InputError("input text is empty or only whitespace (or zero-width spaces); there is "
+                         "nothing to compress.")
     return text
 
 
