@@ -27,6 +27,8 @@ _WORD_RE = regex.compile(
 )
 _SENTENCE_END = regex.compile(r"(?:[.!?…]+|[。！？])[\"'”’)\]»」』]*$")
 _CJK_END = regex.compile(r"[。！？]$")
+# a list or section number at the start of a line ("2. Products") belongs to its line
+_ENUMERATOR = regex.compile(r"\(?\d{1,3}[.)]")
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e cf al fig no inc ltd co corp jan feb mar apr "
     "jun jul aug sep sept oct nov dec approx dept est".split()
@@ -90,7 +92,9 @@ def find_words(text: str, start: int = 0, end: int | None = None) -> list[tuple[
     return [(m.start(), m.end()) for m in _WORD_RE.finditer(text, start, end)]
 
 
-def _ends_sentence(word: str) -> bool:
+def _ends_sentence(word: str, line_start: bool = False) -> bool:
+    if line_start and _ENUMERATOR.fullmatch(word):
+        return False
     if _CJK_END.search(word):
         return True
     if not _SENTENCE_END.search(word):
@@ -122,6 +126,10 @@ def segment(
     n = len(words)
     sentence_of = np.zeros(n, dtype=np.int64)
     document_of = np.zeros(n, dtype=np.int64)
+    # does each word start its line (only whitespace before it on the line)?
+    line_starts = [i == 0 or "\n" in text[words[i - 1][1] : words[i][0]] for i in range(n)]
+    if n:
+        line_starts[0] = not text[text.rfind("\n", 0, words[0][0]) + 1 : words[0][0]].strip()
     breaks = sorted(document_breaks or [])
     next_break = 0
     sent = doc = 0
@@ -140,7 +148,8 @@ def segment(
             doc += 1
             sent += 1
         elif "\n" in gap or (
-            sentences == "punctuation" and _ends_sentence(text[words[i - 1][0] : prev_end])
+            sentences == "punctuation" and _ends_sentence(text[words[i - 1][0] : prev_end],
+                                                          line_starts[i - 1])
         ):
             sent += 1
         sentence_of[i] = sent
