@@ -97,8 +97,9 @@ def compress(
     place of tokensieve) or ``target_tokens``; neither keeps half.
 
     ``protect``: regexes whose matches are kept byte for byte; ``keep_text``: literal
-    strings; ``keep_spans``: (start, end) character spans; ``keep_numbers``: protect all
-    numbers and IDs (12.5, 2024-01-15, Z9K6-4842). ``ratio`` is the old name of ``keep``
+    strings; ``keep_spans``: (start, end) character spans; ``keep_numbers``: never cut a
+    number or ID (12.5, 2024-01-15, Z9K6-4842; with its scale word, "$48.2 million"): each
+    is kept whole or dropped whole, not charged first. ``ratio`` is the old name of ``keep``
     (same meaning; deprecated).
     Tokens are counted with ``tokenizer`` (a HF tokenizer, a callable or a model name;
     default: the scoring model's). ``format``: text, markdown, json or code.

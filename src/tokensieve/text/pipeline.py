@@ -14,6 +14,7 @@ from ..engine.select import select_under_budget
 from ..errors import InputError, UsageError
 from .assemble import assemble, indent_before, separators, squeezed
 from .counting import TokenCounter
+from .numbers import number_spans
 from .protect import protected_spans, words_touching
 from .scorers import (
     SCORERS,
@@ -53,7 +54,9 @@ class CompressOptions:
 
     @property
     def protects(self) -> bool:
-        return bool(self.protect or self.keep or self.keep_spans or self.keep_numbers)
+        """Is any text protected (kept byte for byte, charged first)? ``keep_numbers`` only
+        keeps numbers whole, it protects nothing."""
+        return bool(self.protect or self.keep or self.keep_spans)
 
     def with_changes(self, **changes: Any) -> CompressOptions:
         """A copy with some fields changed (the timings dict stays shared)."""
@@ -82,7 +85,8 @@ def auto_finest(method: str, question: str | None, fmt: str, protects: bool) -> 
     sentences: on the held-out dev split (benchmarks/text/tune.py) sentence selection by
     relevance lost far less gold-answer likelihood than also pruning words (-3% vs +17%
     NLL at 4x) and kept every answer. With protected text it goes down to words, so that
-    protecting a number does not force its whole sentence in. Code drops whole lines.
+    a protected string does not force its whole sentence in (``keep_numbers`` protects
+    nothing: it only keeps numbers whole, so it stays at sentences). Code drops whole lines.
     (A sentence that alone exceeds the budget is still cut into words: see
     :func:`_select_or_cut`.)"""
     if fmt == "code" or (method == "default" and question and not protects):
@@ -175,7 +179,9 @@ def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) ->
         units = token_units(seg, tok)
     else:
         units = word_units(seg)
-    prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans, opts.keep_numbers)
+    if opts.keep_numbers:  # a number (with its scale word) is one unit, never cut
+        units = merge_units(units, number_spans(text))
+    prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans)
     if fmt == "markdown":
         prot += markdown_protected(text)
         units = merge_units(units, markdown_code_blocks(text))
