@@ -63,8 +63,15 @@ class TokenCounter:
         lead = np.empty(n, dtype=np.int64)
         lead[0] = indent_before(text, int(words[0, 0]))
         lead[1:] = gap_tails(text, words[:-1, 1], words[1:, 0])
-        least = [squeezed(text, int(lead[i]), int(words[i, 0]), i == 0, keep_indent)
-                 for i in range(n)]
+        # only a gap with a line break (or the first unit's indentation) is longer than
+        # what is left of it once squeezed; elsewhere the tail is one character
+        longer = np.flatnonzero(words[:, 0] - lead > 1).tolist()
+        if n and words[0, 0] > lead[0] and (not longer or longer[0] != 0):
+            longer.insert(0, 0)
+        least = {i: "".join(text[a:b] for a, b in squeezed(text, int(lead[i]),
+                                                             int(words[i, 0]), i == 0,
+                                                             keep_indent))
+                 for i in longer}
         if self._hf is not None and getattr(self._hf, "is_fast", False):
             enc = self._hf(text, add_special_tokens=False, return_offsets_mapping=True)
             starts = np.array([s for s, _ in enc["offset_mapping"]], dtype=np.int64)
@@ -79,13 +86,12 @@ class TokenCounter:
             own = np.bincount(owner[in_word], minlength=n)
             gap = np.bincount(owner[in_gap], minlength=n)
             # the gap is charged what is left of it once squeezed, when that is less
-            short = [i for i in range(n) if gap[i] and
-                     sum(b - a for a, b in least[i]) < words[i, 0] - lead[i]]
-            pieces = sorted({"".join(text[a:b] for a, b in least[i]) for i in short})
+            short = [i for i in longer if gap[i] and len(least[i]) < words[i, 0] - lead[i]]
+            pieces = sorted({least[i] for i in short})
             cost_of = dict(zip(pieces, self.count_many(pieces).tolist(), strict=True))
             for i in short:
-                gap[i] = min(gap[i], cost_of["".join(text[a:b] for a, b in least[i])])
+                gap[i] = min(gap[i], cost_of[least[i]])
             return np.maximum(own + gap, 1).astype(np.float64)
-        pieces = ["".join(text[a:b] for a, b in least[i]) + text[words[i, 0]:words[i, 1]]
-                  for i in range(n)]
+        pieces = [(least[i] if i in least else text[lead[i]:words[i, 0]])
+                  + text[words[i, 0]:words[i, 1]] for i in range(n)]
         return np.maximum(self.count_many(pieces), 1).astype(np.float64)

@@ -126,10 +126,9 @@ def segment(
     n = len(words)
     sentence_of = np.zeros(n, dtype=np.int64)
     document_of = np.zeros(n, dtype=np.int64)
-    # does each word start its line (only whitespace before it on the line)?
-    line_starts = [i == 0 or "\n" in text[words[i - 1][1] : words[i][0]] for i in range(n)]
-    if n:
-        line_starts[0] = not text[text.rfind("\n", 0, words[0][0]) + 1 : words[0][0]].strip()
+    # does the previous word start its line (only whitespace before it on the line)?
+    prev_starts_line = bool(n) and not text[text.rfind("\n", 0, words[0][0]) + 1:
+                                            words[0][0]].strip()
     breaks = sorted(document_breaks or [])
     next_break = 0
     sent = doc = 0
@@ -149,9 +148,10 @@ def segment(
             sent += 1
         elif "\n" in gap or (
             sentences == "punctuation" and _ends_sentence(text[words[i - 1][0] : prev_end],
-                                                          line_starts[i - 1])
+                                                          prev_starts_line)
         ):
             sent += 1
+        prev_starts_line = "\n" in gap
         sentence_of[i] = sent
         document_of[i] = doc
     arr = np.array(words, dtype=np.int64).reshape(-1, 2)
