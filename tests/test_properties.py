@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from tokensieve import BudgetError, compress
 from tokensieve.text.counting import TokenCounter
+from tokensieve.text.numbers import number_spans
 from tokensieve.text.segment import segment
 
 # ---------------------------------------------------------------- tokenizers
@@ -282,8 +283,11 @@ def test_protected_text_survives_or_budget_error(data, text, m, tok, budget):
         spans += [(mt.start(), mt.end()) for mt in regex.finditer(regex.escape(lit), text,
                                                                overlapped=True)]
     spans += list(prot.get("keep_spans", []))
-    if prot.get("keep_numbers"):
-        spans += [mt.span() for mt in regex.finditer(r"[-+]?\d+(?:[.,:/]\d+)*%?", text)]
+    if prot.get("keep_numbers"):  # never cut: a number is kept whole or dropped whole
+        for a, b in number_spans(text):
+            a, b = strip_span(text, a, b)
+            assert covered(r.kept_spans, a, b) or not any(
+                s < b and a < e for s, e in r.kept_spans), (text[a:b], r.text)
     for s, e in spans:
         s2, e2 = strip_span(text, s, e)
         if s2 >= e2:

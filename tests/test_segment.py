@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tokensieve.text.segment import find_words, group_spans, segment
 
 _GRAPHEME = regex.compile(r"\X")
-_SPACE = regex.compile(r"\s*")  # Unicode White_Space, as the segmenter sees it
+_SPACE = regex.compile(r"[\s\u200b]*")  # White_Space and U+200B, as the segmenter sees it
 
 
 def words(text: str) -> list[str]:
@@ -94,6 +94,17 @@ def test_unspaced_scripts_give_one_word_per_grapheme(text, expected):
 def test_find_words_with_range_gives_absolute_offsets():
     text = "zero one two three"
     assert find_words(text, 5, 12) == [(5, 8), (9, 12)]
+
+
+def test_zero_width_space_separates_words():
+    assert words("a\u200bb\u200b\u200b c.\u200bD") == ["a", "b", "c.", "D"]
+    assert sentences("One.\u200b\u200bTwo.") == ["One.", "Two."]
+
+
+def test_numbered_headings_and_items_keep_their_line():
+    text = "Intro.\n2. Products\n  3) Operations\nWe shipped 5. Then 6.\n(4) x\n1999. Y"
+    assert sentences(text) == ["Intro.", "2. Products", "3) Operations", "We shipped 5.",
+                               "Then 6.", "(4) x", "1999.", "Y"]
 
 
 def test_crlf_is_whitespace():

@@ -215,7 +215,9 @@ def _add_compress_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--keep-text", action="append", default=[], metavar="TEXT",
                    help="keep every occurrence of TEXT byte for byte (repeatable)")
     c.add_argument("--keep-numbers", action="store_true",
-                   help="keep every number and ID (12.5, 2024-01-15, Z9K6-4842)")
+                   help="never cut a number: each number or ID (12.5, 2024-01-15, "
+                   "Z9K6-4842) with its scale word ($48.2 million) is kept whole or dropped "
+                   r"whole (to keep every number: --protect '[-+]?\d+(?:[.,:/-]\d+)*%%?')")
     c.add_argument("--allow-over-budget", action="store_true",
                    help="if protected text alone exceeds the budget, keep it and report")
     c.add_argument("--model", default="default", help="scoring LM: 'default' or a local folder")
@@ -351,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(flag, type=kind, default=None, help=text,
                        metavar={int: "N", float: "X", str: "NAME"}[kind])
     s.add_argument("--proxy-keep-numbers", action="store_true",
-                   help="proxy: protect numbers and IDs in compressed messages")
+                   help="proxy: never cut a number or ID in compressed messages (kept "
+                   "whole or dropped whole)")
     s.set_defaults(func=_cmd_serve)
     m = sub.add_parser("models", help="list the installed models")
     m.add_argument("--json", action="store_true")

@@ -16,7 +16,6 @@ import regex
 from ..engine.budget import Budget
 from ..errors import BudgetError, InputError, UsageError
 from ..inputs import decode_text
-from .assemble import assemble
 from .json_format import compress_json
 from .pipeline import (
     COARSE_SLACK,
@@ -24,7 +23,7 @@ from .pipeline import (
     CompressOptions,
     LevelSelector,
     auto_finest,
-    forced_only_tokens,
+    forced_only,
     join_documents,
     make_counter,
     method_scorers,
@@ -32,6 +31,7 @@ from .pipeline import (
 )
 from .result import CompressionResult, ScoredUnit
 from .scorers import SCORERS, ScoringContext
+from .segment import SPACE
 
 GRANULARITIES = ("auto", *LEVELS)
 FORMATS = ("text", "markdown", "json", "code")
@@ -40,12 +40,16 @@ __all__ = ["COARSE_SLACK", "FORMATS", "GRANULARITIES", "METHODS", "CompressOptio
            "method_scorers"]
 
 
+_BLANK = regex.compile(f"{SPACE}*")
+
+
 def _check_text(text: Any) -> str:
     text = decode_text(text)
     if not isinstance(text, str):
         raise InputError(f"text must be a string or a list of strings, got {type(text).__name__}.")
-    if not text.strip():
-        raise InputError("input text is empty or only whitespace; there is nothing to compress.")
+    if _BLANK.fullmatch(text):
+        raise InputError("input text is empty or only whitespace (or zero-width spaces); there is "
+                         "nothing to compress.")
     return text
 
 
@@ -93,8 +97,9 @@ def compress(
     place of tokensieve) or ``target_tokens``; neither keeps half.
 
     ``protect``: regexes whose matches are kept byte for byte; ``keep_text``: literal
-    strings; ``keep_spans``: (start, end) character spans; ``keep_numbers``: protect all
-    numbers and IDs (12.5, 2024-01-15, Z9K6-4842). ``ratio`` is the old name of ``keep``
+    strings; ``keep_spans``: (start, end) character spans; ``keep_numbers``: never cut a
+    number or ID (12.5, 2024-01-15, Z9K6-4842; with its scale word, "$48.2 million"): each
+    is kept whole or dropped whole, not charged first. ``ratio`` is the old name of ``keep``
     (same meaning; deprecated).
     Tokens are counted with ``tokenizer`` (a HF tokenizer, a callable or a model name;
     default: the scoring model's). ``format``: text, markdown, json or code.
@@ -170,7 +175,7 @@ def _compress_text(text: str, breaks: list[int] | None, budget: Budget, ctx: Sco
     # protected text keeps its whole unit of the finest selected level (e.g. its sentence)
     unit_of = units.unit_of(levels[-1])
     must = (np.bincount(unit_of, weights=forced.astype(float)) > 0)[unit_of]
-    needed = forced_only_tokens(units, must, counter) if must.any() else 0
+    needed = counter.count(forced_only(prep, must)[0]) if must.any() else 0
     if needed > target:
         what = "code outside comments" if opts.fmt == "code" else "protected text"
         msg = (f"{what} alone needs {needed} tokens but the budget is {target} "
@@ -179,7 +184,7 @@ def _compress_text(text: str, breaks: list[int] | None, budget: Budget, ctx: Sco
             raise BudgetError(msg + "; raise the budget (keep / target tokens), protect less, "
                               "or allow going over budget (--allow-over-budget).")
         notes.append(msg + "; kept only the protected text, as asked")
-        out, spans = assemble(text, units.spans, must)
+        out, spans = forced_only(prep, must)
         return result(out, spans, needed, np.zeros(len(units.spans)), must)
     selector = LevelSelector(prep, opts.scorers, ctx, counter)
     t = time.perf_counter()

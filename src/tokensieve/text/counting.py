@@ -1,6 +1,6 @@
 """Counting tokens in the target model's tokenizer: exact counts of whole texts, and a
-per-word cost estimate (each word charged the tokens that start in it or in the
-whitespace before it) used to plan a selection that the exact count then verifies."""
+per-word cost estimate (each word charged the tokens that start in it or in the least
+whitespace that can stand before it) used to plan a selection that the exact count then verifies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from .assemble import gap_tails, indent_before
+from .assemble import gap_tails, indent_before, squeezed
 
 
 class TokenCounter:
@@ -51,27 +51,47 @@ class TokenCounter:
                             dtype=np.int64)
         return np.array([self.count(t) for t in texts], dtype=np.int64)
 
-    def word_costs(self, text: str, words: np.ndarray) -> np.ndarray:
-        """Estimated tokens each unit adds when kept: its own tokens plus those of the
-        whitespace that assemble puts before it when the unit before it was dropped (the
-        bounded tail of the gap, see :func:`~.assemble.gap_tail`; for the first unit its
-        line's indentation). A long run of whitespace in front of a unit is therefore not
-        charged to it; when both its neighbours are kept the exact count catches the rest."""
+    def word_costs(self, text: str, words: np.ndarray, keep_indent: bool = False) -> np.ndarray:
+        """Estimated tokens each unit adds when kept: its own tokens plus those of the least
+        whitespace that can separate it from the unit before (see
+        :func:`~.assemble.squeezed`; the whitespace beyond that is squeezed out before any
+        unit goes, so a long run of blank lines or indentation is not charged to a word).
+        The exact count of the output verifies the plan."""
         n = len(words)
         if n == 0:
             return np.zeros(0)
         lead = np.empty(n, dtype=np.int64)
         lead[0] = indent_before(text, int(words[0, 0]))
         lead[1:] = gap_tails(text, words[:-1, 1], words[1:, 0])
+        # only a gap with a line break (or the first unit's indentation) is longer than
+        # what is left of it once squeezed; elsewhere the tail is one character
+        longer = np.flatnonzero(words[:, 0] - lead > 1).tolist()
+        if n and words[0, 0] > lead[0] and (not longer or longer[0] != 0):
+            longer.insert(0, 0)
+        least = {i: "".join(text[a:b] for a, b in squeezed(text, int(lead[i]),
+                                                             int(words[i, 0]), i == 0,
+                                                             keep_indent))
+                 for i in longer}
         if self._hf is not None and getattr(self._hf, "is_fast", False):
             enc = self._hf(text, add_special_tokens=False, return_offsets_mapping=True)
             starts = np.array([s for s, _ in enc["offset_mapping"]], dtype=np.int64)
-            # a token belongs to the first word that ends after the token starts, when it
-            # starts inside that word's charged stretch [lead, end)
+            # a token belongs to the first word that ends after the token starts: to the
+            # word itself when it starts inside it, else to its gap when it starts in the
+            # stretch [lead, start) a dropped neighbour would leave
             owner = np.searchsorted(words[:, 1], starts, side="right")
-            inside = owner < n
-            inside[inside] &= starts[inside] >= lead[owner[inside]]
-            costs = np.bincount(owner[inside], minlength=n).astype(np.float64)
-            return np.maximum(costs, 1.0)
-        pieces = [text[p:e] for p, e in zip(lead, words[:, 1], strict=True)]
+            ok = owner < n
+            owner, starts = owner[ok], starts[ok]
+            in_word = starts >= words[owner, 0]
+            in_gap = ~in_word & (starts >= lead[owner])
+            own = np.bincount(owner[in_word], minlength=n)
+            gap = np.bincount(owner[in_gap], minlength=n)
+            # the gap is charged what is left of it once squeezed, when that is less
+            short = [i for i in longer if gap[i] and len(least[i]) < words[i, 0] - lead[i]]
+            pieces = sorted({least[i] for i in short})
+            cost_of = dict(zip(pieces, self.count_many(pieces).tolist(), strict=True))
+            for i in short:
+                gap[i] = min(gap[i], cost_of[least[i]])
+            return np.maximum(own + gap, 1).astype(np.float64)
+        pieces = [(least[i] if i in least else text[lead[i]:words[i, 0]])
+                  + text[words[i, 0]:words[i, 1]] for i in range(n)]
         return np.maximum(self.count_many(pieces), 1).astype(np.float64)

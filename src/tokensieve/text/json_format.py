@@ -8,6 +8,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from ..engine.budget import Budget
 from ..errors import BudgetError, InputError, UsageError
 from .assemble import assemble
@@ -93,9 +95,10 @@ def compress_json(text: str, budget: Budget, ctx: ScoringContext,
     for _ in range(16):
         sel = selector.run(max(avail, 0))
         pieces, all_spans = [], []
+        squeeze = sel.squeeze if sel.squeeze is not None else np.zeros(len(sel.keep), bool)
         for d in range(len(nonempty)):
             mask = doc_of == d
-            piece, spans = assemble(strings, units.spans[mask], sel.keep[mask])
+            piece, spans = assemble(strings, units.spans[mask], sel.keep[mask], squeeze[mask])
             pieces.append(piece)
             all_spans += spans
         out = dump(_fill(obj, pieces))

@@ -12,8 +12,9 @@ import numpy as np
 
 from ..engine.select import select_under_budget
 from ..errors import InputError, UsageError
-from .assemble import assemble, indent_before
+from .assemble import assemble, indent_before, separators, squeezed
 from .counting import TokenCounter
+from .numbers import number_spans
 from .protect import protected_spans, words_touching
 from .scorers import (
     SCORERS,
@@ -53,7 +54,9 @@ class CompressOptions:
 
     @property
     def protects(self) -> bool:
-        return bool(self.protect or self.keep or self.keep_spans or self.keep_numbers)
+        """Is any text protected (kept byte for byte, charged first)? ``keep_numbers`` only
+        keeps numbers whole, it protects nothing."""
+        return bool(self.protect or self.keep or self.keep_spans)
 
     def with_changes(self, **changes: Any) -> CompressOptions:
         """A copy with some fields changed (the timings dict stays shared)."""
@@ -82,7 +85,8 @@ def auto_finest(method: str, question: str | None, fmt: str, protects: bool) -> 
     sentences: on the held-out dev split (benchmarks/text/tune.py) sentence selection by
     relevance lost far less gold-answer likelihood than also pruning words (-3% vs +17%
     NLL at 4x) and kept every answer. With protected text it goes down to words, so that
-    protecting a number does not force its whole sentence in. Code drops whole lines.
+    a protected string does not force its whole sentence in (``keep_numbers`` protects
+    nothing: it only keeps numbers whole, so it stays at sentences). Code drops whole lines.
     (A sentence that alone exceeds the budget is still cut into words: see
     :func:`_select_or_cut`.)"""
     if fmt == "code" or (method == "default" and question and not protects):
@@ -139,6 +143,24 @@ class Prepared:
     forced: np.ndarray
     cut: bool
     whole_lines: bool = False   # code: a line comes out with its indentation or not at all
+    # may the whitespace before each fine unit be squeezed (not inside protected text, nor
+    # inside a line of code)
+    squeezable: np.ndarray | None = None
+
+
+def squeezable_gaps(text: str, spans: np.ndarray, protected: list[tuple[int, int]],
+                    code: bool) -> np.ndarray:
+    """For each unit, whether the whitespace before it may be squeezed: not when it lies in
+    protected text, and in code only between lines (never inside one)."""
+    n = len(spans)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    gaps = np.stack([np.r_[indent_before(text, int(spans[0, 0])), spans[:-1, 1]],
+                     spans[:, 0]], axis=1)
+    ok = ~words_touching(gaps, protected)
+    if code:
+        ok &= np.array(["\n" in text[a:b] for a, b in gaps.tolist()], dtype=bool)
+    return ok
 
 
 def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) -> Prepared:
@@ -157,7 +179,9 @@ def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) ->
         units = token_units(seg, tok)
     else:
         units = word_units(seg)
-    prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans, opts.keep_numbers)
+    if opts.keep_numbers:  # a number (with its scale word) is one unit, never cut
+        units = merge_units(units, number_spans(text))
+    prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans)
     if fmt == "markdown":
         prot += markdown_protected(text)
         units = merge_units(units, markdown_code_blocks(text))
@@ -168,12 +192,15 @@ def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) ->
     # rather than lose it; not code, where a partial comment line could break the syntax
     cut = (opts.granularity == "auto" and fmt != "code" and units.fine_level == "word"
            and levels[-1] != "word")
-    return Prepared(units, levels, forced, cut, whole_lines=fmt == "code")
+    code = fmt == "code"
+    return Prepared(units, levels, forced, cut, whole_lines=code,
+                    squeezable=squeezable_gaps(text, units.spans, prot, code))
 
 
-def forced_only_tokens(units: Units, forced: np.ndarray, counter: TokenCounter) -> int:
-    out, _ = assemble(units.text, units.spans, forced)
-    return counter.count(out)
+def forced_only(prep: Prepared, forced: np.ndarray) -> tuple[str, list[tuple[int, int]]]:
+    """The protected units alone, the whitespace between them squeezed where it may be."""
+    return assemble(prep.units.text, prep.units.spans, forced, prep.squeezable,
+                    prep.whole_lines)
 
 
 @dataclass
@@ -186,6 +213,7 @@ class Selection:
     tokens: int
     notes: list[str] = field(default_factory=list)
     cut: bool = False  # a unit of the last level was cut into its fine units
+    squeeze: np.ndarray | None = None  # units whose separator was squeezed (see assemble)
 
 
 def _fill_coarse(keep: np.ndarray, scores: np.ndarray, cost: np.ndarray,
@@ -233,8 +261,11 @@ class LevelSelector:
         self.units, self.levels = prepared.units, prepared.levels
         self.forced, self.cut = prepared.forced, prepared.cut
         self.whole_lines = prepared.whole_lines
+        n = len(self.units.spans)
+        self.squeezable = (np.ones(n, dtype=bool) if prepared.squeezable is None
+                           else prepared.squeezable)
         self.scorers, self.ctx, self.counter = scorers, ctx, counter
-        self.costs = counter.word_costs(self.units.text, self.units.spans)
+        self.costs = counter.word_costs(self.units.text, self.units.spans, self.whole_lines)
         self._full_scores: dict[str, np.ndarray] = {}
         self._restricted: dict[tuple[str, bytes], np.ndarray] = {}
         self._used_on_full: list[Scorer] = []
@@ -344,20 +375,32 @@ class LevelSelector:
 
     def _fit(self, alive: np.ndarray, target: int, group_of: np.ndarray,
              group_scores: np.ndarray, report: np.ndarray) -> Selection:
-        """Drop the lowest-scoring groups of fine units (the last level's units) until the
-        exact count fits; if nothing is left, keep the best single unit that fits alone."""
+        """Fit the exact count to the budget: first squeeze the whitespace between the kept
+        units (the separators that save the most tokens first), then drop the lowest-scoring
+        groups of fine units (the last level's units); if nothing is left, keep the best
+        single unit that fits alone."""
         n_groups = len(group_scores)
         group_cost = np.bincount(group_of, weights=self.costs, minlength=n_groups)
         group_forced = np.bincount(group_of, weights=self.forced.astype(float),
                                    minlength=n_groups) > 0
         alive = alive.copy()
+        squeeze = np.zeros(len(alive), dtype=bool)
+        rounds = 0
         while True:
-            out, spans = assemble(self.units.text, self.units.spans, alive)
+            out, spans = assemble(self.units.text, self.units.spans, alive, squeeze,
+                                  self.whole_lines)
             n = self.counter.count(out)
+            if n <= target:
+                break
+            more = self._squeeze_more(alive, squeeze, n - target, everything=rounds > 0)
+            if more is not None:
+                squeeze |= more
+                rounds += 1
+                continue
             group_alive = np.bincount(group_of, weights=alive.astype(float),
                                       minlength=n_groups) > 0
             droppable = np.flatnonzero(group_alive & ~group_forced)
-            if n <= target or len(droppable) == 0:
+            if len(droppable) == 0:
                 break
             order = droppable[np.argsort(group_scores[droppable], kind="stable")]
             removed = np.cumsum(group_cost[order])
@@ -367,7 +410,36 @@ class LevelSelector:
             alive &= ~gone[group_of]
         if not out and target > 0:
             return self._one_unit(target, report)
-        return Selection(alive, report, self.forced, out, spans, n)
+        return Selection(alive, report, self.forced, out, spans, n, squeeze=squeeze)
+
+    def _squeeze_more(self, alive: np.ndarray, squeeze: np.ndarray, excess: int,
+                      everything: bool) -> np.ndarray | None:
+        """Which further separators of the kept units to squeeze: those that save the most
+        tokens first, until the estimated saving covers ``excess`` (or, ``everything``,
+        all that save any); None when no separator left saves a token."""
+        text = self.units.text
+        cand, full, least = [], [], []
+        for k, (i, a, b) in enumerate(separators(text, self.units.spans, alive)):
+            if squeeze[i] or not self.squeezable[i]:
+                continue
+            rest = squeezed(text, a, b, k == 0, self.whole_lines)
+            if sum(e - s for s, e in rest) < b - a:
+                cand.append(i)
+                full.append(text[a:b])
+                least.append("".join(text[s:e] for s, e in rest))
+        if not cand:
+            return None
+        saved = self.counter.count_many(full) - self.counter.count_many(least)
+        useful = saved > 0
+        if not useful.any():
+            return None
+        idx, saved = np.array(cand)[useful], saved[useful]
+        order = np.argsort(-saved, kind="stable")
+        if not everything:
+            order = order[: int(np.searchsorted(np.cumsum(saved[order]), excess)) + 1]
+        more = np.zeros(len(squeeze), dtype=bool)
+        more[idx[order]] = True
+        return more
 
     def _one_unit(self, target: int, report: np.ndarray) -> Selection:
         """Nothing fitted as planned (the per-unit estimates were too high, or every unit of

@@ -1,6 +1,7 @@
 """Text -> documents -> sentences -> words, each unit a character span into the original.
 
-Words are runs of non-space grapheme clusters (``regex``'s ``\\X``), so a combining mark,
+Words are runs of non-space grapheme clusters (``regex``'s ``\\X``; the zero-width space
+U+200B separates words as a space does), so a combining mark,
 an emoji sequence or a CJK character is never split. Scripts written without spaces (Han,
 kana, Thai, ...) give one word per grapheme cluster. Sentences and documents are runs of
 words, so every boundary of a coarser unit is also a word boundary.
@@ -14,15 +15,20 @@ import numpy as np
 import regex
 
 _UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+# what separates words: whitespace and the zero-width space (not White_Space in Unicode, but
+# a word break by definition; scraped pages put runs of it between sentences)
+SPACE = r"[\s\u200b]"
 _WORD_RE = regex.compile(
     rf"(?=[{_UNSPACED}])\X"  # one unspaced-script grapheme = one word
     # otherwise a run of graphemes that are not all whitespace (a space carrying a combining
     # mark is one grapheme and belongs to a word, so the word never starts inside it)
-    rf"|(?:(?![{_UNSPACED}])(?:(?!\s)\X|\X(?<!\s)))+",
+    rf"|(?:(?![{_UNSPACED}])(?:(?!{SPACE})\X|\X(?<!{SPACE})))+",
     regex.V1,
 )
 _SENTENCE_END = regex.compile(r"(?:[.!?…]+|[。！？])[\"'”’)\]»」』]*$")
 _CJK_END = regex.compile(r"[。！？]$")
+# a list or section number at the start of a line ("2. Products") belongs to its line
+_ENUMERATOR = regex.compile(r"\(?\d{1,3}[.)]")
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e cf al fig no inc ltd co corp jan feb mar apr "
     "jun jul aug sep sept oct nov dec approx dept est".split()
@@ -86,7 +92,9 @@ def find_words(text: str, start: int = 0, end: int | None = None) -> list[tuple[
     return [(m.start(), m.end()) for m in _WORD_RE.finditer(text, start, end)]
 
 
-def _ends_sentence(word: str) -> bool:
+def _ends_sentence(word: str, line_start: bool = False) -> bool:
+    if line_start and _ENUMERATOR.fullmatch(word):
+        return False
     if _CJK_END.search(word):
         return True
     if not _SENTENCE_END.search(word):
@@ -118,6 +126,9 @@ def segment(
     n = len(words)
     sentence_of = np.zeros(n, dtype=np.int64)
     document_of = np.zeros(n, dtype=np.int64)
+    # does the previous word start its line (only whitespace before it on the line)?
+    prev_starts_line = bool(n) and not text[text.rfind("\n", 0, words[0][0]) + 1:
+                                            words[0][0]].strip()
     breaks = sorted(document_breaks or [])
     next_break = 0
     sent = doc = 0
@@ -136,9 +147,11 @@ def segment(
             doc += 1
             sent += 1
         elif "\n" in gap or (
-            sentences == "punctuation" and _ends_sentence(text[words[i - 1][0] : prev_end])
+            sentences == "punctuation" and _ends_sentence(text[words[i - 1][0] : prev_end],
+                                                          prev_starts_line)
         ):
             sent += 1
+        prev_starts_line = "\n" in gap
         sentence_of[i] = sent
         document_of[i] = doc
     arr = np.array(words, dtype=np.int64).reshape(-1, 2)
