@@ -48,6 +48,7 @@ class CompressOptions:
     keep_spans: Sequence[tuple[int, int]] = ()
     keep_numbers: bool = False
     allow_over: bool = False
+    protect_timeout: float | None = None  # seconds for the protect regexes, all together
     finest: str = "word"  # the finest level 'auto' goes down to (see auto_finest)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -157,7 +158,8 @@ def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) ->
         units = token_units(seg, tok)
     else:
         units = word_units(seg)
-    prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans, opts.keep_numbers)
+    prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans, opts.keep_numbers,
+                           timeout=opts.protect_timeout)
     if fmt == "markdown":
         prot += markdown_protected(text)
         units = merge_units(units, markdown_code_blocks(text))
