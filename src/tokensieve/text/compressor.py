@@ -113,6 +113,7 @@ def compress(
                          f"{', '.join(GRANULARITIES)}.")
     if format not in FORMATS:
         raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}.")
+    question = decode_text(question, "the question")
     if question is not None and not isinstance(question, str):
         raise UsageError("question must be a string.")
     question = question.strip() or None if question else None
