@@ -40,17 +40,21 @@ print(json.dumps(out))
 BOMBS = ["((a{1000}){1000}){1000}",  # 23 bytes: 2.4 GB in 1.75 s before
          "(?:X{1000}){1000}",        # +260 MB, and it stayed in the regex cache
          "a{100000}", "(?:[ab]{100}){200}", "(?:ab|cd{50}){0,300}"]
+RECURSIVE = ["(?R)?a", "((?2)?)((?1)?)b"]  # matching grew 0.8-1 GB within a 1 s time limit
 
 
-def test_nested_repeats_are_refused_before_compiling():
+def test_nested_repeats_and_recursion_are_refused_before_compiling():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    run = subprocess.run([sys.executable, "-c", BOMB_CHILD, *BOMBS], capture_output=True,
-                         text=True, timeout=120, env=env)
+    run = subprocess.run([sys.executable, "-c", BOMB_CHILD, *BOMBS, *RECURSIVE],
+                         capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     *results, max_rss_mb = json.loads(run.stdout)
-    for pattern, r in zip(BOMBS, results, strict=True):
+    for pattern, r in zip(BOMBS + RECURSIVE, results, strict=True):
         assert r["error"] == "UsageError", (pattern, r)
-        assert f"{MAX_PATTERN_SIZE:,}" in r["message"] and pattern in r["message"]
+        if pattern in BOMBS:
+            assert f"{MAX_PATTERN_SIZE:,}" in r["message"] and pattern in r["message"]
+        else:
+            assert "recursive protect patterns" in r["message"]
         assert r["ms"] < 100, (pattern, r["ms"])
     print(f"refused in {max(r['ms'] for r in results):.2f} ms at most; child max RSS "
           f"{max_rss_mb:.0f} MB")

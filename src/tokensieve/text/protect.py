@@ -57,6 +57,9 @@ def _size(node, depth: int = 0) -> int:
         raise UsageError("a protect pattern nests more than 200 levels deep; simplify it.")
     if isinstance(node, _regex_core.String):
         return max(1, len(node.characters))
+    if isinstance(node, _regex_core.CallGroup):  # (?R)?a grew 0.8 GB in its 1 s time limit
+        raise UsageError("recursive protect patterns ((?R), (?1), (?&name)) are not allowed; "
+                         "write the repetition out.")
     kids = []
     for value in vars(node).values():
         if isinstance(value, _regex_core.RegexBase):
@@ -72,8 +75,8 @@ def _size(node, depth: int = 0) -> int:
 
 def check_pattern(pattern) -> None:
     """Refuse a protect regex that is not a non-empty string, is longer than
-    MAX_PATTERN_CHARS, or expands past MAX_PATTERN_SIZE (nested repeats), before it is
-    compiled. A :class:`UsageError` names the limit."""
+    MAX_PATTERN_CHARS, expands past MAX_PATTERN_SIZE (nested repeats) or calls a group
+    (recursion), before it is compiled. A :class:`UsageError` names the limit."""
     if not isinstance(pattern, str) or not pattern:
         raise UsageError(f"protect patterns must be non-empty regex strings, got {pattern!r}")
     if len(pattern) > MAX_PATTERN_CHARS:
