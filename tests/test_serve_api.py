@@ -13,12 +13,17 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from tokensieve.errors import UsageError  # noqa: E402
 from tokensieve.serve import ServeConfig, create_app  # noqa: E402
+from tokensieve.text.protect import protected_spans  # noqa: E402
 from tokensieve.text.result import CompressionResult, ScoredUnit  # noqa: E402
+
+LOCAL = "http://127.0.0.1"  # the Host the service answers to (DNS rebinding check)
 
 
 def fake_compress(text, keep=None, **kwargs):
+    """Keeps the first half of the words; runs the protect regexes as compress does."""
     if kwargs.get("method") not in (None, "default"):
         raise UsageError(f"unknown method {kwargs['method']!r}")
+    protected_spans(text, kwargs.get("protect", ()), timeout=kwargs["protect_timeout"])
     words = text.split()
     kept = " ".join(words[: max(1, len(words) // 2)])
     units = [ScoredUnit(0, len(words[0]), words[0], 1.0, True)]
@@ -37,7 +42,7 @@ def fake_app(**settings):
 
 @pytest.mark.model
 def test_compress_and_score_on_the_embedded_model(report_text):
-    with TestClient(create_app(ServeConfig(preload=False))) as client:
+    with TestClient(create_app(ServeConfig(preload=False)), base_url=LOCAL) as client:
         assert client.get("/health").json()["status"] == "ok"
         r = client.post("/v1/compress", json={"text": report_text[:2500], "keep": 0.5,
                                               "question": "What was the revenue?"})
@@ -59,7 +64,7 @@ def test_compress_and_score_on_the_embedded_model(report_text):
 
 
 def test_bad_requests_get_json_4xx():
-    with TestClient(fake_app(max_body_bytes=4096)) as client:
+    with TestClient(fake_app(max_body_bytes=4096), base_url=LOCAL) as client:
         cases = [
             (client.post("/v1/compress", content=b"{not json",
                          headers={"content-type": "application/json"}), 400),
@@ -101,7 +106,7 @@ def test_bad_requests_get_json_4xx():
 
 
 def test_api_key():
-    with TestClient(fake_app(api_key="s3cret")) as client:
+    with TestClient(fake_app(api_key="s3cret"), base_url=LOCAL) as client:
         assert client.get("/health").status_code == 200
         body = {"text": "one two", "keep": 0.5}
         r = client.post("/v1/compress", json=body)
@@ -121,7 +126,7 @@ def test_bounded_concurrency_and_timeout():
 
     async def three_at_once():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
             return await asyncio.gather(*[
                 client.post("/v1/compress", json={"text": "a b c d", "keep": 0.5})
                 for _ in range(3)])
@@ -133,7 +138,7 @@ def test_bounded_concurrency_and_timeout():
     assert busy.headers["retry-after"] == "1" and busy.json()["error"]["type"] == "overloaded"
 
     app = create_app(ServeConfig(preload=False, request_timeout=0.1), compress_fn=slow_compress)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         r = client.post("/v1/compress", json={"text": "a b c d", "keep": 0.5})
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
         time.sleep(0.5)  # the abandoned call ends and frees its slot
@@ -145,7 +150,7 @@ def test_an_unexpected_error_is_a_json_500_not_a_crash():
         raise RuntimeError("boom")
 
     app = create_app(ServeConfig(preload=False), compress_fn=broken)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as client:
         r = client.post("/v1/compress", json={"text": "a b", "keep": 0.5})
         assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
         assert client.get("/health").status_code == 200

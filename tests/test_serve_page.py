@@ -6,9 +6,11 @@ The browser tests need ``pip install playwright`` (the dev extra) and a chromium
 (``apt-get install chromium``); never ``playwright install``, which downloads a browser.
 With ``TOKENSIEVE_SCREENSHOT=1`` the main test writes docs/serve-page.png."""
 
+import json
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,10 @@ from served import Served  # noqa: E402
 from tokensieve.serve import ServeConfig, create_app  # noqa: E402
 from tokensieve.text.result import CompressionResult, ScoredUnit  # noqa: E402
 
+LOCAL = "http://127.0.0.1"  # the Host the service answers to (DNS rebinding check)
+
 ROOT = Path(__file__).parent.parent
+STATIC = ROOT / "src" / "tokensieve" / "serve" / "static"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -46,7 +51,7 @@ def fake_app(**settings):
 # ---------------------------------------------------------------- without a browser
 
 def test_page_and_static_files_are_served_and_open_without_the_key():
-    with TestClient(fake_app(api_key="s3cret")) as client:
+    with TestClient(fake_app(api_key="s3cret"), base_url=LOCAL) as client:
         page = client.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert 'id="compress-form"' in page.text and "/static/app.js" in page.text
@@ -70,7 +75,7 @@ def test_page_and_static_files_are_served_and_open_without_the_key():
 def test_methods_endpoint():
     from tokensieve.text import FORMATS, GRANULARITIES, METHODS
 
-    with TestClient(fake_app()) as client:
+    with TestClient(fake_app(), base_url=LOCAL) as client:
         data = client.get("/v1/methods").json()
     assert data["methods"] == list(METHODS) and data["default_method"] in data["methods"]
     assert data["granularities"] == list(GRANULARITIES) and data["formats"] == list(FORMATS)
@@ -91,6 +96,55 @@ def test_static_files_are_package_data():
         text = (static / name).read_text(encoding="utf-8")
         assert "http://" not in text and "https://" not in text, name
     assert "innerHTML" not in (static / "app.js").read_text(encoding="utf-8")
+
+
+def test_heatmap_offsets_count_code_points_like_the_server():
+    """The server's offsets are code points; offsets.js maps them to JavaScript's UTF-16
+    indexes, so a heat map after an emoji still lines up (run with node when present)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    text = "Launch 🚀 went well 👍🏽, costs €4.2M; next: 日本 🇯🇵 rollout."
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    script = ("const { utf16Offsets } = require(process.argv[1]);"
+              "const { text, spans } = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "const at = utf16Offsets(text);"
+              "console.log(JSON.stringify({ n: at.length - 1,"
+              "  words: spans.map(([s, e]) => text.slice(at[s], at[e])) }));")
+    run = subprocess.run([node, "-e", script, str(STATIC / "offsets.js")], text=True,
+                         input=json.dumps({"text": text, "spans": spans}), capture_output=True,
+                         timeout=30)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["n"] == len(text) and out["words"] == [text[s:e] for s, e in spans]
+    app_js = (STATIC / "app.js").read_text(encoding="utf-8")
+    assert "utf16Offsets(original)" in app_js  # the heat map uses it
+    index = (STATIC / "index.html").read_text(encoding="utf-8")
+    assert index.index("/static/offsets.js") < index.index("/static/app.js")
+
+
+def test_no_way_out_of_the_static_folder_with_a_raw_path():
+    """Paths sent byte for byte (http.client does not normalise ``..`` as httpx does)."""
+    import http.client
+
+    with Served(fake_app(api_key="s3cret")) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for path in ("/static/../page.py", "/static/../../serve/app.py",
+                     "/static/../../../../../../etc/passwd", "/static/..%2Fpage.py",
+                     "/static/%2e%2e/page.py", "/static//etc/passwd"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read().decode("utf-8", "replace")
+            conn.close()
+            assert response.status == 404, (path, response.status)
+            assert "def add_page_routes" not in body and "root:" not in body, path
+        # the same raw path machinery does reach a real file inside the folder
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/static/../static/app.js")
+        response = conn.getresponse()
+        assert response.status == 200 and b"use strict" in response.read()
+        conn.close()
 
 
 # ---------------------------------------------------------------- in a browser
@@ -298,3 +352,21 @@ def test_api_key_in_the_browser(page):
         page.fill("#api-key", "wrong")
         page.click("#compress")
         expect(page.locator("#error-title")).to_have_text("unauthorized (401)")
+
+
+def test_heatmap_with_emoji_in_the_browser(page):
+    """Server offsets count code points; the heat map still shows the text as it was."""
+    from playwright.sync_api import expect
+
+    text = "Launch 🚀 went  well 👍🏽,\ncosts €4.2M; next: 日本 🇯🇵 rollout."
+    words = re.findall(r"\S+", text)
+    with Served(fake_app()) as url:
+        page.goto(url + "/")
+        page.fill("#text", text)
+        page.click("#compress")
+        expect(page.locator("#results")).to_be_visible()
+        expect(page.locator("#heatmap .u")).to_have_count(len(words))
+        assert page.text_content("#heatmap") == text
+        shown = page.eval_on_selector_all("#heatmap .u", "els => els.map(e => e.textContent)")
+        assert shown == words
+        assert page.problems == []

@@ -16,21 +16,26 @@ from served import Served  # noqa: E402
 from tokensieve.serve import ServeConfig, create_app  # noqa: E402
 
 pytestmark = pytest.mark.model
+UPSTREAM_KEY = "upstream-key"
 
 
 def fake_upstream(seen: list) -> FastAPI:
-    """Answers with the number of characters of each message it received."""
+    """Answers with the number of characters of each message it received; like a real API
+    it refuses a request without the deployment's upstream key (401)."""
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
+            return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error",
+                                           "code": "invalid_api_key"}}, status_code=401)
         body = await request.json()
         seen.append(body)
         if body["model"] == "rate-limited":  # the upstream's own error, to be passed through
             return JSONResponse({"error": {"message": "slow down", "type": "rate_limit",
                                            "code": "rate_limit_exceeded"}},
                                 status_code=429, headers={"retry-after": "7"})
-        answer = json.dumps([len(m["content"]) for m in body["messages"]])
+        answer = json.dumps([len(m.get("content") or "") for m in body["messages"]])
         if body.get("stream"):
             def events():
                 for i, piece in enumerate([answer[: len(answer) // 2], answer[len(answer) // 2:]]):
@@ -56,7 +61,7 @@ def proxy():
     seen: list = []
     with Served(fake_upstream(seen)) as upstream:
         config = ServeConfig(preload=False, upstream=f"{upstream}/v1", api_key="proxy-key",
-                             upstream_api_key="upstream-key", proxy_min_tokens=100,
+                             upstream_api_key=UPSTREAM_KEY, proxy_min_tokens=100,
                              proxy_keep=0.5)
         with Served(create_app(config)) as url:
             yield url, seen
@@ -136,10 +141,25 @@ def test_unreachable_upstream_is_a_502():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(ServeConfig(preload=False, upstream=f"http://127.0.0.1:{port}/v1"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         r = client.post("/v1/chat/completions",
                         json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_unreachable"
         assert r.headers["x-tokensieve-tokens-before"] == r.headers["x-tokensieve-tokens-after"]
         r = client.post("/v1/chat/completions", json={"model": "m", "messages": "hi"})
         assert r.status_code == 422
+
+
+def test_json_tool_message_reaches_the_upstream_as_json(proxy, report_text):
+    url, seen = proxy
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="proxy-key", max_retries=0)
+    paragraphs = [p for p in report_text.split("\n\n") if len(p) > 200][:4]
+    tool = json.dumps({"documents": [{"id": i, "text": p} for i, p in enumerate(paragraphs)]})
+    client.chat.completions.create(model="m", messages=[
+        {"role": "user", "content": "What was the revenue?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": tool}])
+    sent = seen[-1]["messages"][2]["content"]
+    data = json.loads(sent)
+    assert len(sent) < len(tool) and [d["id"] for d in data["documents"]] == [0, 1, 2, 3]

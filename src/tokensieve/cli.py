@@ -143,6 +143,9 @@ SERVE_FLAGS = (
     ("--queue-timeout", float, "seconds a request may wait for a model slot (default 5)"),
     ("--request-timeout", float, "seconds per model call before 504 (default 60)"),
     ("--max-body-bytes", int, "larger requests get 413 (default 2000000)"),
+    ("--max-chars", int, "characters of text per request; more get 413 (default 100000)"),
+    ("--max-messages", int, "messages per proxy request; more get 413 (default 500)"),
+    ("--allowed-hosts", str, "comma-separated Host names served besides --host and loopback"),
     ("--threads", int, "torch threads for the models (default: torch's)"),
     ("--model", str, "scoring model: default, a local HF folder or a cached hub id"),
     ("--device", str, "cpu (default), cuda, cuda:N, mps or auto"),
@@ -162,7 +165,7 @@ def serve_config(args: argparse.Namespace):
     for flag, _, _ in SERVE_FLAGS:
         name = flag[2:].replace("-", "_")
         value = getattr(args, name)
-        if name == "proxy_roles" and value is not None:
+        if name in ("proxy_roles", "allowed_hosts") and value is not None:
             value = tuple(r.strip() for r in value.split(",") if r.strip())
         overrides[name] = value
     if args.proxy_keep_numbers:

@@ -4,9 +4,14 @@ Endpoints: ``POST /v1/compress``, ``POST /v1/score``, ``GET /v1/methods``, ``GET
 ``GET /metrics``, the OpenAI-compatible ``POST /v1/chat/completions`` proxy (see :mod:`.proxy`)
 and the web page at ``/`` (see :mod:`.page`).
 
-Safety: a request body above ``max_body_bytes`` gets 413; with an API key configured every
+Safety: a ``Host`` header other than the bound host, a loopback name or ``allowed_hosts``
+gets 400 (DNS rebinding); a POST whose Content-Type is not JSON gets 415 (a browser's
+cross-site "simple" request cannot reach the API); a request body above ``max_body_bytes``
+gets 413, and so does text over ``max_chars`` characters; with an API key configured every
 path but ``/health`` and the static page (``/``, ``/static/*``) needs
-``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401);
+``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401); user text enters through
+:func:`tokensieve.inputs.decode_text` and protect regexes are checked before any work
+(:func:`tokensieve.text.protect.check_pattern`) and run under ``pattern_timeout``;
 model calls run at most ``max_concurrency`` at once, the rest queue up to ``queue_timeout``
 seconds and then get 503 with Retry-After; a model call over ``request_timeout`` gets 504.
 Every error is JSON ``{"error": {"type", "message"}}``. No request field names a model,
@@ -32,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BudgetError, InputError, ModelNotFoundError, TokensieveError
+from ..inputs import decode_text
 from ..inspect.surprise import WordScore
+from ..text.protect import check_pattern
 from ..text.result import ScoredUnit
 from .config import ServeConfig
 from .metrics import Metrics
@@ -184,10 +191,19 @@ class Guard:
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                        for k, v in scope.get("headers", [])}
+            if not self.config.host_allowed(headers.get("host")):
+                return await reply(error_response(
+                    400, "invalid_host", f"the Host header {headers.get('host')!r} is not one "
+                    "this server answers to; add it to TOKENSIEVE_ALLOWED_HOSTS "
+                    "(--allowed-hosts)."))
             if self.config.api_key and not _public(path) and not self._authorised(headers):
                 return await reply(error_response(
                     401, "unauthorized", "missing or wrong API key (send Authorization: "
                     "Bearer KEY or X-API-Key: KEY).", {"WWW-Authenticate": "Bearer"}))
+            if method == "POST" and not _is_json(headers.get("content-type", "")):
+                return await reply(error_response(
+                    415, "unsupported_media_type", "send the request body as JSON with "
+                    "Content-Type: application/json."))
             limit = self.config.max_body_bytes
             length = headers.get("content-length")
             if length is not None:
@@ -236,6 +252,10 @@ class Guard:
                               f"the request body is larger than {limit} bytes.")
 
 
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
 def _public(path: str) -> bool:
     """Paths open without the API key: the health check and the static page (no data)."""
     return path in ("/health", "/") or path.startswith("/static/")
@@ -260,9 +280,11 @@ class Service:
         self.ready = not config.preload
 
     def compress_sync(self, text, **options):
-        check_patterns(options.get("protect") or (), text, self.config.pattern_timeout)
+        """``compress`` with the deployment's model; the protect regexes run within
+        ``pattern_timeout`` over exactly the text compress protects."""
         return self._compress(text, model=self.config.model, device=self.config.device,
-                              progress=False, **options)
+                              progress=False, protect_timeout=self.config.pattern_timeout,
+                              **options)
 
     def score_sync(self, text: str, question: str | None):
         return self._score(text, self.config.model, question, device=self.config.device,
@@ -282,25 +304,24 @@ class Service:
         self.ready = True
 
 
-def check_patterns(patterns, text, timeout: float) -> None:
-    """Run the request's protect regexes once with a time limit, so a pathological pattern
-    (catastrophic backtracking) is a 400 instead of a thread stuck for good."""
-    import regex
+def user_text(value, what: str):
+    """A text field of a request, checked (:func:`tokensieve.inputs.decode_text`: no lone
+    surrogate, no NUL); a problem is an :class:`InputError` (400)."""
+    return decode_text(value, what)
 
-    texts = [text] if isinstance(text, str) else list(text)
-    deadline = time.monotonic() + timeout
+
+def check_chars(config: ServeConfig, chars: int, what: str) -> None:
+    """413 when a request's text is over ``max_chars`` (checked before any model work)."""
+    if chars > config.max_chars:
+        raise ServiceError(413, "text_too_long", f"{what} {chars:,} characters, over this "
+                           f"server's limit of {config.max_chars:,}; send less text, or raise "
+                           "the limit with TOKENSIEVE_MAX_CHARS (--max-chars).")
+
+
+def check_patterns(patterns) -> None:
+    """Every protect regex bounded (length, repeats) and compilable, before any work."""
     for pat in patterns:
-        try:
-            rx = regex.compile(pat)
-        except (regex.error, TypeError) as exc:
-            raise InputError(f"bad protect pattern {pat!r}: {exc}") from None
-        for t in texts:
-            try:
-                for _ in rx.finditer(t, timeout=max(0.001, deadline - time.monotonic())):
-                    pass
-            except TimeoutError:
-                raise InputError(f"the protect pattern {pat!r} takes too long on this text; "
-                                 "simplify it.") from None
+        check_pattern(pat)
 
 
 def _detail_list(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -333,6 +354,9 @@ def create_app(config: ServeConfig | None = None, *, compress_fn=None, score_fn=
                               "compressing proxy.")
     app.state.service = service
     app.add_middleware(Guard, config=config, metrics=service.metrics)
+    if config.any_host():
+        log.warning("tokensieve: bound to %s with no TOKENSIEVE_ALLOWED_HOSTS: any Host "
+                    "header is accepted (set it against DNS rebinding)", config.host)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -382,6 +406,15 @@ def create_app(config: ServeConfig | None = None, *, compress_fn=None, score_fn=
     async def compress(req: CompressRequest):
         if req.keep is not None and req.target_tokens is not None:
             raise ServiceError(422, "invalid_request", "give keep or target_tokens, not both.")
+        docs = [req.text] if isinstance(req.text, str) else req.text
+        for i, doc in enumerate(docs):
+            user_text(doc, "text" if isinstance(req.text, str) else f"text[{i}]")
+        for i, lit in enumerate(req.keep_text):
+            user_text(lit, f"keep_text[{i}]")
+        question = user_text(req.question, "question") or ""
+        check_chars(config, sum(map(len, docs)) + 2 * (len(docs) - 1) + len(question),
+                    "the text and question hold")
+        check_patterns(req.protect)
         options = req.model_dump(exclude={"text", "include_scores"})
         result = await service.gate.run(service.compress_sync, req.text, **options)
         service.metrics.add_tokens("compress", result.original_tokens, result.compressed_tokens)
@@ -389,6 +422,9 @@ def create_app(config: ServeConfig | None = None, *, compress_fn=None, score_fn=
 
     @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True)
     async def score(req: ScoreRequest):
+        user_text(req.text, "text")
+        question = user_text(req.question, "question") or ""
+        check_chars(config, len(req.text) + len(question), "the text and question hold")
         result = await service.gate.run(service.score_sync, req.text, req.question)
         data = {"model": result.model, "total": result.total, "mean": result.mean,
                 "perplexity": result.perplexity, "question": result.question,

@@ -9,6 +9,7 @@ from collections import defaultdict
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 KNOWN_PATHS = ("/", "/health", "/metrics", "/v1/compress", "/v1/score", "/v1/methods",
                "/v1/chat/completions")
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def path_label(path: str) -> str:
@@ -16,6 +17,11 @@ def path_label(path: str) -> str:
     if path.startswith("/static/"):
         return "/static"
     return path if path in KNOWN_PATHS else "other"
+
+
+def method_label(method: str) -> str:
+    """Bounded label values: any method name a client invents is ``other``."""
+    return method if method in KNOWN_METHODS else "other"
 
 
 class Metrics:
@@ -33,7 +39,7 @@ class Metrics:
     def observe(self, method: str, path: str, status: int, seconds: float) -> None:
         label = path_label(path)
         with self._lock:
-            self.requests[(method, label, status)] += 1
+            self.requests[(method_label(method), label, status)] += 1
             if status >= 400:
                 self.errors[(label, status)] += 1
             counts = self.hist[label]

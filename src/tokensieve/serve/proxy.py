@@ -5,7 +5,12 @@ deployment and narrowed per request by an extra ``"tokensieve": {...}`` field, w
 removed before forwarding) are compressed, the last user message driving question-aware
 compression; the request goes to ``{upstream}/chat/completions`` and the upstream's answer
 comes back unchanged (status, body, server-sent events when ``stream`` is true), with headers
-``X-Tokensieve-Tokens-Before`` / ``-After`` / ``-Messages-Compressed``."""
+``X-Tokensieve-Tokens-Before`` / ``-After`` / ``-Messages-Compressed``.
+
+A message whose text is JSON (a tool's result, say) is compressed with ``format="json"``,
+so the upstream still receives valid JSON. Every message's text is checked as user text;
+the number of messages and the characters to compress are bounded (``max_messages``,
+``max_chars``: 413)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .app import ServiceError, error_response
+from .app import ServiceError, check_chars, check_patterns, error_response, user_text
 
 QUESTION_CHARS = 1000   # the tail of the last user message used as the question
 PASS_HEADERS = ("content-type", "openai-organization", "openai-processing-ms",
@@ -74,7 +79,18 @@ def _question(messages: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _parse(body: bytes) -> tuple[dict[str, Any], ProxyOptions]:
+def _is_json(text: str) -> bool:
+    """A JSON object or array (what a tool returns), not a bare word or number."""
+    if not text.lstrip().startswith(("{", "[")):
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse(body: bytes, config) -> tuple[dict[str, Any], ProxyOptions]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -84,16 +100,27 @@ def _parse(body: bytes) -> tuple[dict[str, Any], ProxyOptions]:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ServiceError(422, "invalid_request", "'messages' must be a non-empty list.")
+    if len(messages) > config.max_messages:
+        raise ServiceError(413, "too_many_messages", f"the request has {len(messages):,} "
+                           f"messages, over this server's limit of {config.max_messages:,}; "
+                           "raise it with TOKENSIEVE_MAX_MESSAGES (--max-messages).")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ServiceError(422, "invalid_request",
                                f"messages[{i}] must be an object with a string 'role'.")
+        user_text(_message_text(m.get("content")), f"messages[{i}].content")
     raw = data.pop("tokensieve", None)
     try:
         options = ProxyOptions.model_validate(raw or {})
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ServiceError(422, "invalid_request", f"bad 'tokensieve' options: {msg}") from None
+    check_patterns(options.protect)
+    if options.enabled:  # what the model would read: the messages of the compressed roles
+        roles = set(options.roles if options.roles is not None else config.proxy_roles)
+        chars = sum(len(_message_text(m.get("content")) or "") for m in messages
+                    if m["role"] in roles)
+        check_chars(config, chars, "the messages to compress hold")
     return data, options
 
 
@@ -135,7 +162,7 @@ def add_proxy_routes(app: FastAPI, service) -> None:
                 result = await service.gate.run(
                     service.compress_sync, part_text, keep=keep, question=question,
                     method=method, protect=protect, keep_numbers=keep_numbers,
-                    allow_over_budget=True)
+                    format="json" if _is_json(part_text) else "text", allow_over_budget=True)
                 n_after += result.compressed_tokens
                 new_parts.append(result.text if isinstance(part, str)
                                  else {**part, "text": result.text})
@@ -149,7 +176,7 @@ def add_proxy_routes(app: FastAPI, service) -> None:
         if not config.upstream:
             raise ServiceError(503, "no_upstream", "this server has no upstream configured "
                                "(start it with --upstream URL).")
-        data, opts = _parse(await request.body())
+        data, opts = _parse(await request.body(), config)
         try:
             before, after, done = await asyncio.wait_for(compress_messages(data, opts),
                                                          config.request_timeout)

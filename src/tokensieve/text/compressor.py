@@ -92,6 +92,7 @@ def compress(
     dtype: str = "auto",
     device: str = "cpu",
     ratio: float | None = None,
+    protect_timeout: float | None = None,
 ) -> CompressionResult:
     """Compress a prompt to at most ``keep`` x its tokens (the fraction kept, as in every
     place of tokensieve) or ``target_tokens``; neither keeps half.
@@ -99,8 +100,9 @@ def compress(
     ``protect``: regexes whose matches are kept byte for byte; ``keep_text``: literal
     strings; ``keep_spans``: (start, end) character spans; ``keep_numbers``: never cut a
     number or ID (12.5, 2024-01-15, Z9K6-4842; with its scale word, "$48.2 million"): each
-    is kept whole or dropped whole, not charged first. ``ratio`` is the old name of ``keep``
-    (same meaning; deprecated).
+    is kept whole or dropped whole, not charged first. ``protect_timeout``: seconds the
+    ``protect`` regexes may run over the text, all together (an :class:`InputError` after;
+    None: no limit). ``ratio`` is the old name of ``keep`` (same meaning; deprecated).
     Tokens are counted with ``tokenizer`` (a HF tokenizer, a callable or a model name;
     default: the scoring model's). ``format``: text, markdown, json or code.
     ``allow_over_budget``: when protected text alone exceeds the budget, keep just it and
@@ -116,6 +118,7 @@ def compress(
                          f"{', '.join(GRANULARITIES)}.")
     if format not in FORMATS:
         raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}.")
+    question = decode_text(question, "the question")
     if question is not None and not isinstance(question, str):
         raise UsageError("question must be a string.")
     question = question.strip() or None if question else None
@@ -139,7 +142,7 @@ def compress(
     opts = CompressOptions(
         method=method, granularity=granularity, fmt=format, scorers=scorers, counter=counter,
         model=model, protect=protect, keep=keep_text, keep_spans=keep_spans,
-        keep_numbers=keep_numbers, allow_over=allow_over_budget,
+        keep_numbers=keep_numbers, allow_over=allow_over_budget, protect_timeout=protect_timeout,
         timings={"setup": time.perf_counter() - t0})
     opts.finest = auto_finest(method, question, format, opts.protects)
     if format == "json":

@@ -49,6 +49,7 @@ class CompressOptions:
     keep_spans: Sequence[tuple[int, int]] = ()
     keep_numbers: bool = False
     allow_over: bool = False
+    protect_timeout: float | None = None  # seconds for the protect regexes, all together
     finest: str = "word"  # the finest level 'auto' goes down to (see auto_finest)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -181,7 +182,8 @@ def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) ->
         units = word_units(seg)
     if opts.keep_numbers:  # a number (with its scale word) is one unit, never cut
         units = merge_units(units, number_spans(text))
-    prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans)
+    prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans,
+                           timeout=opts.protect_timeout)
     if fmt == "markdown":
         prot += markdown_protected(text)
         units = merge_units(units, markdown_code_blocks(text))

@@ -280,19 +280,24 @@
   function renderHeatmap(original, units) {
     const values = normalise(units.map((u) => Number(u.score)));
     const frag = document.createDocumentFragment();
+    // the server's offsets count code points: map them to UTF-16 (see offsets.js)
+    const at = utf16Offsets(original);
+    const start = (u) => at[u.start];
+    const end = (u) => at[u.end];
     // units are spans of the original text (in order) unless the format extracted them
     // (json): then they are shown one after the other
     let inOrder = true;
     let pos = 0;
     for (const u of units) {
-      if (u.start < pos || original.slice(u.start, u.end) !== u.text) { inOrder = false; break; }
-      pos = u.end;
+      if (!(u.start >= 0 && u.end < at.length) || start(u) < pos ||
+          original.slice(start(u), end(u)) !== u.text) { inOrder = false; break; }
+      pos = end(u);
     }
     pos = 0;
     units.forEach((u, i) => {
       if (inOrder) {
-        if (u.start > pos) frag.appendChild(document.createTextNode(original.slice(pos, u.start)));
-        pos = u.end;
+        if (start(u) > pos) frag.appendChild(document.createTextNode(original.slice(pos, start(u))));
+        pos = end(u);
       } else if (i > 0) {
         frag.appendChild(document.createTextNode(" "));
       }
