@@ -50,6 +50,19 @@ def layer_mask(layer: CompressedLayer, original: torch.Tensor | None, q: int,
     return mask
 
 
+def _shared_mask_fits(mask: torch.Tensor | None, layer: CompressedLayer, q: int) -> bool:
+    """Whether the model's shared mask is right for this layer as it is: every stored slot
+    is real and the mask is as wide as the layer (stored + q). The mask is judged by its own
+    width, never by the reference layer's length, which an earlier layer's eviction in this
+    very forward may already have changed."""
+    if layer.slot_valid() is not None:
+        return False
+    stored = layer.stored_length()
+    if mask is None:  # sdpa's is_causal: right only when nothing or one query is stored
+        return q == 1 or stored == 0
+    return mask.shape[-1] == stored + q
+
+
 class CompressionHooks:
     """Installs and removes the hooks; one instance per ``kv.compress`` block."""
 
@@ -130,12 +143,9 @@ class CompressionHooks:
         layer = cache.layers[module.layer_idx]
         if not layer.compressed:
             return None
-        reference = cache.layers[cache.mask_layer]
-        same = isinstance(reference, CompressedLayer) and \
-            reference.stored_length() == layer.stored_length()
-        if same and layer.slot_valid() is None:
-            return None  # the model's shared mask is already right for this layer
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if _shared_mask_fits(kwargs.get("attention_mask"), layer, hidden.shape[1]):
+            return None  # the model's shared mask is already right for this layer
         groups = module.config.num_attention_heads // module.config.num_key_value_heads
         kwargs["attention_mask"] = layer_mask(layer, kwargs.get("attention_mask"),
                                               hidden.shape[1], hidden.shape[0], groups)
