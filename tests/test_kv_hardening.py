@@ -11,7 +11,6 @@ from kv_models import random_ids, tiny_model
 
 from tokensieve import kv
 from tokensieve.kv import hooks
-from tokensieve.kv.cache import CompressedLayer
 
 
 def _kept(layer, row: int = 0) -> list[list[int]]:
@@ -61,25 +60,27 @@ def test_multi_token_forward_with_a_cap_equal_to_a_later_layers_count(policy, at
 # ------------------------------------------------------------------ left padding
 
 
-def _information_kept(model, ids, mask, **kw) -> list[list[list[int]]]:
+def _kept_from_first_real(model, policy, ids, mask) -> list[list[list[int]]]:
     """Per layer and head, the kept positions of the LAST row, counted from its first
     real token."""
-    with kv.compress(model, "information", keep=0.5, recent=4, **kw) as s, torch.no_grad():
+    with kv.compress(model, policy, keep=0.5, recent=4) as s, torch.no_grad():
         model.generate(ids, attention_mask=mask, max_new_tokens=1, do_sample=False)
     pad = int((mask[-1] == 0).sum())
     return [[[p - pad for p in head] for head in _kept(layer, row=ids.shape[0] - 1)]
             for layer in s.last_cache.layers]
 
 
-def test_information_keeps_the_same_tokens_alone_and_in_a_left_padded_batch():
+@pytest.mark.parametrize("policy", ["information"])
+def test_chunks_keep_the_same_tokens_alone_and_in_a_left_padded_batch(policy):
+    """Fixed chunks are cut over the row's real tokens (they were cut over padded slots)."""
     model = tiny_model("llama")
     short, long = random_ids(75, seed=41), random_ids(100, seed=42)
-    alone = _information_kept(model, short, torch.ones_like(short))
+    alone = _kept_from_first_real(model, policy, short, torch.ones_like(short))
     ids = torch.zeros(2, 100, dtype=torch.long)
     mask = torch.zeros(2, 100, dtype=torch.long)
     ids[0], mask[0] = long[0], 1
     ids[1, 25:], mask[1, 25:] = short[0], 1
-    batched = _information_kept(model, ids, mask)
+    batched = _kept_from_first_real(model, policy, ids, mask)
     assert batched == alone
 
 
@@ -139,7 +140,9 @@ def test_what_the_prefill_holds_is_measured_and_small(policy):
     t, held, caches = 256, {}, []
 
     def measure(module, args, output):   # runs after the session's own norm hook
-        held.update(bytes=sum(_storages(caches[-1]).values()), kv=caches[-1].nbytes())
+        state = {k: v for k, v in vars(caches[-1]).items()
+                 if k not in ("n_real", "row_start")}          # (B,) row counters aside
+        held.update(bytes=sum(_storages(state).values()), kv=caches[-1].nbytes())
 
     with kv.compress(model, policy, keep=0.25) as s, torch.no_grad():
         h1 = model.model.register_forward_pre_hook(
@@ -161,18 +164,21 @@ def test_what_the_prefill_holds_is_measured_and_small(policy):
 # ------------------------------------------------------------------ units stay whole
 
 
-@pytest.mark.parametrize("surprisal_scale", [1.0, 1e3])
-def test_a_unit_cut_by_the_budget_keeps_one_contiguous_end(monkeypatch, surprisal_scale):
+@pytest.mark.parametrize(("policy", "surprisal_scale"), [
+    ("information", 1.0), ("information", 1e3), ("information:attention=0.5", 1.0)])
+def test_a_unit_cut_by_the_budget_keeps_one_contiguous_end(monkeypatch, policy,
+                                                           surprisal_scale):
     """Units of 12 tokens, a budget that is not a whole number of units: every unit is kept
     whole, dropped whole, or (one unit per head) keeps a contiguous run of its last tokens.
-    Large surprisal values made the old ``+ arange * 1e-7`` tie-break vanish in float32."""
+    Large surprisal values made the old ``+ arange * 1e-7`` tie-break vanish in float32;
+    mixed with attention, the ranks of one unit's tokens differed (a tie-break by index)."""
     model = tiny_model("llama")
     real = hooks.token_surprisal
     monkeypatch.setattr(hooks, "token_surprisal",
                         lambda *a, **k: real(*a, **k) * surprisal_scale + 1000 * surprisal_scale)
     ids = random_ids(96, seed=4)
     units = [(i, i + 12) for i in range(0, 96, 12)]
-    with kv.compress(model, "information", keep=0.4, units=units, sinks=0, recent=0) as s, \
+    with kv.compress(model, policy, keep=0.4, units=units, sinks=0, recent=0) as s, \
             torch.no_grad():
         model(ids, use_cache=True)
     for layer in s.last_cache.layers:
