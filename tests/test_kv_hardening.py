@@ -70,7 +70,7 @@ def _kept_from_first_real(model, policy, ids, mask) -> list[list[list[int]]]:
             for layer in s.last_cache.layers]
 
 
-@pytest.mark.parametrize("policy", ["information"])
+@pytest.mark.parametrize("policy", ["information", "chunkkv"])
 def test_chunks_keep_the_same_tokens_alone_and_in_a_left_padded_batch(policy):
     """Fixed chunks are cut over the row's real tokens (they were cut over padded slots)."""
     model = tiny_model("llama")
@@ -191,6 +191,19 @@ def test_a_unit_cut_by_the_budget_keeps_one_contiguous_end(monkeypatch, policy,
                     partial += 1
                     assert inside == list(range(b - len(inside), b)), inside
             assert partial <= 1
+
+
+def test_chunkkv_keeps_chunks_whole_but_one():
+    model = tiny_model("llama")
+    with kv.compress(model, "chunkkv:chunk=12", keep=0.4, sinks=0, recent=0) as s, \
+            torch.no_grad():
+        model(random_ids(96, seed=4), use_cache=True)
+    for layer in s.last_cache.layers:
+        for kept in _kept(layer):
+            assert len(kept) == 38
+            cut = [[p for p in kept if a <= p < a + 12] for a in range(0, 96, 12)]
+            cut = [c for c in cut if 0 < len(c) < 12]
+            assert len(cut) <= 1 and all(c == list(range(c[0], c[0] + len(c))) for c in cut)
 
 
 def test_decode_eviction_under_information_keeps_units():
