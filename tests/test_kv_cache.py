@@ -165,7 +165,7 @@ def test_every_policy_on_every_architecture(arch, policy):
     t, keep = 64, 0.25
     ids = random_ids(t, seed=7)
     with kv.compress(model, policy, keep=keep, recent=8) as s:
-        out = gen(model, ids, n=4)
+        out = gen(model, ids, n=4, min_new_tokens=4)   # a random model may say EOS early
     cache = s.last_cache
     assert out.sequences.shape == (1, t + 4)
     assert cache.get_seq_length() == t + 3
@@ -217,7 +217,8 @@ def test_window_attention_equals_the_models_own_attention(arch):
 
 def test_peak_kv_during_prefill_is_one_full_layer_over_the_budget():
     """Layers are evicted right after their own prefill, so the cache never holds more than
-    the compressed layers plus one full layer; the global pool must wait for every layer."""
+    the compressed layers plus one full layer; the global pool must wait for every layer,
+    and holds each layer's scores (B, H, T) and validity (B, T) until then."""
     model = tiny_model("llama")
     t, keep, layers = 200, 0.25, model.config.num_hidden_layers
     full_layer = t * model.config.num_key_value_heads * 2 * 16 * 4
@@ -226,7 +227,8 @@ def test_peak_kv_during_prefill_is_one_full_layer_over_the_budget():
     assert s.last_cache.peak_bytes == full_layer * ((layers - 1) * keep + 1)
     with kv.compress(model, "global", keep=keep) as s, torch.no_grad():
         model(random_ids(t))
-    assert s.last_cache.peak_bytes == full_layer * layers
+    held = s.last_cache.peak_bytes - full_layer * layers
+    assert 0 < held <= layers * (2 * t * 4 + t + 8)
 
 
 def _old_window_attention(x, w):

@@ -149,7 +149,7 @@ def test_surprisal_from_the_prefill_equals_the_models_own_log_probs():
         out = model(ids, output_hidden_states=True)
         logp = torch.log_softmax(out.logits.float(), -1)
         ref = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
-        got = token_surprisal(model, out.hidden_states[-1], ids, chunk=7)
+        got = token_surprisal(model, out.hidden_states[-1], ids)
     assert torch.allclose(got[:, 1:], ref, atol=1e-4)
     assert torch.equal(got[:, 0], got[:, 1:].max(-1).values)
 

@@ -301,13 +301,13 @@ class CompressedCache(Cache):
                   if t in ("sliding_attention", "chunked_attention")
                   else CompressedLayer(model_wide) for t in types]
         super().__init__(layers=layers)
-        self.mask_layer = next((i for i, t in enumerate(types) if t == "full_attention"), 0)
         self.plan = plan
         self.prefilled = False          # the first forward (the context) has been compressed
         self.pending: dict = {}         # global-pool policies: layers scored, not yet evicted
         self.shared: dict = {}          # policy state shared across layers (ChunkKV reuse)
         self.n_real = self.row_start = None
-        self.peak_bytes = 0             # most KV bytes held at once (measured in the hooks)
+        self.surprisal = None           # (B, T) the context's surprisal ('information')
+        self.peak_bytes = 0             # most bytes held at once: KV + scoring state (hooks)
 
     # batch-axis operations must move the per-row bookkeeping with the rows
     def _map_rows(self, fn) -> None:
@@ -342,9 +342,55 @@ class CompressedCache(Cache):
                 total += layer.keys.nbytes + layer.values.nbytes
         return total
 
+    def held_bytes(self) -> int:
+        """Bytes of the scoring state the cache holds besides its KV (layers waiting for a
+        deferred or global allocation, the final hidden states, the surprisal), counted by
+        storage: a view holds all of the tensor it is a view of."""
+        kv = {id(t) for layer in self.layers for t in _kv_tensors(layer)}
+        kv_storages = {t.untyped_storage().data_ptr() for layer in self.layers
+                       for t in _kv_tensors(layer)}
+        found: dict[int, int] = {}
+        for t in _tensors((self.pending, self.shared, self.surprisal)):
+            if id(t) in kv:
+                continue
+            st = t.untyped_storage()
+            if st.data_ptr() not in kv_storages:
+                found[st.data_ptr()] = st.nbytes()
+        return sum(found.values())
+
     def entries(self) -> int:
         """Key-value entries held by the compressible layers (rows x heads x tokens)."""
         return sum(layer.entries() for layer in self.layers if isinstance(layer, CompressedLayer))
 
     def seen(self) -> int:
         return self.get_seq_length()
+
+
+def _kv_tensors(layer) -> list[torch.Tensor]:
+    """The key / value tensors a layer stores (dense or per-head blocks)."""
+    out = [t for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+           if torch.is_tensor(t)]
+    for blk in getattr(layer, "heads", None) or ():
+        out += [blk["k"], blk["v"]]
+    return out
+
+
+def _tensors(obj, seen: set | None = None):
+    """Every tensor inside plain containers and objects' attributes (modules skipped)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, torch.nn.Module) or obj is None:
+        return
+    seen.add(id(obj))
+    if torch.is_tensor(obj):
+        yield obj
+        return
+    if isinstance(obj, dict):
+        children = obj.values()
+    elif isinstance(obj, list | tuple):
+        children = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        children = vars(obj).values()
+    else:
+        return
+    for c in children:
+        yield from _tensors(c, seen)

@@ -50,6 +50,19 @@ def layer_mask(layer: CompressedLayer, original: torch.Tensor | None, q: int,
     return mask
 
 
+def _shared_mask_fits(mask: torch.Tensor | None, layer: CompressedLayer, q: int) -> bool:
+    """Whether the model's shared mask is right for this layer as it is: every stored slot
+    is real and the mask is as wide as the layer (stored + q). The mask is judged by its own
+    width, never by the reference layer's length, which an earlier layer's eviction in this
+    very forward may already have changed."""
+    if layer.slot_valid() is not None:
+        return False
+    stored = layer.stored_length()
+    if mask is None:  # sdpa's is_causal: right only when nothing or one query is stored
+        return q == 1 or stored == 0
+    return mask.shape[-1] == stored + q
+
+
 class CompressionHooks:
     """Installs and removes the hooks; one instance per ``kv.compress`` block."""
 
@@ -57,15 +70,24 @@ class CompressionHooks:
         self.model, self.make_cache = model, make_cache
         self.modules = attention_modules(model)
         self.num_layers = len(self.modules)
-        self.handles = [model.register_forward_pre_hook(self._model_pre, with_kwargs=True),
-                        model.register_forward_hook(self._model_post, with_kwargs=True)]
+        self._running: CompressedCache | None = None    # the cache of the forward under way
+        self.handles = []
+        try:  # all or nothing: a failure part-way removes what was installed
+            self._install()
+        except BaseException:
+            self.remove()
+            raise
+
+    def _install(self) -> None:
+        model = self.model
+        self.handles.append(model.register_forward_pre_hook(self._model_pre, with_kwargs=True))
+        self.handles.append(model.register_forward_hook(self._model_post, with_kwargs=True))
         for m in self.modules:
             self.handles.append(m.register_forward_pre_hook(self._attn_pre, with_kwargs=True))
             self.handles.append(m.register_forward_hook(self._attn_post, with_kwargs=True))
         self.final_norm = getattr(model.get_decoder(), "norm", None)
         if self.final_norm is not None:
             self.handles.append(self.final_norm.register_forward_hook(self._norm_post))
-        self._running: CompressedCache | None = None    # the cache of the forward under way
 
     def remove(self) -> None:
         for h in self.handles:
@@ -107,6 +129,7 @@ class CompressionHooks:
     def _norm_post(self, module, args, output):
         if self._running is not None:
             self._running.shared["final_hidden"] = output
+            _note_peak(self._running)
         return None
 
     def _model_post(self, module, args, kwargs, output):
@@ -130,12 +153,9 @@ class CompressionHooks:
         layer = cache.layers[module.layer_idx]
         if not layer.compressed:
             return None
-        reference = cache.layers[cache.mask_layer]
-        same = isinstance(reference, CompressedLayer) and \
-            reference.stored_length() == layer.stored_length()
-        if same and layer.slot_valid() is None:
-            return None  # the model's shared mask is already right for this layer
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if _shared_mask_fits(kwargs.get("attention_mask"), layer, hidden.shape[1]):
+            return None  # the model's shared mask is already right for this layer
         groups = module.config.num_attention_heads // module.config.num_key_value_heads
         kwargs["attention_mask"] = layer_mask(layer, kwargs.get("attention_mask"),
                                               hidden.shape[1], hidden.shape[0], groups)
@@ -148,7 +168,7 @@ class CompressionHooks:
         plan: Plan = cache.plan
         layer: CompressedLayer = cache.layers[module.layer_idx]
         if not cache.prefilled:  # this layer not yet evicted: the most the prefill holds
-            cache.peak_bytes = max(cache.peak_bytes, cache.nbytes())
+            _note_peak(cache)
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         q = hidden.shape[1]
         prefill = not cache.prefilled and not layer.compressed and layer.stored_length() == q
@@ -161,6 +181,7 @@ class CompressionHooks:
                 "set config.sliding_window=None if the model was trained on full attention.")
         if prefill and q > 1:
             self._compress_prefill(module, kwargs, cache, layer, hidden)
+            _note_peak(cache)   # what this layer left pending is held from now on
         elif plan.max_size is not None and layer.stored_length() > plan.max_size:
             self._evict_decode(module, kwargs, cache, layer, hidden)
         if layer.window:
@@ -190,13 +211,13 @@ class CompressionHooks:
             return  # nothing removed: the cache stays exactly what the model wrote
         x = self._inputs(module, kwargs, cache, hidden, layer.keys, layer.values, valid)
         if plan.policy.needs_surprisal:  # scored once the forward has produced the output
-            keep_last = max(plan.window, getattr(plan.policy, "window", 0) or 0)
-            x.hidden, x.cos, x.sin = (t[:, -keep_last:] for t in (x.hidden, x.cos, x.sin))
+            _release(x, plan.policy.held_window(plan.window))
             cache.pending[module.layer_idx] = (x, None, None)
             return
         scores = plan.policy.score(x)
         if plan.policy.deferred:
             info = plan.policy.informativeness(scores.masked_fill(~valid[:, None], 0))
+            _release(x, 0)   # scored: only the validity is needed to select later
             cache.pending[module.layer_idx] = (x, scores, info)
             return
         order = cache.compressible_layers()
@@ -219,14 +240,36 @@ class CompressionHooks:
             torch.zeros(b, dtype=torch.long, device=keys.device)
         slots = Slots.stored(valid, positions, row_start.to(keys.device), layer.seen)
         if plan.policy.needs_surprisal:  # the prefill's surprisal; newer tokens: row median
-            known = getattr(cache, "surprisal", None)
+            known = cache.surprisal
             known = known if known is not None else torch.zeros(b, 1, device=keys.device)
             pos = positions[:, 0].clamp_max(known.shape[1] - 1)
             fill = known.median(-1, keepdim=True).values.expand_as(pos)
             x.shared["surprisal"] = torch.where(positions[:, 0] < known.shape[1],
                                                 known.gather(-1, pos), fill)
-            x.shared["units"] = torch.full_like(pos, -1)
+            _share_units(x, plan, slots)   # the prefill's units (or chunks), as at prefill
         layer.keep(plan.select(x, counts, slots=slots, prefer="late"))
+
+
+def _release(x: LayerInputs, last: int) -> None:
+    """Keep only copies of the ``last`` positions of the layer's hidden states and RoPE
+    tables (what deferred scoring still reads) and drop everything else the layer's inputs
+    point to: a slice would be a view holding the whole (B, T, D) activation alive until
+    the end of the forward, for every layer."""
+    x.hidden, x.cos, x.sin = (t[:, t.shape[1] - min(last, t.shape[1]):].clone()
+                              for t in (x.hidden, x.cos, x.sin))
+    x._attn.clear()
+
+
+def _note_peak(cache: CompressedCache, extra: int = 0) -> None:
+    """Record what the cache holds now (KV + scoring state, + ``extra`` transient bytes)."""
+    cache.peak_bytes = max(cache.peak_bytes, cache.nbytes() + cache.held_bytes() + extra)
+
+
+def _share_units(x: LayerInputs, plan: Plan, slots: Slots) -> None:
+    """Units for unit-level scoring: the plan's spans, or else each slot's rank among the
+    row's real tokens (so fixed chunks never depend on left padding)."""
+    x.shared["units"] = plan.unit_ids(slots)
+    x.shared["rank"] = torch.where(slots.valid, slots.rank, -1).amax(1)
 
 
 def _slide(layer: CompressedLayer) -> None:
@@ -244,46 +287,73 @@ def _slide(layer: CompressedLayer) -> None:
     layer.keep(inside)
 
 
+SURPRISAL_CHUNK_ELEMENTS = 1 << 22   # logits per call to the output head (16 MiB in float32)
+
+
+def _chunk_rows(vocab: int) -> int:
+    """Predictions per call to the output head: rows x vocab stays within the bound."""
+    return max(1, SURPRISAL_CHUNK_ELEMENTS // max(1, vocab))
+
+
 @torch.no_grad()
 def token_surprisal(model, hidden: torch.Tensor, ids: torch.Tensor,
-                    chunk: int = 256) -> torch.Tensor:
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T) surprisal -log p(x_i | x_<i) in nats from the final normed hidden states
-    (B, T, D), through the output head ``chunk`` positions at a time (never T x vocab at
-    once). The first token, which nothing predicts, gets the row's highest surprisal."""
+    (B, T, D). ``valid`` (B, T) marks real tokens (not padding): a token is scored only from
+    a real previous position; a row's first real token, which nothing predicts, gets the
+    row's highest surprisal, and padding gets 0. The predictions go through the output head
+    a bounded number of (row, position) pairs at a time, so batch x positions x vocab per
+    call stays under ``SURPRISAL_CHUNK_ELEMENTS`` (never B x T x vocab at once)."""
     head = model.get_output_embeddings()
     cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
     b, t, _ = hidden.shape
-    out = torch.zeros(b, t, dtype=torch.float32, device=hidden.device)
-    for a in range(0, t - 1, chunk):
-        e = min(t - 1, a + chunk)
-        logits = head(hidden[:, a:e]).float()
+    device = hidden.device
+    valid = torch.ones(b, t, dtype=torch.bool, device=device) if valid is None \
+        else valid.to(device=device, dtype=torch.bool)
+    out = torch.zeros(b, t, dtype=torch.float32, device=device)
+    scored = torch.zeros_like(valid)
+    scored[:, 1:] = valid[:, 1:] & valid[:, :-1]            # a real token after a real one
+    rows, cols = scored.nonzero(as_tuple=True)              # the predicted token (row, col)
+    step = _chunk_rows(head.weight.shape[0])
+    targets = ids.to(device)
+    for a in range(0, rows.numel(), step):
+        r, c = rows[a:a + step], cols[a:a + step]
+        logits = head(hidden[r, c - 1]).float()             # (n, vocab), n <= step
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        target = ids[:, a + 1:e + 1].to(logits.device)
-        out[:, a + 1:e + 1] = (torch.logsumexp(logits, -1)
-                               - logits.gather(-1, target[..., None])[..., 0])
-    if t > 1:
-        out[:, 0] = out[:, 1:].max(-1).values
-    return out
+        out[r, c] = (torch.logsumexp(logits, -1)
+                     - logits.gather(-1, targets[r, c][:, None])[:, 0])
+        del logits
+    first = valid & ~scored                                 # nothing real precedes it
+    best = out.masked_fill(~scored, float("-inf")).max(-1, keepdim=True).values
+    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+    return torch.where(first, best.expand_as(out), out)
 
 
 def finish_surprisal(model, cache: CompressedCache) -> None:
     """Score every pending layer by the LM's surprisal of the context, then evict."""
     plan = cache.plan
-    hidden, ids = cache.shared.pop("final_hidden", None), cache.shared.pop("input_ids", None)
+    hidden, ids = cache.shared.get("final_hidden"), cache.shared.get("input_ids")
     if hidden is None or ids is None or hidden.shape[1] != ids.shape[1]:
         raise UsageError("the 'information' KV policy needs the model's final hidden states "
                          "for the context; this model's decoder has no final 'norm' module "
                          "to read them from. Choose another policy.")
-    surprisal = token_surprisal(model, hidden, ids)
+    valid = next(iter(cache.pending.values()))[0].valid       # the same on every layer
+    vocab = model.get_output_embeddings().weight.shape[0]
+    rows = min(int(valid.sum()), _chunk_rows(vocab))
+    _note_peak(cache, rows * vocab * 4)                   # + one float32 chunk of logits
+    del cache.shared["final_hidden"], cache.shared["input_ids"]
+    surprisal = token_surprisal(model, hidden, ids, valid)
+    del hidden
     cache.surprisal = surprisal
     order = cache.compressible_layers()
     for i, (x, _, _) in cache.pending.items():
         slots = Slots.prefill(x.valid)
         x.shared["surprisal"] = surprisal.masked_fill(~x.valid, 0)
-        x.shared["units"] = plan.unit_ids(slots)
+        _share_units(x, plan, slots)
         counts = plan.keep_counts(cache.n_real, order.index(i), len(order))
-        cache.layers[i].keep(plan.select(x, counts, slots=slots))
+        # ties (the tokens of one unit) go to the later token: a cut unit keeps its end
+        cache.layers[i].keep(plan.select(x, counts, slots=slots, prefer="late"))
 
 
 def finish_global(cache: CompressedCache) -> None:

@@ -9,6 +9,7 @@ import torch
 from ..attention import LayerInputs
 from .attention_based import SnapKV
 from .base import Policy
+from .information import unit_reduce
 
 
 class ChunkKV(Policy):
@@ -24,14 +25,12 @@ class ChunkKV(Policy):
         group = ("chunkkv", x.layer_idx // self.reuse, x.keys.shape[2])
         if group not in x.shared:
             s = x.window_attention(self.window, reduce="mean").mean(1)          # (B, T)
-            b, t = s.shape
-            pad = (-t) % self.chunk
-            padded = torch.nn.functional.pad(s, (0, pad))
-            per_chunk = padded.view(b, -1, self.chunk).mean(-1)          # (B, C)
-            tok = per_chunk.repeat_interleave(self.chunk, dim=-1)[:, :t]
-            # tie-break inside a chunk by position so a chunk is kept whole when it fits
-            tok = tok + torch.arange(t, device=s.device) * 1e-9
-            x.shared[group] = tok
+            # chunks of the row's real slots (padding and filler are in none), so a
+            # left-padded row is cut as it is alone; every token of a chunk has the chunk's
+            # score and the plan's stable position tie-break keeps a chunk whole when it fits
+            real = x.valid if x.valid.dim() == 2 else x.valid.any(1)
+            units = torch.where(real, (real.long().cumsum(-1) - 1) // max(1, self.chunk), -1)
+            x.shared[group] = unit_reduce(s, units, "mean")
         return x.shared[group][:, None, :].expand(-1, x.keys.shape[1], -1)
 
 

@@ -21,6 +21,11 @@ class Policy:
     def score(self, x: LayerInputs) -> torch.Tensor:
         raise NotImplementedError
 
+    def held_window(self, plan_window: int) -> int:
+        """How many of the last hidden positions a policy scored after the forward
+        (``needs_surprisal``) still reads; everything else of the layer's input is released."""
+        return max(plan_window, getattr(self, "window", 0) or 0)
+
     def layer_share(self, layer_idx: int, num_layers: int) -> float:
         """Multiplier on the layer's keep count, mean 1 over the compressible layers
         (PyramidKV-style schedules override it)."""

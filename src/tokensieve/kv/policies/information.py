@@ -43,13 +43,11 @@ def chunk_units(t: int, chunk: int, device) -> torch.Tensor:
 
 
 def _rank01(x: torch.Tensor) -> torch.Tensor:
-    """Each row's values as ranks in [0, 1] (scale-free, so signals can be mixed)."""
+    """Each row's values as ranks in [0, 1] (scale-free, so signals can be mixed); equal
+    values share one rank, so the tokens of one unit keep one score."""
     t = x.shape[-1]
-    order = torch.sort(x, dim=-1, stable=True).indices
-    ranks = torch.empty_like(order, dtype=torch.float32)
-    ranks.scatter_(-1, order, torch.arange(t, device=x.device, dtype=torch.float32)
-                   .expand_as(order).contiguous())
-    return ranks / max(1, t - 1)
+    ranks = torch.searchsorted(torch.sort(x, dim=-1).values.contiguous(), x.contiguous())
+    return ranks.float() / max(1, t - 1)
 
 
 class Information(Policy):
@@ -69,6 +67,9 @@ class Information(Policy):
             raise TypeError(f"attention is a weight in [0, 1], got {attention!r}")
         self.reduce, self.attention, self.window, self.chunk = reduce, attention, window, chunk
 
+    def held_window(self, plan_window: int) -> int:
+        return self.window if self.attention > 0 else 0
+
     def score(self, x: LayerInputs) -> torch.Tensor:
         memo = ("information", self.reduce, self.chunk, x.keys.shape[2])
         if self.attention == 0 and memo in x.shared:   # the same for every layer of a pass
@@ -76,15 +77,19 @@ class Information(Policy):
         surprisal = x.shared["surprisal"].float()                  # (B, T)
         b, t = surprisal.shape
         units = x.shared.get("units")
-        if units is None:
-            units = chunk_units(t, self.chunk, surprisal.device).expand(b, t)
+        if units is None:   # chunks of the row's real tokens (padding is in no chunk)
+            rank = x.shared.get("rank")
+            if rank is None:
+                units = chunk_units(t, self.chunk, surprisal.device).expand(b, t)
+            else:
+                units = torch.where(rank >= 0, rank // max(1, self.chunk), -1)
         s = unit_reduce(surprisal, units, self.reduce)
         if self.attention > 0:
             attn = x.window_attention(self.window, reduce="mean")  # (B, H, T)
             attn = unit_reduce(attn.mean(1), units, "mean")
             s = (1 - self.attention) * _rank01(s) + self.attention * _rank01(attn)
-        # inside a unit, later tokens first, so a unit cut by the budget keeps its end
-        s = s + torch.arange(t, device=s.device) * 1e-7
+        # every token of a unit has the unit's score: the plan breaks the tie by position
+        # (the later token first), so a unit cut by the budget keeps its end, without holes
         if self.attention == 0:
             x.shared[memo] = s
         return s[:, None, :].expand(-1, x.keys.shape[1], -1)
