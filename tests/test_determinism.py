@@ -1,10 +1,53 @@
-"""Same input, same output: merges accumulate in float32."""
+"""Same input, same output: one rounding rule turns a keep fraction into a count everywhere,
+and merges accumulate in float32."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from tokensieve import kv, vision
+from tokensieve.engine import Budget, keep_count
 from tokensieve.engine.merge import combine
+from tokensieve.kv.plan import Plan
+
+# ---------------------------------------------------------------- one rounding rule
+
+
+def test_keep_count_is_floor_of_the_decimal_at_least_one():
+    assert keep_count(0.5, 7) == 3
+    assert keep_count(0.29, 100) == 29 and keep_count(1 / 3, 9) == 3
+    assert keep_count(0.4875, 40) == 19
+    assert keep_count(0.1, 5) == 1 and keep_count(1e-9, 10**6) == 1
+    assert keep_count(0, 5) == 0 and keep_count(0.5, 0) == 0 and keep_count(1.0, 7) == 7
+
+
+@pytest.mark.parametrize("keep,total", [(0.5, 7), (0.5, 43), (0.4875, 40), (0.1, 9)])
+def test_text_and_kv_count_a_fraction_the_same_way(keep, total):
+    want = keep_count(keep, total)
+    assert Budget(keep=keep).target(total) == want
+    assert Plan.build("default", keep=keep).budget(total) == want
+
+
+def test_kv_stores_the_floor_of_half_an_odd_context():
+    from kv_models import random_ids, tiny_model
+
+    model = tiny_model("llama")
+    with torch.no_grad(), kv.compress(model, "snapkv", keep=0.5) as s:
+        model(random_ids(43))
+    assert {layer.keys.shape[-2] for layer in s.last_cache.layers} == {21}  # not 22
+
+
+def test_vision_counts_a_fraction_as_text_does():
+    from vision_models import build, tokens
+
+    model, prefix = build("dinov2")
+    x = torch.randn(1, 3, 40, 64, generator=torch.Generator().manual_seed(1))  # 5 x 8 = 40
+    with vision.reduce(model, "default", keep=0.4875, at=[0]) as r:
+        out = tokens(model, x)
+    assert out.shape[1] == prefix + Budget(keep=0.4875).target(40) == prefix + 19
+    assert r.last.tokens[-1] == prefix + 19
+
 
 # ---------------------------------------------------------------- merge accumulates in fp32
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...engine.budget import keep_count
 from ...errors import UsageError
 from .base import Assignment, Step, VisionMethod, keep_mask_to_assignment, normalized, top_k_mask
 
@@ -50,7 +51,7 @@ class VisionZip(VisionMethod):
     def assign(self, step: Step) -> Assignment:
         attn = _cls(step, self.name)
         b, n = attn.shape
-        n_ctx = min(step.n_keep - 1, round(step.n_keep * self.contextual)) if step.n_keep > 1 else 0
+        n_ctx = min(step.n_keep - 1, keep_count(self.contextual, step.n_keep))
         n_dom = step.n_keep - n_ctx
         dominant = top_k_mask(attn, n_dom)
         base = keep_mask_to_assignment(dominant)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ...engine.budget import keep_count
 from ...engine.merge import combine
 from ...errors import UsageError
 from .base import (
@@ -56,7 +57,7 @@ class InformedMerge(VisionMethod):
 
     def _match(self, step: Step, score: torch.Tensor) -> Assignment:
         metric, sizes = step.keys.float(), step.sizes.float()
-        protected = top_k_mask(score, max(0, round(self.protect * step.n_keep)))
+        protected = top_k_mask(score, keep_count(self.protect, step.n_keep))
         total, n = None, step.n
         while n > step.n_keep:
             r = min(n - step.n_keep, n // 2)
