@@ -252,9 +252,10 @@ def test_within_budget_json_unchanged():
     assert r.text == text and any("unchanged" in n for n in r.notes)
 
 
-def test_target_rounding_to_zero_gives_empty_output():
-    r = call(text="one two three four", keep=0.2)
-    assert r.target_tokens == 0 and r.text == "" and r.compressed_tokens == 0
+def test_a_keep_below_one_token_still_keeps_one():
+    r = call(text="one two three four", keep=0.2)  # 0.8 tokens: engine.keep_count gives 1
+    assert r.target_tokens == 1 and r.compressed_tokens == 1
+    assert r.text in ("one", "two", "three", "four")
 
 
 def test_json_without_strings_over_budget():

@@ -64,7 +64,9 @@ def test_budget_from_options():
 def test_budget_target_rounds_down_and_caps():
     assert Budget(keep=0.5).target(11) == 5
     assert Budget(keep=0.29).target(100) == 29  # not 28 from float noise
-    assert Budget(keep=0.1).target(9) == 0
+    assert Budget(keep=0.5).target(7) == 3  # kv and vision count the same (keep_count)
+    assert Budget(keep=0.1).target(9) == 1  # at least one item
+    assert Budget(keep=0.1).target(0) == 0
     assert Budget(keep=1).target(7) == 7
     assert Budget(count=50).target(7) == 7
     assert Budget(count=3).target(0) == 0
@@ -74,8 +76,9 @@ def test_budget_target_rounds_down_and_caps():
 def test_budget_target_property(ratio, total):
     t = Budget(keep=ratio).target(total)
     assert 0 <= t <= total
-    assert t <= ratio * total + 1e-6
+    assert t <= max(1, ratio * total + 1e-6)
     assert t > ratio * total - 1
+    assert (t >= 1) == (total >= 1)
 
 
 # ---------------------------------------------------------------- split_pool

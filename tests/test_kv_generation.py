@@ -18,6 +18,7 @@ import torch
 from kv_models import random_ids, tiny_model
 
 from tokensieve import kv
+from tokensieve.engine import keep_count
 from tokensieve.kv.attention import attention_modules
 from tokensieve.kv.cache import CompressedLayer
 
@@ -25,7 +26,7 @@ T, NEW, KEEP = 60, 8, 0.25
 
 
 def budget(n: int, keep: float = KEEP) -> int:
-    return min(n, max(1, round(n * keep)))
+    return keep_count(keep, n)  # the engine's one rounding rule
 
 
 def padded_batch():

@@ -145,9 +145,10 @@ def check_budget(r, tok: str, budget: dict) -> None:
     assert r.compressed_tokens <= r.target_tokens
     if "keep" in budget:
         exact = budget["keep"] * r.original_tokens
-        # floor(ratio * original), with a 1e-9 tolerance for float noise (0.29 * 100)
-        assert r.target_tokens == math.floor(exact + 1e-9)
-        assert r.target_tokens <= exact + 1e-6
+        # floor(ratio * original), with a 1e-9 tolerance for float noise (0.29 * 100), and
+        # at least one token (engine.keep_count, the rule of every place)
+        assert r.target_tokens == max(1, math.floor(exact + 1e-9))
+        assert r.target_tokens <= max(1, exact + 1e-6)
     else:
         assert r.target_tokens == min(budget["target_tokens"], r.original_tokens)
 
@@ -364,7 +365,8 @@ def test_json_stays_valid_json_with_keys_and_numbers(obj, indent, ascii_, tok, b
                               indent=2 if "\n" in text.strip() else None)
         target = min(budget.get("target_tokens", 10**9), TokenCounter(TOKENIZERS[tok]).count(text))
         if "keep" in budget:
-            target = math.floor(budget["keep"] * TokenCounter(TOKENIZERS[tok]).count(text) + 1e-9)
+            n = TokenCounter(TOKENIZERS[tok]).count(text)
+            target = max(1, math.floor(budget["keep"] * n + 1e-9))
         assert TokenCounter(TOKENIZERS[tok]).count(skeleton) > target, str(exc)
         return
     out = json.loads(r.text)

@@ -16,23 +16,26 @@ def combine(x: torch.Tensor, assign: torch.Tensor, n_out: int, weight: torch.Ten
     ``x`` (B, N, C); ``assign`` (B, N) long, the output slot of each token or -1 to drop it;
     ``weight`` (B, N) non-negative (default 1: a plain mean). Returns ``(y, mass)``: ``y``
     (B, n_out, C) the weighted mean of the tokens in each slot, ``mass`` (B, n_out) the sum of
-    their weights (0 for an empty slot, whose row is 0). A slot holding one token returns it
-    unchanged, bit for bit.
+    their weights (0 for an empty slot, whose row is 0), both in ``x``'s dtype. Sums are
+    accumulated in float32 (float64 for float64 input), so float16 / bfloat16 tokens do not
+    overflow or lose small weights. A slot holding one token returns it unchanged, bit for
+    bit.
     """
     b, n, c = x.shape
     if assign.shape != (b, n):
         raise ValueError(f"assign has shape {tuple(assign.shape)}, expected {(b, n)}")
-    w = torch.ones(b, n, dtype=x.dtype, device=x.device) if weight is None else weight.to(x.dtype)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    w = torch.ones(b, n, dtype=acc, device=x.device) if weight is None else weight.to(acc)
     live = assign >= 0
     slot = torch.where(live, assign, n_out)  # dropped tokens go to a spare slot, cut off below
     w = torch.where(live, w, torch.zeros_like(w))
-    mass = torch.zeros(b, n_out + 1, dtype=x.dtype, device=x.device).scatter_add_(1, slot, w)
-    total = torch.zeros(b, n_out + 1, c, dtype=x.dtype, device=x.device)
-    total.scatter_add_(1, slot[..., None].expand(b, n, c), x * w[..., None])
+    mass = torch.zeros(b, n_out + 1, dtype=acc, device=x.device).scatter_add_(1, slot, w)
+    total = torch.zeros(b, n_out + 1, c, dtype=acc, device=x.device)
+    total.scatter_add_(1, slot[..., None].expand(b, n, c), x.to(acc) * w[..., None])
     mass, total = mass[:, :n_out], total[:, :n_out]
     count = torch.zeros(b, n_out + 1, dtype=torch.long, device=x.device)
     count = count.scatter_add_(1, slot, torch.ones_like(slot))[:, :n_out]
-    y = total / mass.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
+    y = (total / mass.clamp_min(torch.finfo(acc).tiny)[..., None]).to(x.dtype)
     # a slot with a single token: copy it (no rounding from w*x/w)
     single = count == 1
     if bool(single.any()):
@@ -41,4 +44,4 @@ def combine(x: torch.Tensor, assign: torch.Tensor, n_out: int, weight: torch.Ten
                                       reduce="amin")[:, :n_out]
         picked = torch.gather(x, 1, first.clamp_max(n - 1)[..., None].expand(b, n_out, c))
         y = torch.where(single[..., None], picked, y)
-    return y, mass
+    return y, mass.to(x.dtype)

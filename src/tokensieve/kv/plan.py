@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..engine.budget import check_keep, split_pool
+from ..engine.budget import check_keep, keep_count, split_pool
 from ..engine.select import select_top_k
 from ..errors import BudgetError, UsageError
 from ..spans import check_spans
@@ -113,7 +113,7 @@ class Plan:
     # --- budget --------------------------------------------------------------------------
     def budget(self, n: int) -> int:
         """Entries per head one layer keeps on average for a context of ``n`` tokens."""
-        return min(n, max(1, int(round(n * self.keep))))
+        return keep_count(self.keep, n)
 
     def keep_counts(self, n_real: torch.Tensor, layer: int, num_layers: int) -> torch.Tensor:
         """Entries per head layer number ``layer`` (of ``num_layers`` compressible ones)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.select import select_under_budget
+from ..engine.select import quantise, ranked, select_under_budget
 from ..errors import InputError, UsageError
 from .assemble import assemble, indent_before, separators, squeezed
 from .counting import TokenCounter
@@ -225,7 +225,7 @@ def _fill_coarse(keep: np.ndarray, scores: np.ndarray, cost: np.ndarray,
     larger than the room is not lost entirely."""
     keep = keep.copy()
     used = float(cost[keep].sum())
-    for i in np.argsort(-scores, kind="stable"):
+    for i in ranked(scores):
         if used >= capacity:
             break
         if not keep[i] and cost[i] > 0:
@@ -244,7 +244,7 @@ def _select_or_cut(scores: np.ndarray, cost: np.ndarray, live: np.ndarray, capac
     if used > capacity:
         return keep, None
     free = capacity - used
-    for i in np.argsort(-scores, kind="stable"):
+    for i in ranked(scores):
         if keep[i] or not live[i]:
             continue
         if used + cost[i] <= capacity:
@@ -253,6 +253,20 @@ def _select_or_cut(scores: np.ndarray, cost: np.ndarray, live: np.ndarray, capac
         elif cost[i] > free:
             return keep, int(i)
     return keep, None
+
+
+def _clean(raw) -> np.ndarray:
+    """A scorer's output as every ranking below sees it and the result reports it: NaN
+    lowest, rounded by the engine's :func:`quantise` (equal values rank by position)."""
+    return quantise(np.nan_to_num(np.asarray(raw, float), nan=-1e9))
+
+
+def drop_priority(scores: np.ndarray) -> np.ndarray:
+    """Each item's place in the order of dropping: the reverse of the engine's keep order
+    (lowest score first; among equal scores the later item goes first)."""
+    priority = np.empty(len(scores), dtype=np.int64)
+    priority[ranked(scores)[::-1]] = np.arange(len(scores))
+    return priority
 
 
 class LevelSelector:
@@ -282,7 +296,7 @@ class LevelSelector:
         if reuse_full or not scorer.uses_lm or alive.all():
             if level not in self._full_scores:
                 raw = scorer.score(spans, level, self.ctx)
-                self._full_scores[level] = np.nan_to_num(np.asarray(raw, float), nan=-1e9)
+                self._full_scores[level] = _clean(raw)
             if alive.all():
                 self._used_on_full.append(scorer)
             return self._full_scores[level]
@@ -298,7 +312,7 @@ class LevelSelector:
                                offsets[j] + live_spans[:, 1] - starts[j]], axis=1)
             raw = scorer.score(mapped, level, replace(self.ctx, text=sub_text, cache={}))
             out = np.full(len(spans), -1e9)
-            out[live] = np.nan_to_num(np.asarray(raw, float), nan=-1e9)
+            out[live] = _clean(raw)
             self._restricted[key] = out
         return self._restricted[key]
 
@@ -332,7 +346,7 @@ class LevelSelector:
         unit_of = self.units.unit_of(self.levels[-1])
         report = level_scores[unit_of]
         if cut_unit is None:
-            return self._fit(alive, target, unit_of, level_scores, report)
+            return self._fit(alive, target, unit_of, drop_priority(level_scores), report)
         return self._cut(alive, target, cut_unit, level_scores, report)
 
     def _cut(self, alive: np.ndarray, target: int, cut_unit: int, level_scores: np.ndarray,
@@ -359,12 +373,12 @@ class LevelSelector:
         cut_words = np.flatnonzero(inside)
         group_of = unit_of.copy()
         group_of[cut_words] = len(level_scores) + np.arange(len(cut_words))
-        rank = np.argsort(np.argsort(word_scores[cut_words], kind="stable"), kind="stable")
-        group_scores = np.r_[level_scores, -1e15 + rank]
+        priority = np.r_[drop_priority(level_scores) + len(cut_words),
+                         drop_priority(word_scores[cut_words])]
         report = report.copy()
         if fine in scorer.levels:
             report[inside] = word_scores[inside]
-        sel = self._fit(keep, target, group_of, group_scores, report)
+        sel = self._fit(keep, target, group_of, priority, report)
         s, e = self.units.level_spans(level)[cut_unit]
         sel.cut = bool((sel.keep & inside).any())
         if sel.cut:
@@ -376,12 +390,12 @@ class LevelSelector:
         return sel
 
     def _fit(self, alive: np.ndarray, target: int, group_of: np.ndarray,
-             group_scores: np.ndarray, report: np.ndarray) -> Selection:
+             priority: np.ndarray, report: np.ndarray) -> Selection:
         """Fit the exact count to the budget: first squeeze the whitespace between the kept
-        units (the separators that save the most tokens first), then drop the lowest-scoring
-        groups of fine units (the last level's units); if nothing is left, keep the best
-        single unit that fits alone."""
-        n_groups = len(group_scores)
+        units (the separators that save the most tokens first), then drop groups of fine
+        units (the last level's units) in ``priority`` order (see :func:`drop_priority`);
+        if nothing is left, keep the best single unit that fits alone."""
+        n_groups = len(priority)
         group_cost = np.bincount(group_of, weights=self.costs, minlength=n_groups)
         group_forced = np.bincount(group_of, weights=self.forced.astype(float),
                                    minlength=n_groups) > 0
@@ -404,7 +418,7 @@ class LevelSelector:
             droppable = np.flatnonzero(group_alive & ~group_forced)
             if len(droppable) == 0:
                 break
-            order = droppable[np.argsort(group_scores[droppable], kind="stable")]
+            order = droppable[np.argsort(priority[droppable], kind="stable")]
             removed = np.cumsum(group_cost[order])
             cut = int(np.searchsorted(removed, n - target)) + 1
             gone = np.zeros(n_groups, dtype=bool)
@@ -455,7 +469,7 @@ class LevelSelector:
         unit_score = np.full(len(spans), -np.inf)
         np.maximum.at(unit_score, unit_of, report)
         text = self.units.text
-        order = np.argsort(-unit_score, kind="stable")
+        order = ranked(unit_score)
         for lo in range(0, len(order), 64):
             batch = order[lo : lo + 64]
             ends = spans[batch, 1].tolist()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..engine.budget import check_keep
+from ..engine.budget import check_keep, keep_count
 from ..engine.merge import combine
 from ..errors import UsageError
 from .families import Family, detect, install_tap
@@ -204,9 +204,9 @@ class Reducer:
         self._state.x_in = _first_tensor(args, kwargs, "hidden_states")
 
     def _targets(self, n0: int) -> list[int]:
-        final = self.count if self.count is not None else max(1, round(self.keep * n0))
+        final = self.count if self.count is not None else keep_count(self.keep, n0)
         s = len(self.stages)
-        return [max(final, round(n0 * (final / n0) ** ((i + 1) / s))) for i in range(s)]
+        return [max(final, keep_count((final / n0) ** ((i + 1) / s), n0)) for i in range(s)]
 
     def _tap_for(self, layer: int, observe: bool):
         def tap(module, q, k, v, mask, scaling):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ...engine.budget import keep_count
+from ...engine.select import quantise
 from ...errors import UsageError
 from .base import Assignment, Step, VisionMethod, keep_mask_to_assignment, normalized, top_k_mask
 
@@ -50,7 +52,7 @@ class VisionZip(VisionMethod):
     def assign(self, step: Step) -> Assignment:
         attn = _cls(step, self.name)
         b, n = attn.shape
-        n_ctx = min(step.n_keep - 1, round(step.n_keep * self.contextual)) if step.n_keep > 1 else 0
+        n_ctx = min(step.n_keep - 1, keep_count(self.contextual, step.n_keep))
         n_dom = step.n_keep - n_ctx
         dominant = top_k_mask(attn, n_dom)
         base = keep_mask_to_assignment(dominant)
@@ -65,7 +67,7 @@ class VisionZip(VisionMethod):
         m = normalized(step.keys)
         sim = torch.gather(m, 1, rest[..., None].expand(-1, -1, m.shape[-1])) @ \
             torch.gather(m, 1, targets[..., None].expand(-1, -1, m.shape[-1])).transpose(1, 2)
-        group = sim.argmax(-1)                                           # (B, R) in [0, T)
+        group = quantise(sim).argmax(-1)                                 # (B, R) in [0, T)
         slot = base.slot.clone()
         slot.scatter_(1, rest, base.n_out + group)
         return Assignment(slot, base.n_out + pick.numel())

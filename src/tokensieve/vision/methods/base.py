@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...engine.select import select_top_k
+from ...engine.select import quantise, select_top_k
 
 
 @dataclass
@@ -94,7 +94,7 @@ def merge_into_nearest(keep: torch.Tensor, metric: torch.Tensor) -> Assignment:
     m = normalized(metric)
     sim = m @ m.transpose(1, 2)                                   # (B, N, N)
     sim = sim.masked_fill(~keep[:, None, :], float("-inf"))
-    nearest = sim.argmax(-1)                                     # (B, N) index of a kept token
+    nearest = quantise(sim).argmax(-1)                           # (B, N) index of a kept token
     slot = torch.where(keep, base.slot, torch.gather(base.slot, 1, nearest))
     return Assignment(slot, base.n_out)
 

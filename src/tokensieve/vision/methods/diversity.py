@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Assignment, Step, VisionMethod, keep_mask_to_assignment, normalized
+from ...engine.select import quantise
+from .base import Assignment, Step, VisionMethod, keep_mask_to_assignment, normalized, top_k_mask
 
 
 class DART(VisionMethod):
@@ -21,14 +22,12 @@ class DART(VisionMethod):
         k = step.keys.float()
         b, n, _ = k.shape
         p = max(1, min(self.pivots, step.n_keep))
-        pivot = k.norm(dim=-1).topk(p, dim=-1).indices                     # (B, P)
+        pivot = top_k_mask(k.norm(dim=-1), p).nonzero()[:, 1].view(b, p)   # (B, P)
         m = normalized(k)
         piv = torch.gather(m, 1, pivot[..., None].expand(-1, -1, m.shape[-1]))
         dup = (m @ piv.transpose(1, 2)).amax(-1)                            # (B, N)
         dup = dup.scatter(1, pivot, float("-inf"))                          # pivots first
-        keep_idx = (-dup).topk(step.n_keep, dim=-1).indices
-        keep = torch.zeros(b, n, dtype=torch.bool, device=k.device).scatter_(1, keep_idx, True)
-        return keep_mask_to_assignment(keep)
+        return keep_mask_to_assignment(top_k_mask(-dup, step.n_keep))
 
 
 class ToDRE(VisionMethod):
@@ -42,13 +41,13 @@ class ToDRE(VisionMethod):
         m = normalized(step.x)
         b, n, _ = m.shape
         start = (step.cls_attn if step.cls_attn is not None else step.x.float().norm(dim=-1))
-        first = start.argmax(-1)                                            # (B,)
+        first = quantise(start).argmax(-1)                                  # (B,)
         keep = torch.zeros(b, n, dtype=torch.bool, device=m.device)
         rows = torch.arange(b, device=m.device)
         keep[rows, first] = True
         dist = 1 - (m @ m[rows, first][..., None]).squeeze(-1)              # (B, N)
         for _ in range(step.n_keep - 1):
-            nxt = dist.masked_fill(keep, float("-inf")).argmax(-1)
+            nxt = quantise(dist.masked_fill(keep, float("-inf"))).argmax(-1)
             keep[rows, nxt] = True
             dist = torch.minimum(dist, 1 - (m @ m[rows, nxt][..., None]).squeeze(-1))
         return keep_mask_to_assignment(keep)

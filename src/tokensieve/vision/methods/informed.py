@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from ...engine.budget import keep_count
 from ...engine.merge import combine
+from ...engine.select import quantise
 from ...errors import UsageError
 from .base import (
     Assignment,
@@ -56,7 +58,7 @@ class InformedMerge(VisionMethod):
 
     def _match(self, step: Step, score: torch.Tensor) -> Assignment:
         metric, sizes = step.keys.float(), step.sizes.float()
-        protected = top_k_mask(score, max(0, round(self.protect * step.n_keep)))
+        protected = top_k_mask(score, keep_count(self.protect, step.n_keep))
         total, n = None, step.n
         while n > step.n_keep:
             r = min(n - step.n_keep, n // 2)
@@ -66,7 +68,7 @@ class InformedMerge(VisionMethod):
             # most redundant first; a token and its best match have the same redundancy,
             # so they sit side by side and alternating sends one to A, the other to B
             redundancy = sim.amax(-1).masked_fill(protected, float("-inf"))
-            order = redundancy.argsort(dim=-1, descending=True, stable=True)
+            order = quantise(redundancy).argsort(dim=-1, descending=True, stable=True)
             free = int((~protected).sum(-1).min())
             r = min(r, (free + 1) // 2)
             in_a = torch.zeros_like(protected).scatter_(1, order[:, 0:2 * r:2], True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...engine.merge import combine
+from ...engine.select import quantise
 from .base import Assignment, Step, VisionMethod, compose, normalized
 
 
@@ -15,8 +16,8 @@ def bipartite_round(metric: torch.Tensor, r: int, a_idx: torch.Tensor, b_idx: to
     m = normalized(metric)
     a = torch.gather(m, 1, a_idx[..., None].expand(-1, -1, d))
     bb = torch.gather(m, 1, b_idx[..., None].expand(-1, -1, d))
-    score = a @ bb.transpose(1, 2)                                   # (B, A, Bn)
-    best, match = score.max(-1)
+    score = quantise(a @ bb.transpose(1, 2))                         # (B, A, Bn)
+    best, match = score.max(-1)  # ties: the first B token
     order = best.argsort(dim=-1, descending=True, stable=True)
     merged_a = torch.zeros_like(best, dtype=torch.bool).scatter_(1, order[:, :r], True)
     survive = torch.ones(bsz, n, dtype=torch.bool, device=metric.device)
@@ -89,6 +90,6 @@ class PiToMe(VisionMethod):
 
         def plan(metric, sizes, r):
             e = self.energy(metric, margin)
-            order = e.argsort(dim=-1, descending=True, stable=True)[:, : 2 * r]  # most crowded
+            order = quantise(e).argsort(dim=-1, descending=True, stable=True)[:, : 2 * r]  # crowded
             return order[:, 0::2], order[:, 1::2]
         return _rounds(step, plan)
