@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .vocab import _special_head, resolve_causal_lm
+from .tokens import resolve_causal_lm, special_head
 
 CHEAP_METHODS = ("gradnorm", "gradxinput", "attention")
 INSTRUCTION = "Answer the question with a short phrase from the text above."
@@ -120,7 +120,7 @@ class _Prompt:
 
     def __init__(self, tokenizer: Any, question: str, answer: str, chat: bool) -> None:
         self.tok, self.question, self.chat = tokenizer, question, chat
-        self.head = [] if chat else _special_head(tokenizer)
+        self.head = [] if chat else special_head(tokenizer)
         lead = "" if chat else " "
         self.answer = tokenizer(lead + answer.strip(), add_special_tokens=False)["input_ids"]
 
