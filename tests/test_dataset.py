@@ -498,3 +498,25 @@ def test_ray_windows_are_bounded_in_bytes_as_well_as_records():
         size = sum(approx_bytes(row) + approx_bytes(item["text"]) for item, row, _ in c)
         assert len(c) == 1 or size <= 5_000
     assert approx_bytes({"id": 1, "text": "w" * 1000}) > 1000
+
+
+def test_classify_checks_text_as_every_place_does():
+    """A record's text goes through the one check of user text (inputs.decode_text): bytes
+    are decoded, and NUL bytes or a lone surrogate are refused up front with the field's
+    name and the fix, instead of reaching the compressor (and a binary value with NUL bytes
+    is an encoding error, like undecodable bytes)."""
+    from tokensieve.dataset.records import classify
+
+    assert classify(b"caf\xc3\xa9", "text", 100) == ("café", None)
+    text, (kind, message) = classify(b"caf\xe9", "text", 100)
+    assert text is None and kind == "encoding"
+    assert message == "'text' is not valid UTF-8 (byte 3); convert it to UTF-8 text first."
+    assert classify("a\x00b", "body", 100) == (None, (
+        "input", "'body' contains NUL bytes, so it looks binary; pass UTF-8 text."))
+    assert classify(b"a\x00b", "body", 100)[1][0] == "encoding"
+    assert classify("a\ud800b", "text", 100)[1] == (
+        "input", "'text' is not valid UTF-8 (unpaired surrogate at character 1); convert it "
+        "to UTF-8 text first.")
+    assert classify(42, "text", 100)[1] == ("type", "'text' is a int, not a string")
+    assert classify(" \n", "text", 100)[1][0] == "empty"
+    assert classify("abc", "text", 2)[1][0] == "too_large"

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from tokensieve.cli.inspect.attribute import add_arguments, run
 from tokensieve.errors import InputError, UsageError
 from tokensieve.inspect.attribute import (
     _answer_logprobs,
     _Prompt,
     _without,
-    add_arguments,
     attribute,
-    run,
     spearman,
 )
 from tokensieve.text.segment import segment

@@ -218,7 +218,7 @@ def test_cli_json_through_the_installed_command(tmp_path):
 
 
 def test_inspect_shell_lists_every_inspector_and_explains_missing_ones(monkeypatch, capsys):
-    from tokensieve.inspect import cli as icli
+    from tokensieve.cli import inspect as icli
 
     monkeypatch.setattr(icli, "INSPECTORS", (*icli.INSPECTORS, "nosuchinspector"))
     parser = cli.build_parser()

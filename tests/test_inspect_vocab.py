@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 
+from tokensieve.cli.inspect.vocab import add_arguments, run
 from tokensieve.errors import InputError, TokensieveError, UsageError
 from tokensieve.inspect.sticky import SENTENCES, _Inserter, sticky
 from tokensieve.inspect.vocab import (
     CATEGORIES,
-    add_arguments,
     repeat_probabilities,
-    run,
     token_categories,
     vocab,
 )

@@ -3,14 +3,15 @@ result columns with a status, so a bad record never fails the job.
 
 Statuses: ``ok`` or ``error:<kind>`` where kind is one of
 
-- ``encoding``: the line / value is not valid UTF-8;
+- ``encoding``: the line / value is not valid UTF-8 (or a binary value holds NUL bytes);
 - ``json``: the JSONL line is not a JSON object;
 - ``missing``: the record has no text field (or it is null);
 - ``type``: the text field is not a string;
 - ``empty``: the text is empty or only whitespace;
 - ``too_large``: the text is longer than ``max_chars`` characters;
 - ``budget``: protected text alone is over the budget (see ``allow_over_budget``);
-- ``input``: tokensieve refused the text (NUL bytes, malformed JSON for format='json', ...);
+- ``input``: tokensieve refused the text (NUL bytes, a lone surrogate, malformed JSON for
+  format='json', ...);
 - ``internal``: an unexpected failure on this record (the message says which).
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BudgetError, InputError, TokensieveError
+from ..inputs import decode_text
 
 DEFAULT_MAX_CHARS = 200_000
 # role -> (default column name, Arrow type) per task; a prefix (column_prefix) goes in front
@@ -81,11 +83,10 @@ def classify(value: Any, field: str, max_chars: int, read_error: tuple[str, str]
         return None, read_error
     if value is None:
         return None, ("missing", f"no {field!r} field (or it is null)")
-    if isinstance(value, bytes | bytearray):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return None, ("encoding", f"{field!r} is not valid UTF-8 (byte {exc.start})")
+    try:  # the one check of user text: bytes decoded, no NUL, no lone surrogate
+        value = decode_text(value, repr(field))
+    except InputError as exc:  # undecodable bytes are an encoding error, as a line is
+        return None, ("encoding" if isinstance(value, bytes | bytearray) else "input", str(exc))
     if not isinstance(value, str):
         return None, ("type", f"{field!r} is a {type(value).__name__}, not a string")
     if not value.strip():

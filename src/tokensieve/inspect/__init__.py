@@ -2,7 +2,8 @@
 ``events`` (informative events of a sequence), ``vocab`` and ``attribute``.
 
 Each inspector is a module ``tokensieve.inspect.<name>`` with a function of the same name
-returning a typed result, plus ``add_arguments`` / ``run`` for ``tokensieve inspect <name>``.
+returning a typed result; its command line, ``tokensieve inspect <name>``, is
+``tokensieve.cli.inspect.<name>`` (the library never imports the CLI).
 ``surprise`` and ``events`` are imported here (they import torch and the model only when
 called); the others on first use."""
 

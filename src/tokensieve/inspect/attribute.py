@@ -18,8 +18,6 @@ one (else plain text ending in "Answer:").
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .vocab import _special_head, resolve_causal_lm
+from .tokens import resolve_causal_lm, special_head
 
-DESCRIPTION = "which context sentences and words an answer depends on (leave-one-out)"
 CHEAP_METHODS = ("gradnorm", "gradxinput", "attention")
 INSTRUCTION = "Answer the question with a short phrase from the text above."
 
@@ -123,7 +120,7 @@ class _Prompt:
 
     def __init__(self, tokenizer: Any, question: str, answer: str, chat: bool) -> None:
         self.tok, self.question, self.chat = tokenizer, question, chat
-        self.head = [] if chat else _special_head(tokenizer)
+        self.head = [] if chat else special_head(tokenizer)
         lead = "" if chat else " "
         self.answer = tokenizer(lead + answer.strip(), add_special_tokens=False)["input_ids"]
 
@@ -426,37 +423,3 @@ def attribute(context: str, question: str, answer: str, model: Any = "default", 
         {m: {"sentences": [round(float(x), 6) for x in cheap_sents[m]],
              "words": [round(float(x), 6) for x in cheap_words[m]]} for m in methods},
         {k: round(v, 3) for k, v in timings.items()}, notes)
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="the context: a UTF-8 text file, or - for standard input")
-    parser.add_argument("--question", "-q", required=True, help="the question asked")
-    parser.add_argument("--answer", "-a", required=True, help="the answer to attribute")
-    parser.add_argument("--model", default="default",
-                        help="causal LM: 'default' (SmolLM2), 'gemma3-270m' or a local folder")
-    parser.add_argument("--max-forwards", type=int, default=128,
-                        help="budget of leave-one-out forwards (default 128)")
-    parser.add_argument("--top-sentences", type=int, default=3,
-                        help="sentences whose words are scored one by one (default 3)")
-    parser.add_argument("--cheap", default="gradnorm", choices=CHEAP_METHODS,
-                        help="the one-pass estimate compared with leave-one-out")
-    parser.add_argument("--top", type=int, default=10, help="rows shown per table")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-    parser.add_argument("--dtype", default="float32",
-                        help="float32 (default), bfloat16, float16 or auto")
-    parser.add_argument("--json", action="store_true", help="print the typed result as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..cli import _read_input  # the one reader of FILE|- (as surprise and events)
-
-    result = attribute(_read_input(args.path), args.question, args.answer, args.model,
-                       max_forwards=args.max_forwards, top_sentences=args.top_sentences,
-                       cheap=args.cheap, device=args.device, dtype=args.dtype)
-    if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
-    else:
-        print(result.table(args.top))
-    return 0

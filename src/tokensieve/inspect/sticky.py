@@ -16,7 +16,7 @@ so three stages keep it bounded:
 3. the full measure on every pair for the top ``validate`` tokens of the first pass, and
    for ``control`` random ones (what an ordinary token does).
 
-Only tokens some text can produce are screened (see :func:`.vocab.token_categories`):
+Only tokens some text can produce are screened (see :func:`.tokens.token_categories`):
 unreachable pieces such as BERT's ``[unused0]`` or ``##`` + a CJK character cannot be
 inserted through text.
 """
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .vocab import CATEGORIES, _show, token_categories
+from .tokens import CATEGORIES, show_piece, token_categories
 
 # Unrelated topics, so that their pairwise similarity starts low.
 SENTENCES = (
@@ -95,7 +95,7 @@ class StickyResult:
     def table(self, limit: int = 20) -> str:
         lines = [f"{'id':>7}  {'token':<24} {'increase':>9} {'raised':>7} {'first pass':>10}"]
         for t in self.worst[:limit]:
-            lines.append(f"{t.id:>7}  {_show(t.piece, 24):<24} {t.increase:>9.3f} "
+            lines.append(f"{t.id:>7}  {show_piece(t.piece, 24):<24} {t.increase:>9.3f} "
                          f"{t.raised:>7.0%} {t.first_pass:>10.3f}")
         c = self.control
         lines.append(f"mean pairwise cosine {self.base_similarity:.3f} over {self.n_pairs} pairs "

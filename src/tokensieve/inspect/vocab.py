@@ -21,27 +21,21 @@ reached from the CLI as ``tokensieve inspect vocab --sticky``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import UsageError
+from .tokens import CATEGORIES, resolve_causal_lm, show_piece, special_head, token_categories
 
-DESCRIPTION = ("find under-trained ('glitch') tokens of a causal LM's vocabulary "
-               "(--sticky: tokens that glue sentence embeddings together)")
-
-CATEGORIES = ("normal", "partial", "unreachable", "special")
 # Repeat prompts: the candidate goes between the pieces, its copy is predicted after the last.
 TEMPLATES: tuple[tuple[str, ...], ...] = (
     ('Please repeat the following string exactly.\nString: "', '"\nRepeated: "'),
     ("Copy the text between the brackets.\nText: [", "]\nCopy: ["),
     ("Echo each item.\n«", "» «", "» «"),
 )
-_ANCHORS = ("1", "a", "x")  # prefixes after which a piece that needs context may appear
 _TRIM_COSINE = 0.5  # reference members less similar than this to the first mean look trained
 
 
@@ -99,7 +93,7 @@ class VocabResult:
         rows = self.under_trained[:limit]
         lines = [f"{'rank':>5} {'id':>7}  {'token':<28} {'indicator':>9} {'max p':>9}"]
         for t in rows:
-            lines.append(f"{t.rank:>5} {t.id:>7}  {_show(t.piece):<28} {t.indicator:>9.3f} "
+            lines.append(f"{t.rank:>5} {t.id:>7}  {show_piece(t.piece):<28} {t.indicator:>9.3f} "
                          f"{t.max_prob:>9.2e}")
         n_bad = len(self.under_trained)
         lines.append(f"{n_bad} of {len(self.candidates)} candidates verified under-trained "
@@ -116,88 +110,8 @@ def _sig(x: float) -> float:
     return float(f"{float(x):.4g}")
 
 
-def _show(piece: str, width: int = 28) -> str:
-    text = repr(piece)[1:-1]
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-# --------------------------------------------------------------------------- models
-
-def resolve_causal_lm(model: Any, *, device: str = "cpu", dtype: str = "float32",
-                      what: str = "this inspector") -> tuple[Any, Any, str]:
-    """(model, tokenizer, name) from a model name, a :class:`LoadedModel` or a
-    ``(model, tokenizer)`` pair; a one-line :class:`InputError` when it has no LM head."""
-    from ..models import LoadedModel, load_causal_lm
-
-    if isinstance(model, str):
-        loaded = load_causal_lm(model, device=device, dtype=dtype)
-        lm, tok, name = loaded.model, loaded.tokenizer, model
-    elif isinstance(model, LoadedModel):
-        lm, tok, name = model.model, model.tokenizer, model.name
-    elif isinstance(model, tuple | list) and len(model) == 2:
-        lm, tok = model
-        name = getattr(getattr(lm, "config", None), "name_or_path", "") or type(lm).__name__
-    else:
-        raise UsageError(f"model must be a name ('default', 'gemma3-270m', a local folder), a "
-                         f"LoadedModel or a (model, tokenizer) pair, got {type(model).__name__}.")
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    if head is None or getattr(head, "weight", None) is None:
-        raise InputError(f"{what} needs a causal LM with an output (LM) head, but "
-                         f"{type(lm).__name__} has none; pass a causal LM such as 'default' "
-                         "(SmolLM2) or 'gemma3-270m'.")
-    if tok is None:
-        raise InputError(f"{what} needs the model's tokenizer; pass a (model, tokenizer) pair.")
-    return lm, tok, name
-
-
 def _device(model: Any):
     return next(model.parameters()).device
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-_CATEGORY_CACHE: dict[tuple[int, int], tuple[np.ndarray, list[str], list[str]]] = {}
-
-
-def token_categories(tokenizer: Any, n_rows: int) -> tuple[np.ndarray, list[str], list[str]]:
-    """(category index into :data:`CATEGORIES` per id, vocabulary pieces, decoded strings)
-    for ids 0 .. n_rows-1 (cached per tokenizer). A normal token is one that some text
-    encodes to: decode then encode gives it back, alone or after a short prefix (WordPiece
-    continuations); a partial one decodes to an incomplete UTF-8 sequence."""
-    key = (id(tokenizer), n_rows)
-    if key in _CATEGORY_CACHE:
-        return _CATEGORY_CACHE[key]
-    ids = list(range(n_rows))
-    pieces = [p if p is not None else "" for p in tokenizer.convert_ids_to_tokens(ids)]
-    texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for i, added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-        if getattr(added, "special", False):
-            special.add(int(i))
-    cats = np.zeros(n_rows, dtype=np.int8)
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    retry: list[int] = []
-    for i in ids:
-        if i in special:
-            cats[i] = 3
-        elif encoded[i] != [i]:
-            if "\ufffd" in texts[i] and "\ufffd" not in pieces[i]:
-                cats[i] = 1
-            else:
-                retry.append(i)
-    # in context: after a short prefix (WordPiece '##ing' is reached in '1ing' or 'aing';
-    # a prefix can merge with the piece, so a few are tried)
-    for prefix in _ANCHORS:
-        if not retry:
-            break
-        anchor = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        joined = tokenizer.batch_decode([anchor + [i] for i in retry],
-                                        clean_up_tokenization_spaces=False)
-        again = tokenizer(joined, add_special_tokens=False)["input_ids"]
-        retry = [i for i, enc in zip(retry, again, strict=True) if i not in enc]
-    cats[retry] = 2
-    _CATEGORY_CACHE[key] = (cats, pieces, texts)
-    return cats, pieces, texts
 
 
 # --------------------------------------------------------------------------- indicators
@@ -256,16 +170,6 @@ def embedding_norms(weight: Any) -> np.ndarray:
 
 # --------------------------------------------------------------------------- verification
 
-def _special_head(tokenizer: Any) -> list[int]:
-    """The ids the tokenizer puts in front of a text by default (BOS), nothing else."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    for k in range(len(full) - len(plain) + 1):
-        if full[k : k + len(plain)] == plain:
-            return list(full[:k])
-    return []
-
-
 def _template_ids(tokenizer: Any, template: tuple[str, ...]) -> list[list[int]]:
     return [tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in template]
 
@@ -280,7 +184,7 @@ def repeat_probabilities(model: Any, tokenizer: Any, ids: list[int], *,
     import torch
 
     device = _device(model)
-    head = _special_head(tokenizer)
+    head = special_head(tokenizer)
     out = np.zeros((len(ids), len(templates)))
     with torch.inference_mode():
         for k, template in enumerate(templates):
@@ -426,50 +330,3 @@ def vocab(model: Any = "default", *, candidates: int = 200, threshold: float = 0
     return VocabResult(name, len(tok), n_rows, kind, threshold, reference, result_tokens,
                        unreachable, counts, [list(t) for t in TEMPLATES], control_stats,
                        {k: round(v, 3) for k, v in timings.items()}, notes)
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default",
-                        help="causal LM: 'default' (SmolLM2), 'gemma3-270m' or a local folder")
-    parser.add_argument("--candidates", type=int, default=200,
-                        help="how many top-indicator tokens to verify by prompting (default 200)")
-    parser.add_argument("--threshold", type=float, default=0.01,
-                        help="verified under-trained when the repeat probability stays below "
-                             "this (default 0.01)")
-    parser.add_argument("--control", type=int, default=0,
-                        help="also verify this many random tokens, to see the false alarm rate")
-    parser.add_argument("--top", type=int, default=30, help="rows shown in the table")
-    parser.add_argument("--sticky", action="store_true",
-                        help="instead: sticky tokens of a sentence encoder (--encoder)")
-    parser.add_argument("--encoder", default="default",
-                        help="with --sticky: 'default' (all-MiniLM-L6-v2) or a local folder")
-    parser.add_argument("--screen", type=int, default=2000,
-                        help="with --sticky: tokens given the first pass (0 = all)")
-    parser.add_argument("--validate", type=int, default=100,
-                        help="with --sticky: tokens measured on every sentence pair")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-    parser.add_argument("--dtype", default="float32",
-                        help="float32 (default), bfloat16, float16 or auto")
-    parser.add_argument("--json", action="store_true", help="print the typed result as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.top < 0:
-        raise UsageError("--top must be >= 0.")
-    if args.sticky:
-        from .sticky import sticky
-
-        result = sticky(args.encoder, screen=args.screen, validate=args.validate,
-                        seed=args.seed, device=args.device, dtype=args.dtype)
-    else:
-        result = vocab(args.model, candidates=args.candidates, threshold=args.threshold,
-                       control=args.control, seed=args.seed, device=args.device,
-                       dtype=args.dtype)
-    if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
-    else:
-        print(result.table(args.top))
-    return 0

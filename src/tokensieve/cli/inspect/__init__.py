@@ -1,16 +1,18 @@
 """``tokensieve inspect <name> ...``: one sub-command per inspector.
 
-Each inspector module ``tokensieve.inspect.<name>`` provides ``add_arguments(parser)`` and
-``run(args) -> int`` (and optionally ``DESCRIPTION``, a one-line help). A module that is not
-there (or fails to import) still gets its sub-command, which then says so in one line."""
+Each inspector ``tokensieve.inspect.<name>`` has its command line in ``tokensieve.cli.inspect.
+<name>``, which provides ``add_arguments(parser)`` and ``run(args) -> int`` (and optionally
+``DESCRIPTION``, a one-line help). A module that is not there (or fails to import, e.g. for a
+missing dependency of its inspector) still gets its sub-command, which then says so in one
+line."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-from ..errors import UsageError
-from . import INSPECTORS
+from ...errors import UsageError
+from ...inspect import INSPECTORS
 
 _HELP = {
     "surprise": "per-token surprisal of a text (terminal, HTML, PNG or JSON)",
@@ -22,11 +24,11 @@ _HELP = {
 
 def _load(name: str):
     """(module, None) or (None, why it is unavailable)."""
-    full = f"tokensieve.inspect.{name}"
+    full = f"{__name__}.{name}"
     try:
         module = importlib.import_module(full)
     except ModuleNotFoundError as exc:
-        if exc.name == full:
+        if exc.name in (full, f"tokensieve.inspect.{name}"):
             return None, "it is not part of this version of tokensieve"
         return None, f"it needs {exc.name!r}, which is not installed (pip install {exc.name})"
     except Exception as exc:  # a broken inspector must not break every other command
@@ -43,7 +45,7 @@ def _unavailable(name: str, why: str):
     return run
 
 
-def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
+def add(subparsers) -> argparse.ArgumentParser:
     """Add ``inspect`` with one sub-command per inspector to a ``tokensieve`` sub-parser set."""
     parser = subparsers.add_parser(
         "inspect", help="look at which tokens carry information: " + ", ".join(INSPECTORS))

@@ -1,0 +1,28 @@
+"""``tokensieve bench text|kv|vision ...``: hands the rest of the line to the benchmark."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.target == "vision":
+        from ..bench.vision_bench import main as bench_vision
+
+        return bench_vision(args.rest)
+    if args.target == "kv":
+        from ..bench.kv_bench import main as bench_kv
+
+        return bench_kv(args.rest)
+    from ..bench.text_bench import main as bench_text
+
+    return bench_text(args.rest)
+
+
+def add(sub) -> None:
+    b = sub.add_parser("bench", help="run a benchmark (text, kv or vision); see tokensieve "
+                       "bench kv "
+                       "--help", add_help=False)
+    b.add_argument("target", choices=["text", "kv", "vision"])
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=run)
