@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..text.protect import MAX_PATTERNS
 from .app import ServiceError, check_chars, check_patterns, error_response, user_text
 
 QUESTION_CHARS = 1000   # the tail of the last user message used as the question
@@ -39,7 +40,7 @@ class ProxyOptions(BaseModel):
     min_tokens: int | None = Field(None, ge=0)
     keep: float | None = Field(None, gt=0, le=1)
     method: str | None = None
-    protect: list[str] = Field(default_factory=list, max_length=64)
+    protect: list[str] = Field(default_factory=list, max_length=MAX_PATTERNS)
     keep_numbers: bool | None = None
 
 
