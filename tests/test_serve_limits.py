@@ -193,6 +193,23 @@ def test_proxy_bounds_messages_and_characters():
         assert len(seen) == 2
 
 
+def test_proxy_compresses_only_what_it_checked_and_charged():
+    """One rule for a message's text: a bare string inside a content list is not a text
+    part, so it was neither checked nor charged against max_chars; it was compressed all the
+    same (a second, looser rule). Now it passes through untouched, like an image part."""
+    seen: list = []
+    bare = "v " * 150                       # 300 characters, over max_chars on its own
+    content = [{"type": "text", "text": "w " * 50}, bare]
+    with TestClient(app_with(seen, max_chars=200, proxy_min_tokens=5),
+                    base_url=LOCAL) as client:
+        r = client.post("/v1/chat/completions", json=chat(content))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-tokensieve-messages-compressed"] == "1"
+    sent = seen[-1][1]["messages"][0]["content"]
+    assert sent[1] == bare
+    assert len(sent[0]["text"]) < len("w " * 50)
+
+
 def test_proxy_compresses_json_tool_messages_as_json():
     seen: list = []
     tool = json.dumps({"results": [

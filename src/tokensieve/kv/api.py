@@ -178,7 +178,8 @@ def _full_bytes(model, n_tokens: int) -> int:
     per_token = 2 * cfg.num_key_value_heads * head_dim * (torch.finfo(model.dtype).bits // 8)
     types = CompressedCache(model.config).layers
     window = getattr(cfg, "sliding_window", None) or n_tokens + 1
-    return sum(per_token * (n_tokens if isinstance(layer, CompressedLayer) and not layer.window
+    return sum(per_token * (n_tokens if isinstance(layer, CompressedLayer)
+                            and not layer.sliding_window
                             else min(n_tokens, window - 1)) for layer in types)
 
 

@@ -12,7 +12,7 @@ A block has room for more slots than it holds (it grows by a chunk when full), s
 writes the new entry in place instead of copying the block; the forward pass gets one padded
 ``(batch, kv_heads, longest head, head_dim)`` copy of the layer, built once per step and
 freed with the layer's attention. Rows of a batch (and heads) that keep fewer entries than
-the longest have *invalid* filler slots at the front; the attention hooks (``hooks.py``) mask
+the longest have *invalid* filler slots at the front; the attention hooks (``masks.py``) mask
 them, per layer, from :meth:`CompressedLayer.slot_valid`.
 """
 
@@ -47,9 +47,9 @@ class CompressedLayer(DynamicLayer):
 
     is_sliding = False
 
-    def __init__(self, window: int | None = None) -> None:
+    def __init__(self, sliding_window: int | None = None) -> None:
         super().__init__()
-        self.window = window   # a model-wide sliding window (no layer_types): see hooks
+        self.sliding_window = sliding_window   # model-wide (no layer_types): see decode.slide
         self.seen = 0
         self.valid: torch.Tensor | None = None       # (B, S) or None when every slot is real
         self._pos: torch.Tensor | None = None        # (B, H, S0) positions of the slots kept
@@ -223,7 +223,7 @@ class CompressedLayer(DynamicLayer):
             pos[:, j, width - n:] = torch.cat([blk["pos"], tail], dim=1)
         return pos
 
-    def keep(self, mask: torch.Tensor) -> None:
+    def retain(self, mask: torch.Tensor) -> None:
         """Keep only the slots where ``mask`` (B, H, S) is true; everything else is freed."""
         keys, values, positions = self.dense_view()
         valid = self.slot_valid()
@@ -357,6 +357,10 @@ class CompressedCache(Cache):
             if st.data_ptr() not in kv_storages:
                 found[st.data_ptr()] = st.nbytes()
         return sum(found.values())
+
+    def note_peak(self, extra: int = 0) -> None:
+        """Record what the cache holds now (KV + scoring state, + ``extra`` transient bytes)."""
+        self.peak_bytes = max(self.peak_bytes, self.nbytes() + self.held_bytes() + extra)
 
     def entries(self) -> int:
         """Key-value entries held by the compressible layers (rows x heads x tokens)."""

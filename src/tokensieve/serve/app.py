@@ -39,14 +39,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import BudgetError, InputError, ModelNotFoundError, TokensieveError
 from ..inputs import decode_text
 from ..inspect.surprise import WordScore
-from ..text.protect import check_pattern
+from ..text.protect import MAX_PATTERNS, check_pattern
 from ..text.result import ScoredUnit
 from .config import ServeConfig
 from .metrics import Metrics
 
 log = logging.getLogger("tokensieve.serve")
-
-MAX_PATTERNS = 64
 
 
 class ServiceError(Exception):

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..text.protect import MAX_PATTERNS
 from .app import ServiceError, check_chars, check_patterns, error_response, user_text
 
 QUESTION_CHARS = 1000   # the tail of the last user message used as the question
@@ -39,7 +40,7 @@ class ProxyOptions(BaseModel):
     min_tokens: int | None = Field(None, ge=0)
     keep: float | None = Field(None, gt=0, le=1)
     method: str | None = None
-    protect: list[str] = Field(default_factory=list, max_length=64)
+    protect: list[str] = Field(default_factory=list, max_length=MAX_PATTERNS)
     keep_numbers: bool | None = None
 
 
@@ -58,15 +59,23 @@ async def close_client(app: FastAPI) -> None:
         await client.aclose()
 
 
-def _message_text(content: Any) -> str | None:
+def _parts(content: Any) -> list[tuple[Any, str | None]]:
+    """Each part of a message's content with its text, by the one rule for what is text:
+    the whole content when it is a string, else a part ``{"type": "text", "text": "..."}``.
+    Any other part (an image, a bare string in a list) has no text and passes through
+    untouched; content that is neither a string nor a list has no parts."""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text") for p in content
-                 if isinstance(p, dict) and p.get("type") == "text"
-                 and isinstance(p.get("text"), str)]
-        return "\n".join(parts) if parts else None
-    return None
+        return [(content, content)]
+    if not isinstance(content, list):
+        return []
+    return [(p, p["text"] if isinstance(p, dict) and p.get("type") == "text"
+             and isinstance(p.get("text"), str) else None) for p in content]
+
+
+def _message_text(content: Any) -> str | None:
+    """All the text of a message (its text parts joined by newlines), or None."""
+    texts = [text for _, text in _parts(content) if text is not None]
+    return "\n".join(texts) if texts else None
 
 
 def _question(messages: list[dict[str, Any]]) -> str | None:
@@ -148,15 +157,11 @@ def add_proxy_routes(app: FastAPI, service) -> None:
             if not opts.enabled or m["role"] not in roles or n <= min_tokens:
                 after += n
                 continue
-            parts = [content] if isinstance(content, str) else content
             new_parts, n_after = [], 0
-            for part in parts:
-                part_text = part if isinstance(part, str) else (
-                    part.get("text") if isinstance(part, dict) and part.get("type") == "text"
-                    else None)
-                if not isinstance(part_text, str) or not part_text.strip():
+            for part, part_text in _parts(content):
+                if part_text is None or not part_text.strip():
                     new_parts.append(part)
-                    if isinstance(part_text, str):
+                    if part_text is not None:
                         n_after += await service.gate.run(service.count_tokens, part_text)
                     continue
                 result = await service.gate.run(

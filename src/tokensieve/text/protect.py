@@ -21,6 +21,7 @@ MAX_PATTERN_CHARS = 500
 # how far a pattern may expand: its literal characters, each repeat multiplying its body by
 # its largest count (its smallest when unbounded); compiling costs about 260 bytes a unit
 MAX_PATTERN_SIZE = 10_000
+MAX_PATTERNS = 64   # protect / keep_text patterns one request may send (the service)
 
 
 def _items(value, what: str) -> list:
