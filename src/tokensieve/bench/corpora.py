@@ -12,6 +12,7 @@ first cannot be had. Parsed text is cached in ``data_dir()/corpora``.
 from __future__ import annotations
 
 import bz2
+import hashlib
 import html
 import json
 import re
@@ -27,6 +28,11 @@ GENSIM_SDISTS = (
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302" \
     "-shortened.bz2"
 LEE_MEMBER = "gensim/test/test_data/lee_background.cor"
+# the same two files are in both archives: their own sha256, so the data stay the same data
+MEMBER_SHA256 = {
+    WIKI_MEMBER: "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d",
+    LEE_MEMBER: "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb",
+}
 MAX_MEMBER_BYTES = 64 << 20  # a test-data file larger than this is not ours
 INSTALL_HINT = ("the gensim 4.3.3 (or 4.3.2) source archive from the package index; put "
                 "gensim-4.3.3.tar.gz in {folder} by hand if pip's index cannot be reached")
@@ -49,7 +55,11 @@ def _gensim_member(member: str) -> bytes:
                 if m.isfile() and m.name.endswith("/" + member):
                     if m.size > MAX_MEMBER_BYTES:
                         raise TokensieveError(f"{archive.name}: {member} is {m.size} bytes")
-                    return tar.extractfile(m).read()
+                    blob = tar.extractfile(m).read()
+                    if hashlib.sha256(blob).hexdigest() != MEMBER_SHA256.get(member):
+                        raise TokensieveError(f"{archive.name}: {member} is not the pinned "
+                                              "file (sha256 differs)")
+                    return blob
         errors.append(f"{archive.name} has no {member}")
     raise TokensieveError("real-text corpus unavailable: needs " +
                           INSTALL_HINT.format(folder=folder) + " (" + "; ".join(errors) + ")")
