@@ -239,11 +239,12 @@ def parse(argv):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
-                   help="a small smoke run: 2 methods, 2 budgets, 5 images per class")
+                   help="a small smoke run: easy-VQA at 112 px, 2 methods, 2 budgets, 6 + 4 "
+                   "images per class")
     args = p.parse_args(argv)
     if args.quick:
-        args.methods, args.keeps = ["default", "random"], [0.5, 0.25]
-        args.probe_per_class, args.eval_per_class, args.reps = 10, 5, 1
+        args.methods, args.keeps, args.image_size = ["default", "random"], [0.5, 0.25], 112
+        args.probe_per_class, args.eval_per_class, args.reps = 6, 4, 1
         args.photo_keeps, args.photo_size, args.datasets = [0.5], 224, ["easy_vqa"]
     return args
 
