@@ -433,3 +433,33 @@ def test_real_corpora_from_gensim_sdist():
     items = data.build_tasks(["wiki_cloze", "news_cloze"], 3, seed=0)
     for item in items["wiki_cloze"] + items["news_cloze"]:
         assert item.answer in item.documents[item.gold_document]
+
+
+def test_a_reset_connection_is_tried_again(fake_index, tmp_path, monkeypatch):
+    """A transient network error (here: a reset connection while fetching) gets two more
+    tries; a 404-like or hash error does not."""
+    root, blobs = fake_index
+    monkeypatch.setattr(data, "_RETRY_DELAYS", (0.0, 0.0), raising=False)
+    real, calls = data._fetch, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real(*args)
+
+    monkeypatch.setattr(data, "_fetch", flaky)
+    path = package_file("demo-pkg", "1.0", folder=tmp_path / "dl",
+                        sources=_sources((root / "simple").as_uri()))
+    assert len(calls) == 3 and path.read_bytes() == blobs[path.name]
+    calls.clear()
+    monkeypatch.setattr(data, "_fetch", lambda *a: (calls.append(1), flaky_forever())[1])
+
+    def flaky_forever():
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    with pytest.raises(TokensieveError, match="ConnectionResetError"):
+        package_file("demo-pkg", "1.0", kind="sdist", folder=tmp_path / "dl2",
+                     sources=_sources((root / "simple").as_uri()))
+    assert len(calls) == 3  # three tries, then the one-line error
+    assert not data._transient(FileNotFoundError("x")) and data._transient(TimeoutError())

@@ -321,6 +321,39 @@ def _matches(filename: str, name: str, version: str, kind: str) -> bool:
     return False
 
 
+_RETRY_DELAYS = (1.0, 4.0)  # seconds before the 2nd and 3rd try of a transient failure
+
+
+def _transient(exc: BaseException) -> bool:
+    """A network failure worth another try: a reset or refused connection, a timeout, an
+    HTTP 429 or 5xx (not a 404, a certificate error or a hash mismatch)."""
+    import ssl
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code == 429 or exc.code >= 500
+    if isinstance(exc, urllib.error.URLError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)) or \
+        (isinstance(exc, OSError) and exc.errno in (104, 110, 111, 113))
+
+
+def _with_retries(fn, *args):
+    """``fn(*args)``, tried again after each delay of ``_RETRY_DELAYS`` while it fails with a
+    transient network error."""
+    import time
+
+    for delay in (*_RETRY_DELAYS, None):
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless transient
+            if delay is None or not _transient(exc):
+                raise
+            time.sleep(delay)
+
+
 def _read(url: str, sources: PipSources, accept: str | None = None) -> tuple[bytes, str, str]:
     """(body, content type, final URL) of a page; FileNotFoundError when it is not there."""
     import urllib.error
@@ -330,9 +363,13 @@ def _read(url: str, sources: PipSources, accept: str | None = None) -> tuple[byt
         if path.is_dir():
             path = path / "index.html"
         return path.read_bytes(), "", path.as_uri()
-    try:
+
+    def get():
         with _opener(sources, url).open(_request(url, accept), timeout=sources.timeout) as resp:
             return resp.read(), resp.headers.get("Content-Type", ""), resp.geturl()
+
+    try:
+        return _with_retries(get)
     except urllib.error.HTTPError as exc:
         if exc.code in (404, 410):
             raise FileNotFoundError(url) from exc
@@ -450,7 +487,7 @@ def package_file(name: str, version: str, *, kind: str = "wheel", sha256: str | 
             continue
         dest = folder / f.filename
         try:
-            _fetch(f, dest, expected, sources)
+            _with_retries(_fetch, f, dest, expected, sources)
         except TokensieveError:
             raise
         except Exception as exc:  # noqa: BLE001 - try another source
