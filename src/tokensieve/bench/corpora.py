@@ -15,8 +15,10 @@ import bz2
 import hashlib
 import html
 import json
+import os
 import re
 import tarfile
+import tempfile
 
 from ..errors import TokensieveError
 
@@ -73,9 +75,14 @@ def _cached_json(name: str, build):
         return json.loads(path.read_text(encoding="utf-8"))
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:  # a unique temporary name: parallel test workers never write into one file
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(value, fh, ensure_ascii=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return value
 
 
