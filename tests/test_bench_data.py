@@ -317,3 +317,149 @@ def test_pinned_bigbench_archive_name():
 def test_data_dir_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENSIEVE_DATA", str(tmp_path / "x"))
     assert data.data_dir() == Path(tmp_path / "x")
+
+
+# --------------------------------------------------------------------------- sources today
+
+
+def test_missing_bigbench_archive_skips_its_tasks_with_one_line(tmp_path, monkeypatch, capsys):
+    """The package index no longer serves BIG-bench 1.0.0: its tasks are skipped with one
+    line naming the file to put where, and asked for alone they fail with that line."""
+    monkeypatch.setenv("TOKENSIEVE_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "pip_sources", lambda: _sources())  # an index that lists nothing
+    assert data.build_tasks(["disfl_qa", "math_qa"], 2, seed=0, skip_missing=True) == {}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("bigbench-1.0.0.tar.gz" in e for e in err)
+    assert err[0].startswith("tokensieve: skipping task disfl_qa:")
+    assert str(tmp_path / "downloads") in err[0]
+    with pytest.raises(TokensieveError) as exc:
+        data.build_tasks(["cpkc"], 2, seed=0)
+    assert "\n" not in str(exc.value) and "bigbench-1.0.0.tar.gz" in str(exc.value)
+    with pytest.raises(TokensieveError, match="unknown task 'nope'"):
+        data.build_tasks(["needle_qa", "nope"], 2, seed=0, skip_missing=True)
+
+
+def test_default_tasks_do_not_need_bigbench():
+    assert set(data.AVAILABLE_TASKS).isdisjoint(data.BIGBENCH_TASKS)
+    assert set(data.TASKS) == set(data.AVAILABLE_TASKS) | set(data.BIGBENCH_TASKS)
+
+
+def test_wikitext_paragraphs_keep_prose_only():
+    from tokensieve.bench.corpora import parse_wiki_dump, wikitext_paragraphs
+
+    wikitext = (
+        "{{Infobox country|name=X {{nested|a}} }}\n"
+        "'''Albedo''' (from [[Latin]] ''albedo'', &quot;whiteness&quot;) is the "
+        "[[reflection (physics)|reflective]] power of a body.&lt;ref name=a&gt;{{cite|x}}"
+        "&lt;/ref&gt; It is measured on a scale from 0 to 1.&lt;ref name=b /&gt;\n\n"
+        "==History==\n[[File:Albedo.png|thumb|A [[map]] of it]]\n"
+        "* a list item that is not prose.\n"
+        "{| class=wikitable\n|-\n| a table cell.\n|}\n\n"
+        "See [http://example.org the site] for more. &lt;!-- hidden --&gt;Done&amp;nbsp;here.\n"
+        "[[Category:Physics]]")
+    paras = wikitext_paragraphs(wikitext)
+    assert paras == ['Albedo (from Latin albedo, "whiteness") is the reflective power of a '
+                     "body. It is measured on a scale from 0 to 1.",
+                     "See the site for more. Done here."]
+    xml = ("<mediawiki><page><title>Albedo</title><text>" + wikitext + "</text></page>"
+           "<page><title>Old</title><text>#REDIRECT [[Albedo]]</text></page></mediawiki>")
+    assert parse_wiki_dump(xml) == {"Albedo": paras}
+
+
+def test_wikitext_nesting_is_linear_and_unbalanced_input_safe():
+    from tokensieve.bench.corpora import wikitext_paragraphs
+
+    deep = "{{" * 20000 + "x" + "}}" * 20000 + " Plain words end here."
+    assert wikitext_paragraphs(deep) == ["Plain words end here."]
+    assert wikitext_paragraphs("Broken {{ template never closes. Still text.")[0].startswith(
+        "Broken {{ template")
+
+
+_POOL = [(f"src{k % 7}", f"Report {k} from the valley. The mayor Anna Kowalska opened "
+          f"the Rivertown Bridge in {1900 + k} before a crowd of {200 + k} people. "
+          f"Rain fell on the square all afternoon.") for k in range(30)]
+
+
+def test_cloze_items_are_answerable_only_from_the_gold_document():
+    import random
+
+    items = data.build_cloze(random.Random("t:0"), _POOL, "demo", 5, n_docs=4)
+    assert [i.id for i in items] == [f"demo-{k}" for k in range(5)]
+    for item in items:
+        gold = item.documents[item.gold_document]
+        assert len(item.documents) == 4 and gold.count(item.answer) == 1
+        assert all(item.answer not in d for k, d in enumerate(item.documents)
+                   if k != item.gold_document)
+        blanked = item.question.split('"')[1]
+        assert "____" in blanked and blanked.replace("____", item.answer) in gold
+        assert item.answer[0].isdigit() or item.answer in ("Anna Kowalska", "Rivertown Bridge")
+        sources = {s for s, d in _POOL if d in item.documents}
+        assert len(sources) == 4  # one document per source
+    again = data.build_cloze(random.Random("t:0"), _POOL, "demo", 5, n_docs=4)
+    assert again == items
+    with pytest.raises(TokensieveError, match="fewer than 8 sources"):
+        data.build_cloze(random.Random(0), _POOL, "demo", 2, n_docs=8)
+
+
+def test_cloze_candidates_skip_sentence_starts_and_repeated_answers():
+    doc = ("The Hill Top fire burned for 12 days in the bush near the town of Hill Top. In "
+           "Sydney the Premier Bob Carr said that crews from Wollongong Hospital were ready.")
+    cands = data.cloze_candidates(doc)
+    answers = [a for _, a in cands]
+    assert answers == ["12", "Premier Bob Carr", "Wollongong Hospital"]  # whole names
+    assert "Hill Top" not in answers  # twice in the document
+    assert "In Sydney" not in answers and "The Hill Top" not in answers
+
+
+def _index_or_cache(sdist_name: str) -> bool:
+    if (data.data_dir() / "downloads" / sdist_name).is_file():
+        return True
+    return _reachable(data.pip_sources())
+
+
+@pytest.mark.skipif(not _index_or_cache("gensim-4.3.3.tar.gz"),
+                    reason="gensim 4.3.3's sdist is neither cached nor on a reachable index")
+def test_real_corpora_from_gensim_sdist():
+    """The real text the text and dataset benchmarks use (fetched once into the shared data
+    folder, 23 MB)."""
+    from tokensieve.bench import corpora
+
+    wiki = corpora.wiki_articles()
+    assert len(wiki) > 90 and "Anarchism" in wiki and "Albedo" in wiki
+    paras = data.wiki_pool()
+    assert len(paras) > 2000 and all("[[" not in p and "{{" not in p for _, p in paras)
+    news = corpora.news_articles()
+    assert len(news) == 300 and news[0].startswith("Hundreds of people have been forced")
+    items = data.build_tasks(["wiki_cloze", "news_cloze"], 3, seed=0)
+    for item in items["wiki_cloze"] + items["news_cloze"]:
+        assert item.answer in item.documents[item.gold_document]
+
+
+def test_a_reset_connection_is_tried_again(fake_index, tmp_path, monkeypatch):
+    """A transient network error (here: a reset connection while fetching) gets two more
+    tries; a 404-like or hash error does not."""
+    root, blobs = fake_index
+    monkeypatch.setattr(data, "_RETRY_DELAYS", (0.0, 0.0), raising=False)
+    real, calls = data._fetch, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real(*args)
+
+    monkeypatch.setattr(data, "_fetch", flaky)
+    path = package_file("demo-pkg", "1.0", folder=tmp_path / "dl",
+                        sources=_sources((root / "simple").as_uri()))
+    assert len(calls) == 3 and path.read_bytes() == blobs[path.name]
+    calls.clear()
+    monkeypatch.setattr(data, "_fetch", lambda *a: (calls.append(1), flaky_forever())[1])
+
+    def flaky_forever():
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    with pytest.raises(TokensieveError, match="ConnectionResetError"):
+        package_file("demo-pkg", "1.0", kind="sdist", folder=tmp_path / "dl2",
+                     sources=_sources((root / "simple").as_uri()))
+    assert len(calls) == 3  # three tries, then the one-line error
+    assert not data._transient(FileNotFoundError("x")) and data._transient(TimeoutError())

@@ -99,3 +99,28 @@ def test_report_shows_every_cell(tmp_path):
     assert "| random | 75.0 ± 2.5 | 0.60 |" in md
     assert "| default | 0.5 | 1.70 | 1.70 |" in md
     assert plot_accuracy(results, tmp_path).stat().st_size > 1000
+
+
+def test_quick_mode_and_defaults_do_not_need_bigbench():
+    """CIFAR-10 comes only from the BIG-bench archive, which the index no longer serves: the
+    quick run uses easy-VQA, and the defaults put the fetchable sets first."""
+    from tokensieve.bench.vision_bench import DATASETS, parse
+
+    assert parse(["--quick"]).datasets == ["easy_vqa"]
+    assert parse([]).datasets == ["easy_vqa", "fashion_mnist", "cifar10"]
+    assert set(DATASETS) == {"easy_vqa", "fashion_mnist", "cifar10"}
+
+
+def test_a_missing_dataset_is_skipped_with_one_line(monkeypatch, capsys):
+    from tokensieve.bench import vision_bench
+    from tokensieve.errors import TokensieveError
+
+    def missing(split, seed=0):
+        raise TokensieveError("the BIG-bench 1.0.0 source archive is not here")
+
+    monkeypatch.setitem(vision_bench.DATASETS, "cifar10", missing)
+    monkeypatch.setitem(vision_bench.DATASETS, "fashion_mnist", lambda split, seed=0: None)
+    assert vision_bench.available_datasets(["cifar10", "fashion_mnist"]) == ["fashion_mnist"]
+    err = capsys.readouterr().err.strip()
+    assert err == ("tokensieve: skipping dataset cifar10: the BIG-bench 1.0.0 source archive "
+                   "is not here")

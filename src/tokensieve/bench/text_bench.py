@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from ..models import converted_default_lm_dir
 from . import metrics
-from .data import TASKS, Item, build_tasks
+from .data import AVAILABLE_TASKS, TASKS, Item, build_tasks
 from .methods import ANCHORS, METHODS, NOT_RUNNABLE, anchors_available, run_anchor, run_tokensieve
 from .readers import Reader, build_prompt
 from .report import write_report
 
-QUICK = {"tasks": list(TASKS), "items": 2, "ratios": [0.5, 0.125],
+QUICK = {"tasks": list(AVAILABLE_TASKS), "items": 2, "ratios": [0.5, 0.125],
          "methods": ["tokensieve", "tokensieve-noq", "random-word", "llmlingua",
                      "longllmlingua", "selective-context"], "readers": ["default"]}
 FULL_METHODS = list(METHODS)
@@ -120,7 +120,12 @@ def run(tasks: list[str], n_items: int, ratios: list[float], methods: list[str],
     started = time.perf_counter()
     anchor_dir = str(converted_default_lm_dir()) + "-tf4"
     r = Run(out, readers, anchor_dir)
-    data = data if data is not None else build_tasks(tasks, n_items, seed)
+    if data is None:  # a task whose source is missing is skipped with a one-line message
+        data = build_tasks(tasks, n_items, seed, skip_missing=True)
+        if not data:
+            raise SystemExit("tokensieve bench text: none of the tasks could be built (see the "
+                             "messages above)")
+        tasks = [t for t in tasks if t in data]
     total = sum(len(v) for v in data.values()) * (1 + len(ratios) * len(methods)) * len(readers)
     bar = tqdm(total=total, desc="bench text", unit="eval")
     for items in data.values():
@@ -184,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tokensieve bench text", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small run, under 10 minutes")
-    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS,
+                    help="tasks whose source is missing (the BIG-bench ones without the "
+                    "archive) are skipped with a one-line message")
     ap.add_argument("--items", type=int, default=20, help="items per task")
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.25, 0.125],
                     help="fractions of context tokens kept (0.5 = 2x)")

@@ -1,17 +1,22 @@
 """Image data for the vision-token benchmark, from files that ship in packages (no hub).
 
-- CIFAR-10 test set (10,000 32x32 RGB images, 1,000 per class): BIG-bench 1.0.0's task
-  ``cifar10_classification/base64/task.json`` (in the source archive that
-  :mod:`tokensieve.bench.data` already fetches), one example per image: ``input`` is a base64
-  PNG, ``target_scores`` a one-hot dict over the ten class names. The examples are grouped by
-  class. Decoded once into ``data_dir()/vision/cifar10-test.npz``.
+- easy-VQA (5,000 64x64 RGB images of one coloured shape each): the ``easy-vqa`` 1.0 wheel
+  (MIT), fetched with its sha256 pinned and read from the zip, never installed. The labels
+  come from the dataset's own questions and answers (colour and shape); the 4,422 images
+  whose colour and shape both follow from them form 24 classes "<colour> <shape>".
+  Decoded once into ``data_dir()/vision/easy-vqa.npz``.
 - Fashion-MNIST (28x28 grey, 60,000 train + 10,000 test): the Debian package
   ``dataset-fashion-mnist`` (gzipped IDX files in /usr/share/datasets/fashion-mnist/).
+- CIFAR-10 test set (10,000 32x32 RGB images, 1,000 per class), only where the BIG-bench
+  1.0.0 source archive is already in the downloads folder (the package index no longer
+  serves it): its task ``cifar10_classification/base64/task.json``, one example per image:
+  ``input`` is a base64 PNG, ``target_scores`` a one-hot dict over the ten class names.
+  Decoded once into ``data_dir()/vision/cifar10-test.npz``.
 - ImageNet photos: the 20 JPEGs (ImageNet validation-style photos, label = class index in the
   file name ``imagenet_<k>_<label>.jpg``) in the ``foolbox==3.3.4`` wheel, read from the zip.
 
-``cifar10`` and ``fashion_mnist`` split a pool of images into a probe-train and an eval part,
-stratified per class and fixed by the seed (see :func:`stratified_split`).
+``easy_vqa``, ``cifar10`` and ``fashion_mnist`` split a pool of images into a probe-train
+and an eval part, stratified per class and fixed by the seed (see :func:`stratified_split`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TokensieveError
-from .data import BIGBENCH, _download, data_dir, package_file
+from .data import bigbench_archive, data_dir, package_file
 
 CIFAR10_MEMBER = "bigbench/benchmark_tasks/cifar10_classification/base64/task.json"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -46,6 +51,13 @@ FOOLBOX = "foolbox"
 FOOLBOX_VERSION = "3.3.4"
 FOOLBOX_SHA256 = "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb"
 _FOOLBOX_IMAGENET = re.compile(r"foolbox/data/imagenet_(\d+)_(\d+)\.jpe?g$")
+EASY_VQA = "easy-vqa"
+EASY_VQA_VERSION = "1.0"
+EASY_VQA_SHA256 = "fcb51b309b78c7b00f97b64cdbcbcf5c105f94da1b39c0796cee5a787c4f650f"
+EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
+EASY_VQA_COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
+EASY_VQA_CLASSES = tuple(f"{c} {s}" for c in EASY_VQA_COLOURS for s in EASY_VQA_SHAPES)
+_EASY_VQA_IMAGE = re.compile(r"easy_vqa/data/(train|test)/images/(\d+)\.png$")
 SPLITS = ("train", "eval", "all")
 
 
@@ -170,7 +182,7 @@ def cifar10_test_set() -> ImageSet:
     """All 10,000 CIFAR-10 test images (grouped by class, as BIG-bench stores them)."""
     cached = data_dir() / "vision" / "cifar10-test.npz"
     if not cached.is_file():
-        archive = _download(BIGBENCH, sdist=True)
+        archive = bigbench_archive()
         with tarfile.open(archive, "r:gz") as tar:
             member = next((m for m in tar if m.name.endswith(CIFAR10_MEMBER)), None)
             if member is None:
@@ -187,6 +199,97 @@ def cifar10(split: str = "train", seed: int = 0, eval_fraction: float = 0.5) -> 
     """CIFAR-10 test images split into probe-train / eval (stratified, by seed): with the
     default 0.5, 5,000 each (500 per class); ``split="all"`` gives all 10,000."""
     return _take_split(cifar10_test_set(), split, seed, eval_fraction)
+
+
+# --------------------------------------------------------------------------- easy-VQA
+
+
+def easy_vqa_labels(questions: list) -> dict[int, tuple[str, str]]:
+    """{image id: (colour, shape)} from easy-VQA's ``[question, answer, image id]`` triples:
+    a wh-answer names one attribute and the question the other ("what color is the circle?"
+    -> yellow); a yes/no answer affirms what the question names unless it is negated
+    ("is there not a ..." / "is no ..."). Images whose colour or shape stays unknown or
+    ambiguous are left out."""
+    shapes: dict[int, set] = {}
+    colours: dict[int, set] = {}
+    for entry in questions:
+        question, answer, image = entry
+        words = re.findall(r"[a-z]+", str(question).lower())
+        if answer in ("yes", "no"):
+            if (answer == "yes") == ("not" in words or "no" in words):
+                continue  # the named attribute is absent: says nothing positive
+        else:
+            words.append(str(answer))
+        for w in words:
+            if w in EASY_VQA_SHAPES:
+                shapes.setdefault(int(image), set()).add(w)
+            elif w in EASY_VQA_COLOURS:
+                colours.setdefault(int(image), set()).add(w)
+    return {i: (min(colours[i]), min(shapes[i])) for i in shapes
+            if len(shapes[i]) == 1 and len(colours.get(i, ())) == 1}
+
+
+def read_easy_vqa(wheel: Path | str) -> ImageSet:
+    """The labelled easy-VQA images of a wheel (train part first, then test, by image id)."""
+    from PIL import Image
+
+    images, labels, files = [], [], []
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        for part in ("train", "test"):
+            qname = f"easy_vqa/data/{part}/questions.json"
+            if qname not in names:
+                raise TokensieveError(f"{Path(wheel).name} holds no {qname}")
+            found = _read_json_member(zf, qname)
+            for image, (colour, shape) in sorted(easy_vqa_labels(found).items()):
+                name = f"easy_vqa/data/{part}/images/{image}.png"
+                if name not in names:
+                    raise TokensieveError(f"{Path(wheel).name} holds no {name}")
+                with Image.open(io.BytesIO(zf.read(name))) as img:
+                    images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+                labels.append(EASY_VQA_CLASSES.index(f"{colour} {shape}"))
+                files.append(f"{part}/{image}.png")
+    if not images:
+        raise TokensieveError(f"{Path(wheel).name} holds no labelled easy-VQA image")
+    return ImageSet(np.stack(images), np.asarray(labels), list(EASY_VQA_CLASSES), "easy_vqa",
+                    {"files": files})
+
+
+def _read_json_member(zf: zipfile.ZipFile, name: str, limit: int = 32 << 20):
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise TokensieveError(f"{name} is {info.file_size} bytes (more than {limit})")
+    return json.loads(zf.read(name))
+
+
+def easy_vqa_wheel() -> Path:
+    """The pinned easy-vqa 1.0 wheel in the downloads folder (fetched once, never installed)."""
+    try:
+        return package_file(EASY_VQA, EASY_VQA_VERSION, kind="wheel", sha256=EASY_VQA_SHA256,
+                            folder=data_dir() / "downloads")
+    except TokensieveError as exc:
+        if "sha256" in str(exc):
+            raise
+        raise TokensieveError(
+            f"easy-VQA needs the easy-vqa {EASY_VQA_VERSION} wheel from the package index "
+            f"(pip download --no-deps -d {data_dir() / 'downloads'} "
+            f"easy-vqa=={EASY_VQA_VERSION}): {str(exc).split(';')[0]}") from None
+
+
+def easy_vqa_set() -> ImageSet:
+    """All labelled easy-VQA images (4,422 of the 5,000), decoded once into the cache."""
+    cached = data_dir() / "vision" / "easy-vqa.npz"
+    if not cached.is_file():
+        full = read_easy_vqa(easy_vqa_wheel())
+        _save_npz(cached, images=full.images, labels=full.labels,
+                  class_names=np.asarray(full.class_names))
+    return _load_npz(cached, "easy_vqa")
+
+
+def easy_vqa(split: str = "train", seed: int = 0, eval_fraction: float = 0.3) -> ImageSet:
+    """easy-VQA split into probe-train / eval (stratified, by seed): with the default 0.3,
+    at least 113 probe-train and 49 eval images in each of the 24 classes."""
+    return _take_split(easy_vqa_set(), split, seed, eval_fraction)
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
