@@ -267,7 +267,9 @@ def test_surprisal_logits_are_computed_in_chunks_of_bounded_elements(monkeypatch
     was 256 positions x the whole batch), and the values are the model's own log-probs."""
     model = tiny_model("llama")
     vocab = model.config.vocab_size
-    monkeypatch.setattr(hooks, "SURPRISAL_CHUNK_ELEMENTS", 4 * vocab, raising=False)
+    from tokensieve.scoring import surprisal
+
+    monkeypatch.setattr(surprisal, "SURPRISAL_CHUNK_ELEMENTS", 4 * vocab)
     ids = random_ids(40, batch=8, seed=9)
     sizes = []
     handle = model.get_output_embeddings().register_forward_hook(
