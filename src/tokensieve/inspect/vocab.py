@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import UsageError
+from ..scoring.lm import resolve_causal_lm
 
 DESCRIPTION = ("find under-trained ('glitch') tokens of a causal LM's vocabulary "
                "(--sticky: tokens that glue sentence embeddings together)")
@@ -122,33 +123,6 @@ def _show(piece: str, width: int = 28) -> str:
 
 
 # --------------------------------------------------------------------------- models
-
-def resolve_causal_lm(model: Any, *, device: str = "cpu", dtype: str = "float32",
-                      what: str = "this inspector") -> tuple[Any, Any, str]:
-    """(model, tokenizer, name) from a model name, a :class:`LoadedModel` or a
-    ``(model, tokenizer)`` pair; a one-line :class:`InputError` when it has no LM head."""
-    from ..models import LoadedModel, load_causal_lm
-
-    if isinstance(model, str):
-        loaded = load_causal_lm(model, device=device, dtype=dtype)
-        lm, tok, name = loaded.model, loaded.tokenizer, model
-    elif isinstance(model, LoadedModel):
-        lm, tok, name = model.model, model.tokenizer, model.name
-    elif isinstance(model, tuple | list) and len(model) == 2:
-        lm, tok = model
-        name = getattr(getattr(lm, "config", None), "name_or_path", "") or type(lm).__name__
-    else:
-        raise UsageError(f"model must be a name ('default', 'gemma3-270m', a local folder), a "
-                         f"LoadedModel or a (model, tokenizer) pair, got {type(model).__name__}.")
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    if head is None or getattr(head, "weight", None) is None:
-        raise InputError(f"{what} needs a causal LM with an output (LM) head, but "
-                         f"{type(lm).__name__} has none; pass a causal LM such as 'default' "
-                         "(SmolLM2) or 'gemma3-270m'.")
-    if tok is None:
-        raise InputError(f"{what} needs the model's tokenizer; pass a (model, tokenizer) pair.")
-    return lm, tok, name
-
 
 def _device(model: Any):
     return next(model.parameters()).device
