@@ -63,3 +63,25 @@ def test_inspect_shows_what_text_and_kv_rank(tiny, bos):
     if not bos:   # the one first-token rule: nothing predicts it, it gets the row's highest
         assert tokens[0] == pytest.approx(tokens[1:].max())
         assert shown.notes and "highest surprisal" in shown.notes[0]
+
+
+def test_a_model_whose_logits_are_not_its_head_on_its_hidden_states_is_refused(tiny):
+    """Surprisal is read through the output head from the final hidden states; a model that
+    scales its logits afterwards (Cohere's logit_scale, Granite's logits_scaling) would be
+    scored wrongly, so it is refused in one line instead."""
+    from tokensieve.errors import UsageError
+    from tokensieve.scoring.surprisal import text_surprisal
+
+    model, tok = tiny
+
+    def scale(module, args, output):
+        output.logits = output.logits * 4.0
+        return output
+
+    handle = model.register_forward_hook(scale)
+    try:
+        with pytest.raises(UsageError, match="logits are not its output head") as exc:
+            text_surprisal(model, tok, TEXT, progress=False)
+    finally:
+        handle.remove()
+    assert "\n" not in str(exc.value)
