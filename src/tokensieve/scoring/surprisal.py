@@ -95,6 +95,7 @@ def token_surprisal(model, hidden: torch.Tensor, ids: torch.Tensor,
     return fill_unpredicted(out, scored, valid)
 
 
+@torch.no_grad()
 def final_hidden(model, ids: torch.Tensor) -> torch.Tensor:
     """(B, T, D) final normed hidden states of one forward with no KV cache (nothing is
     generated after it). Checks, on the last position, that the model's logits are its
