@@ -21,7 +21,7 @@ import torch
 
 from tokensieve import compress
 from tokensieve.models import load_causal_lm, load_encoder, load_tokenizer
-from tokensieve.text.surprisal import token_surprisal
+from tokensieve.scoring.surprisal import text_surprisal
 
 OUT = Path(__file__).parent / "results"
 QUESTION = "What does the while statement do when the expression is false?"
@@ -67,7 +67,7 @@ def main() -> None:
     n = len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prefill() -> None:  # the reader's cost of simply reading the full prompt once
-        token_surprisal(lm.model, lm.tokenizer, text, window=1024, progress=False)
+        text_surprisal(lm.model, lm.tokenizer, text, window=1024, progress=False)
 
     prefill()  # warm up
     base = best_time(prefill, args.repeats)

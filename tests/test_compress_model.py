@@ -93,13 +93,13 @@ def test_coarse_to_fine_scores_words_only_inside_kept_sentences(report_text, mon
     from tokensieve.text import scorers
 
     seen: list[int] = []
-    real = scorers.token_surprisal
+    real = scorers.text_surprisal
 
     def spy(model, tokenizer, text, **kw):
         seen.append(len(text))
         return real(model, tokenizer, text, **kw)
 
-    monkeypatch.setattr(scorers, "token_surprisal", spy)
+    monkeypatch.setattr(scorers, "text_surprisal", spy)
     r = compress(report_text, keep=0.25, question="How many field technicians were there?",
                  protect=[r"\$\d+(?:\.\d+)? million"])
     assert r.granularity == "document+sentence+word"  # protection: down to words

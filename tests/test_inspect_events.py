@@ -17,7 +17,7 @@ from tokensieve.inspect.events import (
     template,
     template_rarity,
 )
-from tokensieve.text.surprisal import token_surprisal
+from tokensieve.scoring.surprisal import text_surprisal
 
 ANOMALY = "kernel: Out of memory: Killed process 4242 (postgres) total-vm:8123456kB"
 
@@ -86,7 +86,7 @@ def test_event_scores_are_the_tokens_of_each_line(tiny):
     lines = ["alpha beta gamma", "  indented delta", "x", "café 你好 épsilon"]
     r = ins.events(lines, tiny, warmup=0, progress=False)
     joined = "\n".join(lines)
-    ts = token_surprisal(model, tok, joined, progress=False)
+    ts = text_surprisal(model, tok, joined, progress=False)
     newline = np.array([joined[a:b].strip() == "" and "\n" in joined[a:b]
                         for a, b in ts.offsets])
     # every token but the line breaks belongs to exactly one event

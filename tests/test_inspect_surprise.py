@@ -14,7 +14,8 @@ import torch
 
 from tokensieve import InputError, UsageError, cli
 from tokensieve import inspect as ins
-from tokensieve.inspect.surprise import core_starts, resolve_lm, token_to_unit
+from tokensieve.scoring.lm import resolve_causal_lm
+from tokensieve.scoring.units import token_units, visible_starts
 
 TEXT = "The museum opens at nine. Tickets cost twelve euros, unbelievably cheap for Lisbon."
 
@@ -101,9 +102,10 @@ def test_a_word_owns_the_token_that_carries_its_leading_space():
     offsets = np.array([(0, 5), (5, 11), (11, 12), (12, 18), (18, 26), (26, 31), (31, 32),
                         (32, 36)])
     spans = np.array([(0, 5), (6, 12), (13, 18), (19, 31), (32, 36)])
-    assert core_starts(text, offsets).tolist() == [0, 6, 11, 13, 19, 26, 31, 32]
+    starts = visible_starts(text, offsets)
+    assert starts.tolist() == [0, 6, 11, 13, 19, 26, 31, 32]
     # 'world,' owns ' world' and ','; 'unbelievable' owns both of its tokens; '\n' no word
-    assert token_to_unit(text, offsets, spans).tolist() == [0, 1, 1, 2, 3, 3, -1, 4]
+    assert token_units(starts, spans).tolist() == [0, 1, 1, 2, 3, 3, -1, 4]
 
 
 @pytest.mark.model
@@ -169,7 +171,7 @@ def test_model_without_lm_head_is_refused(tmp_path, lm_tokenizer):
         ins.surprise("hello there", str(tmp_path / "bert"))
     assert "\n" not in str(exc.value)
     with pytest.raises(UsageError, match="no language-model head"):
-        resolve_lm((BertModel(cfg), lm_tokenizer))
+        resolve_causal_lm((BertModel(cfg), lm_tokenizer))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="config.json"):
         ins.surprise("hello", str(tmp_path / "empty"))

@@ -166,7 +166,7 @@ def test_cli_json(lm, capsys):
     add_arguments(parser)
     assert run(parser.parse_args(["--candidates", "3", "--json"])) == 0
     data = json.loads(capsys.readouterr().out)
-    assert len(data["candidates"]) == 3 and data["model"] == "default"
+    assert len(data["candidates"]) == 3 and data["model"] == "SmolLM2-135M-Instruct"
     assert run(parser.parse_args(["--candidates", "3"])) == 0
     assert "candidates verified under-trained" in capsys.readouterr().out
 

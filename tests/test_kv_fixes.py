@@ -141,7 +141,7 @@ def test_stored_entries_never_exceed_the_budget(policy, keep, t, seed):
 
 
 def test_surprisal_from_the_prefill_equals_the_models_own_log_probs():
-    from tokensieve.kv.hooks import token_surprisal
+    from tokensieve.scoring.surprisal import token_surprisal
 
     model = tiny_model("llama")
     ids = random_ids(50, batch=2, seed=9)
@@ -161,7 +161,7 @@ def test_information_keeps_units_whole_and_the_most_surprising_one():
     with kv.compress(model, "information", keep=0.5, units=units, sinks=0, recent=0) as s, \
             torch.no_grad():
         out = model(ids, use_cache=True, output_hidden_states=True)
-    from tokensieve.kv.hooks import token_surprisal
+    from tokensieve.scoring.surprisal import token_surprisal
 
     surprisal = token_surprisal(model, out.hidden_states[-1], ids)[0]
     means = [float(surprisal[a:b].mean()) for a, b in units]

@@ -11,6 +11,7 @@ from kv_models import random_ids, tiny_model
 
 from tokensieve import kv
 from tokensieve.kv import hooks
+from tokensieve.scoring.surprisal import token_surprisal
 
 
 def _kept(layer, row: int = 0) -> list[list[int]]:
@@ -96,8 +97,8 @@ def test_surprisal_of_a_left_padded_row_is_read_from_real_tokens_only():
         pos = (valid.cumsum(-1) - 1).clamp_min(0)
         h_pad = model(ids, attention_mask=valid.long(), position_ids=pos,
                       output_hidden_states=True).hidden_states[-1]
-    alone = hooks.token_surprisal(model, h_alone, short)
-    padded = hooks.token_surprisal(model, h_pad, ids, valid=valid)
+    alone = token_surprisal(model, h_alone, short)
+    padded = token_surprisal(model, h_pad, ids, valid=valid)
     assert torch.allclose(padded[:, 10:], alone, atol=1e-4)
     assert float(padded[0, 10]) == pytest.approx(float(padded[0, 11:].max()))
     assert torch.all(padded[:, :10] == 0)
@@ -267,7 +268,9 @@ def test_surprisal_logits_are_computed_in_chunks_of_bounded_elements(monkeypatch
     was 256 positions x the whole batch), and the values are the model's own log-probs."""
     model = tiny_model("llama")
     vocab = model.config.vocab_size
-    monkeypatch.setattr(hooks, "SURPRISAL_CHUNK_ELEMENTS", 4 * vocab, raising=False)
+    from tokensieve.scoring import surprisal
+
+    monkeypatch.setattr(surprisal, "SURPRISAL_CHUNK_ELEMENTS", 4 * vocab)
     ids = random_ids(40, batch=8, seed=9)
     sizes = []
     handle = model.get_output_embeddings().register_forward_hook(
@@ -275,7 +278,7 @@ def test_surprisal_logits_are_computed_in_chunks_of_bounded_elements(monkeypatch
     with torch.no_grad():
         out = model(ids, output_hidden_states=True)
         sizes.clear()
-        got = hooks.token_surprisal(model, out.hidden_states[-1], ids)
+        got = token_surprisal(model, out.hidden_states[-1], ids)
     handle.remove()
     logp = torch.log_softmax(out.logits.float(), -1)
     ref = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]

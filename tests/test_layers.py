@@ -37,15 +37,14 @@ ALLOWED: dict[tuple[str, str], str] = {
     # inspect reaches into text for the surprisal scorer, the neutral question and word /
     # sentence segmentation: they move to the bottom as the one surprisal scorer (issue 18)
     ("tokensieve.inspect.attribute", "tokensieve.text.segment"): "segment",
-    ("tokensieve.inspect.events", "tokensieve.text.surprisal"): "token_surprisal",
     ("tokensieve.inspect.surprise", "tokensieve.text.scorers"): "NEUTRAL_QUESTION",
     ("tokensieve.inspect.surprise", "tokensieve.text.segment"): "find_words",
-    ("tokensieve.inspect.surprise", "tokensieve.text.surprisal"): "token_surprisal",
 }
 ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
     # the proxy takes ServiceError / error_response from app, app adds the proxy's routes:
     # the shared error answer moves to a module below both (serve hardening, issue 18)
     ("tokensieve.serve.app", "tokensieve.serve.proxy"): "ServiceError, error_response",
+    ("tokensieve.bench.corpora", "tokensieve.bench.data"): "package_file (moves to assets)",
 }
 
 

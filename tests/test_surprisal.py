@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tokensieve.scoring.surprisal import text_surprisal
 from tokensieve.text.scorers import (
     ContrastiveScorer,
     EncoderRelevanceScorer,
@@ -10,7 +11,6 @@ from tokensieve.text.scorers import (
     SurprisalScorer,
 )
 from tokensieve.text.segment import segment
-from tokensieve.text.surprisal import token_surprisal
 
 pytestmark = pytest.mark.model
 
@@ -34,16 +34,16 @@ def test_context_is_carried_across_windows(lm):
     repeat = np.array([[len(text) - len(sentence), len(text)]])
     n = len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
     assert 64 < n < 128  # two windows of 64; the repeat sits right after the boundary
-    carried = token_surprisal(lm.model, lm.tokenizer, text, window=64, overlap=32)
-    cut = token_surprisal(lm.model, lm.tokenizer, text, window=64, overlap=0)
+    carried = text_surprisal(lm.model, lm.tokenizer, text, window=64, overlap=32)
+    cut = text_surprisal(lm.model, lm.tokenizer, text, window=64, overlap=0)
     # the repeat is predictable only if the first occurrence is carried into its window
     assert carried.aggregate(repeat, "mean")[0] < 0.6 * cut.aggregate(repeat, "mean")[0]
     assert np.isfinite(carried.surprisal).all() and np.isfinite(cut.surprisal).all()
 
 
 def test_sliding_window_agrees_with_one_window(lm, report_text):
-    one = token_surprisal(lm.model, lm.tokenizer, report_text, window=2048)
-    slid = token_surprisal(lm.model, lm.tokenizer, report_text, window=256, overlap=128)
+    one = text_surprisal(lm.model, lm.tokenizer, report_text, window=2048)
+    slid = text_surprisal(lm.model, lm.tokenizer, report_text, window=256, overlap=128)
     assert len(one.surprisal) == len(slid.surprisal) > 600
     assert np.corrcoef(one.surprisal, slid.surprisal)[0, 1] > 0.9
 

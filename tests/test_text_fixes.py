@@ -192,7 +192,7 @@ def _reference_surprisal(model, ids: list[int], bos: int) -> np.ndarray:
 
 
 def test_token_surprisal_builds_no_kv_cache_and_keeps_the_values(tiny_lm, smol_tokenizer):
-    from tokensieve.text.surprisal import token_surprisal
+    from tokensieve.scoring.surprisal import text_surprisal
 
     calls = []
 
@@ -206,7 +206,7 @@ def test_token_surprisal_builds_no_kv_cache_and_keeps_the_values(tiny_lm, smol_t
     h2 = tiny_lm.register_forward_hook(post, with_kwargs=True)
     text = " ".join(["Revenue grew to 12.5 million in the third quarter."] * 12)
     try:
-        ts = token_surprisal(tiny_lm, smol_tokenizer, text, window=64, overlap=32)
+        ts = text_surprisal(tiny_lm, smol_tokenizer, text, window=64, overlap=32)
     finally:
         h1.remove()
         h2.remove()
@@ -216,7 +216,7 @@ def test_token_surprisal_builds_no_kv_cache_and_keeps_the_values(tiny_lm, smol_t
     assert calls[1::2] == [None] * n_windows  # and no cache comes back
     ids = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
     # a single window covering everything equals the full-pass reference
-    one = token_surprisal(tiny_lm, smol_tokenizer, text, window=400)
+    one = text_surprisal(tiny_lm, smol_tokenizer, text, window=400)
     ref = _reference_surprisal(tiny_lm, ids, smol_tokenizer.bos_token_id)
     np.testing.assert_allclose(one.surprisal, ref, rtol=1e-4, atol=1e-4)
     # with windows, the first window's tokens see the same context as the reference
@@ -528,10 +528,10 @@ def test_word_scores_count_every_token_once(tiny_lm, smol_tokenizer):
     """Byte-level BPE tokens start at the space before a word (" unbelie" + "vable"): a
     word's score must include its first token. Found by the inspect review: the first
     token of every multi-token word used to be counted in no word at all."""
-    from tokensieve.text.surprisal import token_surprisal
+    from tokensieve.scoring.surprisal import text_surprisal
 
     text = "The quick unbelievable fox jumped over extraordinarily lazy dogs."
-    ts = token_surprisal(tiny_lm, smol_tokenizer, text, window=400)
+    ts = text_surprisal(tiny_lm, smol_tokenizer, text, window=400)
     words = np.array([(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", text)])
     per_word = ts.aggregate(words, "sum")
     np.testing.assert_allclose(per_word.sum(), ts.surprisal.sum(), rtol=1e-9)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .tokens import resolve_causal_lm, special_head
+from ..scoring.lm import resolve_causal_lm
+from .tokens import special_head
 
 CHEAP_METHODS = ("gradnorm", "gradxinput", "attention")
 INSTRUCTION = "Answer the question with a short phrase from the text above."

@@ -3,7 +3,7 @@ clinical care").
 
 Each event (a log line, an event code, a user action) is scored by its surprise given
 everything before it: the events are joined one per line and scored once with the
-compressor's sliding-window surprisal (:func:`tokensieve.text.surprisal.token_surprisal`), so
+compressor's sliding-window surprisal (:func:`tokensieve.scoring.surprisal.text_surprisal`), so
 every token is conditioned on the events before it; the event boundaries then split the
 tokens into events (mean and total nats per event). The most informative events are flagged
 (top-k, or a robust z-score above a threshold: median and MAD), the predictable ones are
@@ -386,8 +386,11 @@ def events(
     (default 3.5). Events whose mean surprisal is below ``drop_below`` nats per token, and
     that are not flagged, are listed as safe to drop. The first ``warmup`` events have no
     history to be surprised against: they are scored but neither flagged nor dropped."""
-    from ..text.surprisal import token_surprisal
-    from .surprise import resolve_lm, token_to_unit
+    import torch
+
+    from ..scoring.lm import resolve_causal_lm
+    from ..scoring.surprisal import text_surprisal
+    from ..scoring.units import reduce_units, token_units
 
     if score not in SCORES:
         raise UsageError(f"score must be one of {', '.join(SCORES)}, got {score!r}.")
@@ -406,7 +409,8 @@ def events(
     texts = [r["text"] for r in records]
     if not any(t.strip() for t in texts):
         raise InputError("every event is empty; pass events with some text.")
-    lm, tokenizer, label = resolve_lm(model, device=device, dtype=dtype)
+    lm, tokenizer, label = resolve_causal_lm(model, device=device, dtype=dtype,
+                                             what="inspect events")
 
     joined = "\n".join(texts)
     spans = np.zeros((len(texts), 2), dtype=np.int64)
@@ -414,18 +418,17 @@ def events(
     for i, t in enumerate(texts):
         spans[i] = (pos, pos + len(t))
         pos += len(t) + 1
-    ts = token_surprisal(lm, tokenizer, joined, window=window, overlap=overlap,
-                         progress=progress)
+    ts = text_surprisal(lm, tokenizer, joined, window=window, overlap=overlap,
+                        progress=progress)
     # empty events would make the spans overlap their neighbours' start: keep only real ones
     real = spans[:, 1] > spans[:, 0]
     owner = np.full(len(ts.surprisal), -1, dtype=np.int64)
     if real.any():
         idx = np.flatnonzero(real)
-        sub = token_to_unit(joined, ts.offsets, spans[idx])
+        sub = token_units(ts.starts, spans[idx])
         owner = np.where(sub >= 0, idx[np.clip(sub, 0, None)], -1)
-    keep = owner >= 0
-    total = np.bincount(owner[keep], weights=ts.surprisal[keep], minlength=len(texts))
-    count = np.bincount(owner[keep], minlength=len(texts))
+    total, count = (v.numpy() for v in reduce_units(torch.from_numpy(ts.surprisal),
+                                                    torch.from_numpy(owner), len(texts)))
     mean = total / np.maximum(count, 1)
     ranked = mean if score == "mean" else total
     warm = np.arange(len(texts)) < int(warmup)

@@ -1,9 +1,10 @@
 """``surprise``: per-token and per-word surprisal -log p of a text under a causal LM.
 
-The numbers come from :func:`tokensieve.text.surprisal.token_surprisal` (the compressor's own
-sliding window, context carried across windows), so what is shown is what the compressor
-ranks. With a question, each word also gets how much the question lowers its surprisal,
-measured as the compressor's contrastive scorer does: against a neutral question of the same
+The numbers come from the one surprisal scorer, :mod:`tokensieve.scoring` (the compressors'
+own sliding window, context carried across windows, and their token -> word aggregation), so
+what is shown is what text's surprisal methods and kv's ``information`` policy rank. With a
+question, each word also gets how much the question lowers its surprisal, measured as the
+compressor's contrastive scorer does: against a neutral question of the same
 shape, so that merely having a prefix is not mistaken for relevance."""
 
 from __future__ import annotations
@@ -223,69 +224,7 @@ class SurpriseResult:
         return save(fig, target, dpi)
 
 
-# ---------------------------------------------------------------------------------- model
-
-
-def resolve_lm(model: Any = "default", *, device: str = "cpu", dtype: str = "float32"
-               ) -> tuple[Any, Any, str]:
-    """(model, tokenizer, name) from a model name or local folder (loaded offline and cached,
-    see :func:`tokensieve.models.load_causal_lm`), a ``LoadedModel``, or a
-    ``(model, tokenizer)`` pair. A model without a causal LM head is refused in one line."""
-    if isinstance(model, str | Path):
-        name = str(model)
-        _check_folder_is_causal_lm(name)
-        from ..models import load_causal_lm
-
-        loaded = load_causal_lm(name, device=device, dtype=dtype)
-        lm, tokenizer = loaded.model, loaded.tokenizer
-        label = "SmolLM2-135M-Instruct" if name == "default" else name
-    elif hasattr(model, "model") and hasattr(model, "tokenizer"):
-        lm, tokenizer = model.model, model.tokenizer
-        label = getattr(model, "name", None) or type(lm).__name__
-        if label == "default":
-            label = "SmolLM2-135M-Instruct"
-    elif isinstance(model, tuple | list) and len(model) == 2:
-        lm, tokenizer = model
-        label = getattr(getattr(lm, "config", None), "_name_or_path", "") or type(lm).__name__
-    else:
-        raise UsageError(f"model must be a model name, a local folder, a LoadedModel or a "
-                         f"(model, tokenizer) pair, got {type(model).__name__}.")
-    head = getattr(lm, "get_output_embeddings", None)
-    if head is None or head() is None:
-        raise UsageError(f"{type(lm).__name__} has no language-model head, so it gives no "
-                         "token probabilities; pass a causal LM (AutoModelForCausalLM), e.g. "
-                         "model='default'.")
-    return lm, tokenizer, label
-
-
-def _check_folder_is_causal_lm(name: str) -> None:
-    """A local folder whose config names a model without a causal LM head (an encoder such
-    as BertModel) would load with a randomly initialised head; refuse it before loading."""
-    folder = Path(name).expanduser()
-    config = folder / "config.json"
-    if not folder.is_dir():
-        return
-    if not config.is_file():
-        raise UsageError(f"model folder {name!r} has no config.json; pass a Hugging Face model "
-                         "folder (config.json + weights) or 'default'.")
-    try:
-        cfg = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{config} is not valid JSON ({exc}); fix or replace the model "
-                         "folder.") from None
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    archs = cfg.get("architectures") or []
-    if archs:
-        if not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-            raise UsageError(
-                f"model folder {name!r} holds a {', '.join(archs)}, which has no causal "
-                "language-model head; inspect needs a causal LM (AutoModelForCausalLM), e.g. "
-                "--model default.")
-    elif cfg.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise UsageError(f"model folder {name!r} (model_type {cfg.get('model_type')!r}) is not a "
-                         "causal LM; pass a causal LM folder or --model default.")
+# ---------------------------------------------------------------------------------- input
 
 
 def check_text(text: Any, what: str = "the text") -> str:
@@ -299,38 +238,6 @@ def check_text(text: Any, what: str = "the text") -> str:
 
 
 # ------------------------------------------------------------------------------- scoring
-
-
-def core_starts(text: str, offsets: np.ndarray) -> np.ndarray:
-    """Where each token's first non-space character is (its start when it has none).
-
-    Byte-level BPE tokens carry the space before a word (' world' starts at the space), so a
-    token belongs to the word in which its first visible character lies."""
-    starts = offsets[:, 0].copy()
-    for i, (a, b) in enumerate(offsets.tolist()):
-        piece = text[a:b]
-        lead = len(piece) - len(piece.lstrip())
-        if 0 < lead < len(piece):
-            starts[i] = a + lead
-    return starts
-
-
-def token_to_unit(text: str, offsets: np.ndarray, spans: np.ndarray) -> np.ndarray:
-    """For each token, the index of the span (sorted, not overlapping) holding its first
-    visible character, or -1 (whitespace between spans)."""
-    starts = core_starts(text, offsets)
-    if not len(spans):
-        return np.full(len(starts), -1, dtype=np.int64)
-    j = np.searchsorted(spans[:, 0], starts, side="right") - 1
-    ok = (j >= 0) & (starts < spans[np.clip(j, 0, None), 1])
-    return np.where(ok, j, -1)
-
-
-def _unit_sums(values: np.ndarray, unit_of: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    keep = unit_of >= 0
-    total = np.bincount(unit_of[keep], weights=values[keep], minlength=n)
-    count = np.bincount(unit_of[keep], minlength=n)
-    return total, count
 
 
 def _first_token_of_words(tokens: list[TokenScore], n_words: int) -> list[int]:
@@ -360,9 +267,11 @@ def surprise(
     text with the question in front and report, per word, how much it lowers surprisal
     (three passes instead of one). Progress shows on long inputs (``progress=False`` hides it).
     """
+    from ..scoring.lm import resolve_causal_lm
+    from ..scoring.surprisal import text_surprisal
+    from ..scoring.units import span_scores, token_units
     from ..text.scorers import NEUTRAL_QUESTION
     from ..text.segment import find_words
-    from ..text.surprisal import token_surprisal
 
     text = check_text(text)
     if question is not None and not str(question).strip():
@@ -370,28 +279,31 @@ def surprise(
     if window < 64 or overlap < 0:
         raise UsageError(f"window must be >= 64 tokens and overlap >= 0, got window={window}, "
                          f"overlap={overlap}.")
-    lm, tokenizer, label = resolve_lm(model, device=device, dtype=dtype)
+    lm, tokenizer, label = resolve_causal_lm(model, device=device, dtype=dtype,
+                                             what="inspect surprise")
 
     def run(prefix: str | None):
-        return token_surprisal(lm, tokenizer, text, prefix=prefix, window=window,
-                               overlap=overlap, progress=progress)
+        return text_surprisal(lm, tokenizer, text, prefix=prefix, window=window,
+                              overlap=overlap, progress=progress)
 
     plain = run(None)
     offsets = plain.offsets
     if not len(offsets):
         raise InputError("the text gives no tokens under this tokenizer; pass some text.")
     spans = np.array(find_words(text), dtype=np.int64).reshape(-1, 2)
-    unit_of = token_to_unit(text, offsets, spans)
+    # the compressor's own aggregation: a word's tokens are those whose visible text starts
+    # in it; a word inside one longer token shows that token's surprisal (with 0 tokens)
+    unit_of = token_units(plain.starts, spans)
     tokens = [TokenScore(text[a:b], int(a), int(b), float(s), int(w)) for (a, b), s, w in
               zip(offsets.tolist(), plain.surprisal.tolist(), unit_of.tolist(), strict=True)]
-    total, count = _unit_sums(plain.surprisal, unit_of, len(spans))
+    total, count = span_scores(plain.surprisal, plain.starts, spans)
     cond_total = red = None
     total_conditioned = None
     if question is not None:
         cond = run(f"Question: {question}\n\n")
         neutral = run(f"Question: {NEUTRAL_QUESTION}\n\n")
-        cond_total, _ = _unit_sums(cond.surprisal, unit_of, len(spans))
-        neutral_total, _ = _unit_sums(neutral.surprisal, unit_of, len(spans))
+        cond_total = cond.aggregate(spans)
+        neutral_total = neutral.aggregate(spans)
         red = neutral_total - cond_total
         total_conditioned = float(cond.surprisal.sum())
     words = []
@@ -403,6 +315,6 @@ def surprise(
     notes = []
     if tokenizer.bos_token_id is None and question is None:
         notes.append("the tokenizer has no BOS token, so the first token has no context and "
-                     "gets the median surprisal")
+                     "gets the text's highest surprisal (kept first by the compressors)")
     return SurpriseResult(text, label, tokens, words, float(plain.surprisal.sum()), question,
                           total_conditioned, notes)

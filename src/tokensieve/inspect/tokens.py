@@ -1,6 +1,5 @@
 """A tokenizer's vocabulary as the inspectors see it (``vocab``, ``sticky``, ``attribute``):
-the category of every id, printable pieces, the ids put in front of a text, and the causal LM
-behind a model argument."""
+the category of every id, printable pieces and the ids put in front of a text."""
 
 from __future__ import annotations
 
@@ -8,37 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, UsageError
-
 CATEGORIES = ("normal", "partial", "unreachable", "special")
 _ANCHORS = ("1", "a", "x")  # prefixes after which a piece that needs context may appear
-
-
-def resolve_causal_lm(model: Any, *, device: str = "cpu", dtype: str = "float32",
-                      what: str = "this inspector") -> tuple[Any, Any, str]:
-    """(model, tokenizer, name) from a model name, a :class:`LoadedModel` or a
-    ``(model, tokenizer)`` pair; a one-line :class:`InputError` when it has no LM head."""
-    from ..models import LoadedModel, load_causal_lm
-
-    if isinstance(model, str):
-        loaded = load_causal_lm(model, device=device, dtype=dtype)
-        lm, tok, name = loaded.model, loaded.tokenizer, model
-    elif isinstance(model, LoadedModel):
-        lm, tok, name = model.model, model.tokenizer, model.name
-    elif isinstance(model, tuple | list) and len(model) == 2:
-        lm, tok = model
-        name = getattr(getattr(lm, "config", None), "name_or_path", "") or type(lm).__name__
-    else:
-        raise UsageError(f"model must be a name ('default', 'gemma3-270m', a local folder), a "
-                         f"LoadedModel or a (model, tokenizer) pair, got {type(model).__name__}.")
-    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    if head is None or getattr(head, "weight", None) is None:
-        raise InputError(f"{what} needs a causal LM with an output (LM) head, but "
-                         f"{type(lm).__name__} has none; pass a causal LM such as 'default' "
-                         "(SmolLM2) or 'gemma3-270m'.")
-    if tok is None:
-        raise InputError(f"{what} needs the model's tokenizer; pass a (model, tokenizer) pair.")
-    return lm, tok, name
 
 
 _CATEGORY_CACHE: dict[tuple[int, int], tuple[np.ndarray, list[str], list[str]]] = {}

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from .tokens import CATEGORIES, resolve_causal_lm, show_piece, special_head, token_categories
+from ..scoring.lm import resolve_causal_lm
+from .tokens import CATEGORIES, show_piece, special_head, token_categories
 
 # Repeat prompts: the candidate goes between the pieces, its copy is predicted after the last.
 TEMPLATES: tuple[tuple[str, ...], ...] = (

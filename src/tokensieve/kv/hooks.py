@@ -13,10 +13,11 @@ phase it belongs to:
 
 from __future__ import annotations
 
-import torch
 from transformers.cache_utils import Cache
 
 from ..errors import InputError, UsageError
+from ..scoring.surprisal import chunk_rows as _chunk_rows
+from ..scoring.surprisal import token_surprisal
 from .attention import attention_modules
 from .cache import CompressedCache, CompressedLayer
 from .decode import evict_decode, slide
@@ -144,49 +145,6 @@ class CompressionHooks:
         if layer.sliding_window:
             slide(layer)
         return None
-
-
-SURPRISAL_CHUNK_ELEMENTS = 1 << 22   # logits per call to the output head (16 MiB in float32)
-
-
-def _chunk_rows(vocab: int) -> int:
-    """Predictions per call to the output head: rows x vocab stays within the bound."""
-    return max(1, SURPRISAL_CHUNK_ELEMENTS // max(1, vocab))
-
-
-@torch.no_grad()
-def token_surprisal(model, hidden: torch.Tensor, ids: torch.Tensor,
-                    valid: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T) surprisal -log p(x_i | x_<i) in nats from the final normed hidden states
-    (B, T, D). ``valid`` (B, T) marks real tokens (not padding): a token is scored only from
-    a real previous position; a row's first real token, which nothing predicts, gets the
-    row's highest surprisal, and padding gets 0. The predictions go through the output head
-    a bounded number of (row, position) pairs at a time, so batch x positions x vocab per
-    call stays under ``SURPRISAL_CHUNK_ELEMENTS`` (never B x T x vocab at once)."""
-    head = model.get_output_embeddings()
-    cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
-    b, t, _ = hidden.shape
-    device = hidden.device
-    valid = torch.ones(b, t, dtype=torch.bool, device=device) if valid is None \
-        else valid.to(device=device, dtype=torch.bool)
-    out = torch.zeros(b, t, dtype=torch.float32, device=device)
-    scored = torch.zeros_like(valid)
-    scored[:, 1:] = valid[:, 1:] & valid[:, :-1]            # a real token after a real one
-    rows, cols = scored.nonzero(as_tuple=True)              # the predicted token (row, col)
-    step = _chunk_rows(head.weight.shape[0])
-    targets = ids.to(device)
-    for a in range(0, rows.numel(), step):
-        r, c = rows[a:a + step], cols[a:a + step]
-        logits = head(hidden[r, c - 1]).float()             # (n, vocab), n <= step
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        out[r, c] = (torch.logsumexp(logits, -1)
-                     - logits.gather(-1, targets[r, c][:, None])[:, 0])
-        del logits
-    first = valid & ~scored                                 # nothing real precedes it
-    best = out.masked_fill(~scored, float("-inf")).max(-1, keepdim=True).values
-    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
-    return torch.where(first, best.expand_as(out), out)
 
 
 def finish_surprisal(model, cache: CompressedCache) -> None:

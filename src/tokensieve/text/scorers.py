@@ -11,7 +11,7 @@ import numpy as np
 import regex
 
 from ..errors import UsageError
-from .surprisal import TokenSurprisal, token_surprisal
+from ..scoring.surprisal import TokenSurprisal, text_surprisal
 
 _TERM = regex.compile(r"\w+", regex.UNICODE)
 # Contrastive scores compare against a question-shaped but empty prefix, so that merely
@@ -51,7 +51,7 @@ class ScoringContext:
                 prefix = f"Question: {NEUTRAL_QUESTION}\n\n"
             elif conditioned:
                 prefix = f"Question: {self.question}\n\n"
-            self.cache[key] = token_surprisal(
+            self.cache[key] = text_surprisal(
                 loaded.model, loaded.tokenizer, self.text, prefix=prefix,
                 window=self.window, progress=self.progress,
             )

@@ -12,29 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from ...scoring.units import unit_reduce
 from ..attention import LayerInputs
 from .base import Policy
-
-
-def unit_reduce(values: torch.Tensor, units: torch.Tensor, how: str) -> torch.Tensor:
-    """Per token, the ``how`` (mean / max / sum) of ``values`` (B, T) over its unit;
-    ``units`` (B, T) holds unit indices >= 0, -1 for tokens that are their own unit."""
-    b, t = values.shape
-    ids = torch.where(units >= 0, units, -1)
-    n_units = int(ids.max()) + 1 if ids.numel() and int(ids.max()) >= 0 else 0
-    own = ids < 0
-    slot = torch.where(own, n_units + torch.arange(t, device=values.device).expand(b, t), ids)
-    size = n_units + t
-    if how == "max":
-        red = torch.full((b, size), float("-inf"), device=values.device)
-        red = red.scatter_reduce(-1, slot, values, reduce="amax")
-    else:
-        red = torch.zeros(b, size, device=values.device).scatter_add(-1, slot, values)
-        if how == "mean":
-            cnt = torch.zeros(b, size, device=values.device).scatter_add(
-                -1, slot, torch.ones_like(values))
-            red = red / cnt.clamp_min(1)
-    return torch.gather(red, -1, slot)
 
 
 def chunk_units(t: int, chunk: int, device) -> torch.Tensor:
