@@ -18,7 +18,7 @@ from tokensieve.inspect.attribute import (
     attribute,
     spearman,
 )
-from tokensieve.text.segment import segment
+from tokensieve.scoring.segment import segment
 
 FILLER = [
     "The weather in the valley was mild for most of the year.",

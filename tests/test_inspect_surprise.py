@@ -75,7 +75,7 @@ def test_windows_carry_context_and_first_window_is_exact(tiny):
 
 @pytest.mark.model
 def test_question_reduction_is_neutral_minus_conditioned(lm):
-    from tokensieve.text.scorers import NEUTRAL_QUESTION
+    from tokensieve.scoring.surprisal import NEUTRAL_QUESTION
 
     q = "How much do tickets cost?"
     r = ins.surprise(TEXT, lm, question=q, progress=False)

@@ -34,11 +34,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # below the places (assets, vision) -- issue 18, bench data sources
     ("tokensieve.vision.backbone", "tokensieve.bench.data"): "pinned downloads",
     ("tokensieve.vision.images", "tokensieve.bench.vision_data"): "to_pixel_values",
-    # inspect reaches into text for the surprisal scorer, the neutral question and word /
-    # sentence segmentation: they move to the bottom as the one surprisal scorer (issue 18)
-    ("tokensieve.inspect.attribute", "tokensieve.text.segment"): "segment",
-    ("tokensieve.inspect.surprise", "tokensieve.text.scorers"): "NEUTRAL_QUESTION",
-    ("tokensieve.inspect.surprise", "tokensieve.text.segment"): "find_words",
 }
 ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
     # the proxy takes ServiceError / error_response from app, app adds the proxy's routes:

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tokensieve import BudgetError, compress
+from tokensieve.scoring.segment import segment
 from tokensieve.text.counting import TokenCounter
 from tokensieve.text.numbers import number_spans
-from tokensieve.text.segment import segment
 
 # ---------------------------------------------------------------- tokenizers
 

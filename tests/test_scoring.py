@@ -8,8 +8,8 @@ import torch
 
 from tokensieve import inspect as ins
 from tokensieve import kv
+from tokensieve.scoring.segment import find_words
 from tokensieve.text.scorers import ScoringContext, SurprisalScorer
-from tokensieve.text.segment import find_words
 
 TEXT = ("The invoice INV-20931 was paid on 14 March by Dana Whitfield. The shipment left "
         "the depot at Rotterdam two days later, and nobody asked about it again.")

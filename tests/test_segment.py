@@ -9,7 +9,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokensieve.text.segment import find_words, group_spans, segment
+from tokensieve.scoring.segment import find_words, group_spans, segment
 
 _GRAPHEME = regex.compile(r"\X")
 _SPACE = regex.compile(r"[\s\u200b]*")  # White_Space and U+200B, as the segmenter sees it

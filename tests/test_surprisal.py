@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tokensieve.scoring.segment import segment
 from tokensieve.scoring.surprisal import text_surprisal
 from tokensieve.text.scorers import (
     ContrastiveScorer,
@@ -10,7 +11,6 @@ from tokensieve.text.scorers import (
     ScoringContext,
     SurprisalScorer,
 )
-from tokensieve.text.segment import segment
 
 pytestmark = pytest.mark.model
 

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from test_properties import TOKENIZERS, texts, ws_tokenizer
 
 from tokensieve import BudgetError, UsageError, compress, models
+from tokensieve.scoring.segment import segment
 from tokensieve.text.assemble import assemble, gap_tail, gap_tails
 from tokensieve.text.counting import TokenCounter
-from tokensieve.text.segment import segment
 from tokensieve.text.units import token_units, word_units
 
 TEXT_DIR = Path(__file__).parent.parent / "src" / "tokensieve" / "text"

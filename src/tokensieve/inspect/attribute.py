@@ -329,7 +329,7 @@ def attribute(context: str, question: str, answer: str, model: Any = "default", 
         raise UsageError(f"top_sentences must be a whole number >= 0, got {top_sentences!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
-    from ..text.segment import segment
+    from ..scoring.segment import segment
 
     timings: dict[str, float] = {}
     notes: list[str] = []

@@ -268,10 +268,9 @@ def surprise(
     (three passes instead of one). Progress shows on long inputs (``progress=False`` hides it).
     """
     from ..scoring.lm import resolve_causal_lm
-    from ..scoring.surprisal import text_surprisal
+    from ..scoring.segment import find_words
+    from ..scoring.surprisal import NEUTRAL_QUESTION, text_surprisal
     from ..scoring.units import span_scores, token_units
-    from ..text.scorers import NEUTRAL_QUESTION
-    from ..text.segment import find_words
 
     text = check_text(text)
     if question is not None and not str(question).strip():

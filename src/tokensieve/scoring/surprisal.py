@@ -27,6 +27,10 @@ from tqdm.auto import tqdm
 from ..errors import UsageError
 from .units import span_scores, visible_starts
 
+# Contrastive scores (text's conditional scorers, inspect's question view) compare against a
+# question-shaped but empty prefix, so that merely having some prefix (which helps the first
+# sentence most) is not mistaken for relevance.
+NEUTRAL_QUESTION = "What does the following text say?"
 SURPRISAL_CHUNK_ELEMENTS = 1 << 22   # logits per call to the output head (16 MiB in float32)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import regex
 
-from .segment import SPACE
+from ..scoring.segment import SPACE
 
 # whitespace as the segmenter sees it (str.strip() would also eat \x1c-\x1f, which are words)
 _SPACE = regex.compile(rf"{SPACE}*")

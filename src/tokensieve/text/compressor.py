@@ -16,6 +16,7 @@ import regex
 from ..engine.budget import Budget
 from ..errors import BudgetError, InputError, UsageError
 from ..inputs import decode_text
+from ..scoring.segment import SPACE
 from .json_format import compress_json
 from .pipeline import (
     COARSE_SLACK,
@@ -31,7 +32,6 @@ from .pipeline import (
 )
 from .result import CompressionResult, ScoredUnit
 from .scorers import SCORERS, ScoringContext
-from .segment import SPACE
 
 GRANULARITIES = ("auto", *LEVELS)
 FORMATS = ("text", "markdown", "json", "code")

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..engine.select import quantise, ranked, select_under_budget
 from ..errors import InputError, UsageError
+from ..scoring.segment import segment
 from .assemble import assemble, indent_before, separators, squeezed
 from .counting import TokenCounter
 from .numbers import number_spans
@@ -24,7 +25,6 @@ from .scorers import (
     ScoringContext,
     SurprisalScorer,
 )
-from .segment import segment
 from .structure import code_droppable_lines, markdown_code_blocks, markdown_protected
 from .units import Units, merge_units, token_units, word_units
 

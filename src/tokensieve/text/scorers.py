@@ -11,12 +11,9 @@ import numpy as np
 import regex
 
 from ..errors import UsageError
-from ..scoring.surprisal import TokenSurprisal, text_surprisal
+from ..scoring.surprisal import NEUTRAL_QUESTION, TokenSurprisal, text_surprisal
 
 _TERM = regex.compile(r"\w+", regex.UNICODE)
-# Contrastive scores compare against a question-shaped but empty prefix, so that merely
-# having some prefix (which helps the first sentence most) is not mistaken for relevance.
-NEUTRAL_QUESTION = "What does the following text say?"
 
 
 @dataclass

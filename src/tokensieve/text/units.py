@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import regex
 
-from .segment import Segmentation, group_spans
+from ..scoring.segment import Segmentation, group_spans
 
 _GRAPHEME = regex.compile(r"\X")
 
