@@ -286,3 +286,33 @@ def test_surprisal_logits_are_computed_in_chunks_of_bounded_elements(monkeypatch
     assert sum(sizes) == 8 * 39 * vocab                  # every prediction once, nothing more
     assert torch.allclose(got[:, 1:], ref, atol=1e-4)
     assert torch.equal(got[:, 0], got[:, 1:].max(-1).values)
+
+
+def test_information_rank_mix_ignores_float_noise_below_the_quantisation_step():
+    """The rank mix of surprisal and attention ranks quantised scores (same input, same
+    output): two units whose attention differs only by one float32 ulp share one rank, so
+    swapping that noise between them changes nothing."""
+    from types import SimpleNamespace
+
+    from tokensieve.kv.policies.information import Information, _rank01
+
+    a = torch.tensor(0.25)
+    noisy = torch.nextafter(a, torch.tensor(1.0))       # 0.25 + 1 ulp, well below 2**-16
+    assert noisy != a
+    ranks = _rank01(torch.stack([a, noisy, torch.tensor(1.0)])[None])
+    assert ranks.tolist() == [[0.0, 0.0, 1.0]]           # was [0, 0.5, 1]
+
+    def score(attention: list[torch.Tensor]) -> torch.Tensor:
+        x = SimpleNamespace(
+            keys=torch.zeros(1, 1, 3, 4),
+            shared={"surprisal": torch.tensor([[1.0, 2.0, 3.0]]),
+                    "units": torch.tensor([[0, 1, 2]])},
+            window_attention=lambda w, reduce: torch.stack(attention)[None, None],
+        )
+        return Information(attention=0.5).score(x)[0, 0]
+
+    one = score([a, noisy, torch.tensor(0.1)])
+    other = score([noisy, a, torch.tensor(0.1)])
+    assert torch.equal(one, other)
+    # half the surprisal ranks (0, 0.5, 1) plus half the attention ranks (0.5, 0.5, 0)
+    assert one.tolist() == [0.25, 0.5, 0.5]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ...engine.select import quantise
 from ...scoring.units import unit_reduce
 from ..attention import LayerInputs
 from .base import Policy
@@ -24,8 +25,11 @@ def chunk_units(t: int, chunk: int, device) -> torch.Tensor:
 
 def _rank01(x: torch.Tensor) -> torch.Tensor:
     """Each row's values as ranks in [0, 1] (scale-free, so signals can be mixed); equal
-    values share one rank, so the tokens of one unit keep one score."""
+    values share one rank, so the tokens of one unit keep one score. Values are ranked by
+    their :func:`~tokensieve.engine.quantise` value, as every selector ranks, so float noise
+    (another batch, thread count or kernel) cannot reorder near-equal scores."""
     t = x.shape[-1]
+    x = quantise(x)
     ranks = torch.searchsorted(torch.sort(x, dim=-1).values.contiguous(), x.contiguous())
     return ranks.float() / max(1, t - 1)
 
