@@ -30,9 +30,6 @@ NAMES = {TOP: "top", PLACE: "place", BOTTOM: "bottom"}
 # Violations still in the code, each to be removed by the change named; the test fails when
 # one of them is gone (take it off the list), so the lists only shrink.
 ALLOWED: dict[tuple[str, str], str] = {
-    # a place imports the benchmarks: image preprocessing moves into the place (vision) --
-    # issue 18, bench data sources
-    ("tokensieve.vision.images", "tokensieve.bench.vision_data"): "to_pixel_values",
     # inspect reaches into text for the surprisal scorer, the neutral question and word /
     # sentence segmentation: they move to the bottom as the one surprisal scorer (issue 18)
     ("tokensieve.inspect.attribute", "tokensieve.text.segment"): "segment",
