@@ -38,11 +38,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("tokensieve.inspect.surprise", "tokensieve.text.segment"): "find_words",
     ("tokensieve.inspect.surprise", "tokensieve.text.surprisal"): "token_surprisal",
 }
-ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
-    # the proxy takes ServiceError / error_response from app, app adds the proxy's routes:
-    # the shared error answer moves to a module below both (serve hardening, issue 18)
-    ("tokensieve.serve.app", "tokensieve.serve.proxy"): "ServiceError, error_response",
-}
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {}
 
 
 def modules() -> dict[str, Path]:
