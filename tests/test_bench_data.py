@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tokensieve.assets import downloads
 from tokensieve.bench import data
 from tokensieve.bench.data import IndexFile, PipSources, package_file, parse_index_page
 from tokensieve.errors import TokensieveError
@@ -271,7 +272,7 @@ def test_pip_configuration_is_respected(tmp_path, monkeypatch):
 def test_default_index_when_nothing_is_configured(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "empty.conf"))
     (tmp_path / "empty.conf").write_text("")
-    monkeypatch.setattr(data, "_pip_options", lambda: {})
+    monkeypatch.setattr(downloads, "_pip_options", lambda: {})
     assert data.pip_sources().index_urls == [data.DEFAULT_INDEX]
 
 
@@ -326,7 +327,7 @@ def test_missing_bigbench_archive_skips_its_tasks_with_one_line(tmp_path, monkey
     """The package index no longer serves BIG-bench 1.0.0: its tasks are skipped with one
     line naming the file to put where, and asked for alone they fail with that line."""
     monkeypatch.setenv("TOKENSIEVE_DATA", str(tmp_path))
-    monkeypatch.setattr(data, "pip_sources", lambda: _sources())  # an index that lists nothing
+    monkeypatch.setattr(downloads, "pip_sources", lambda: _sources())  # lists nothing
     assert data.build_tasks(["disfl_qa", "math_qa"], 2, seed=0, skip_missing=True) == {}
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("bigbench-1.0.0.tar.gz" in e for e in err)
@@ -439,7 +440,7 @@ def test_a_reset_connection_is_tried_again(fake_index, tmp_path, monkeypatch):
     """A transient network error (here: a reset connection while fetching) gets two more
     tries; a 404-like or hash error does not."""
     root, blobs = fake_index
-    monkeypatch.setattr(data, "_RETRY_DELAYS", (0.0, 0.0), raising=False)
+    monkeypatch.setattr(downloads, "_RETRY_DELAYS", (0.0, 0.0))
     real, calls = data._fetch, []
 
     def flaky(*args):
@@ -448,12 +449,12 @@ def test_a_reset_connection_is_tried_again(fake_index, tmp_path, monkeypatch):
             raise ConnectionResetError(104, "Connection reset by peer")
         return real(*args)
 
-    monkeypatch.setattr(data, "_fetch", flaky)
+    monkeypatch.setattr(downloads, "_fetch", flaky)
     path = package_file("demo-pkg", "1.0", folder=tmp_path / "dl",
                         sources=_sources((root / "simple").as_uri()))
     assert len(calls) == 3 and path.read_bytes() == blobs[path.name]
     calls.clear()
-    monkeypatch.setattr(data, "_fetch", lambda *a: (calls.append(1), flaky_forever())[1])
+    monkeypatch.setattr(downloads, "_fetch", lambda *a: (calls.append(1), flaky_forever())[1])
 
     def flaky_forever():
         raise ConnectionResetError(104, "Connection reset by peer")

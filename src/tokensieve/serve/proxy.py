@@ -24,7 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..text.protect import MAX_PATTERNS
-from .app import ServiceError, check_chars, check_patterns, error_response, user_text
+from .errors import ServiceError, check_chars, check_patterns, error_response, user_text
 
 QUESTION_CHARS = 1000   # the tail of the last user message used as the question
 PASS_HEADERS = ("content-type", "openai-organization", "openai-processing-ms",
