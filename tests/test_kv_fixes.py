@@ -189,11 +189,11 @@ def test_information_with_a_decode_cap():
 
 
 def test_text_and_kv_share_one_number_and_id_pattern(lm_tokenizer):
-    """keep_numbers protects exactly what kv keeps whole: numbers and letter-digit IDs."""
-    from tokensieve.text.protect import protected_spans
+    """keep_numbers keeps whole exactly what kv keeps whole: numbers and letter-digit IDs."""
+    from tokensieve.text.numbers import number_spans
 
     text = "Code Z9K6-4842 and PX-1234 cost 12.5% on 2026-11-29 at 3:45, word v2 ok."
-    found = [text[a:b] for a, b in protected_spans(text, keep_numbers=True)]
+    found = [text[a:b] for a, b in number_spans(text)]
     assert found == ["Z9K6-4842", "PX-1234", "12.5%", "2026-11-29", "3:45", "v2"]
     ids, _ = kv.chat_parts(lm_tokenizer, text, "?")
     whole = [lm_tokenizer.decode(ids[a:b]).strip() for a, b in kv.number_spans(lm_tokenizer, text)]

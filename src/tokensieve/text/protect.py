@@ -15,7 +15,7 @@ import regex
 from regex import _regex_core
 
 from ..errors import InputError, UsageError
-from ..spans import check_spans, value_spans
+from ..spans import check_spans
 
 MAX_PATTERN_CHARS = 500
 # how far a pattern may expand: its literal characters, each repeat multiplying its body by
@@ -137,7 +137,6 @@ def protected_spans(
     patterns: Iterable[str] = (),
     literals: Iterable[str] = (),
     spans: Iterable[tuple[int, int]] = (),
-    keep_numbers: bool = False,
     timeout: float | None = None,
 ) -> list[tuple[int, int]]:
     """All protected [start, end) spans: regex matches, literal occurrences, given spans.
@@ -145,8 +144,6 @@ def protected_spans(
     out: list[tuple[int, int]] = []
     patterns, literals = _items(patterns, "protect"), _items(literals, "keep_text")
     spans = _items(spans, "keep_spans")
-    if keep_numbers:  # numbers and IDs, as kv keeps them whole (tokensieve.spans)
-        out += value_spans(text)
     out += pattern_spans(text, patterns, timeout)
     for lit in literals:
         if not isinstance(lit, str) or not lit:
