@@ -1,0 +1,22 @@
+"""VLM methods by name. ``"default"`` is chosen on the dev split (see the README)."""
+
+from __future__ import annotations
+
+from ...engine.spec import build_from_spec
+from .base import Inside, Visual, VLMMethod
+from .simple import RandomTokens, UniformGrid
+
+METHODS: dict[str, type[VLMMethod]] = {
+    cls.name: cls for cls in (RandomTokens, UniformGrid)
+}
+DEFAULT_METHOD = "random"   # replaced by the dev split's winner
+
+
+def get_method(method: str | VLMMethod) -> VLMMethod:
+    """A method instance from a name with optional settings ("dart:pivots=4"), or itself."""
+    if isinstance(method, VLMMethod):
+        return method
+    return build_from_spec(method, METHODS, DEFAULT_METHOD, what="VLM method")
+
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "Inside", "VLMMethod", "Visual", "get_method"]
