@@ -341,3 +341,21 @@ def test_zeroth_directions_come_from_the_generator():
     first = method.select(v)
     v.generator = torch.Generator().manual_seed(4)
     assert torch.equal(method.select(v), first)
+
+
+def test_zeroth_diverse_skips_a_duplicate_of_a_kept_token():
+    v = amplifying_visual(2, [2, 7])
+    v.vision[7] = v.vision[2]
+    v.features = v.project(v.vision)
+    assert kept(get_method("zeroth").select(v)) == {2, 7}
+    diverse = kept(get_method("zeroth:diverse=true").select(v))
+    assert 2 in diverse and 7 not in diverse
+    v.count = 20
+    check_valid(get_method("zeroth:diverse=true").select(v), v)
+
+
+def test_zeroth_works_in_bfloat16():
+    v = amplifying_visual(4, [3, 5, 8, 13])
+    v.vision = v.vision.bfloat16()
+    v.features = v.project(v.vision)
+    assert kept(get_method("zeroth").select(v)) == {3, 5, 8, 13}

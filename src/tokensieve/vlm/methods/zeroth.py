@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from ...engine.select import quantise
 from ...errors import UsageError
 from .base import Visual, VLMMethod, top
 from .signals import require
@@ -39,15 +40,33 @@ def sensitivity(project: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     return total / (directions * step)
 
 
+def diverse_top(scores: torch.Tensor, features: torch.Tensor, count: int) -> torch.Tensor:
+    """Greedy: the best-scoring token first, then each time the token with the largest
+    ``score x cosine distance to the nearest token kept so far`` (ZOO-Prune's hybrid score);
+    rounded by ``quantise``, ties to the earlier token."""
+    m = torch.nn.functional.normalize(features.float(), dim=-1)
+    s = scores.float().clamp_min(0)
+    keep = torch.zeros(len(s), dtype=torch.bool, device=s.device)
+    dist = torch.ones_like(s)
+    for _ in range(count):
+        i = int(quantise((s * dist).masked_fill(keep, float("-inf"))).argmax())
+        keep[i] = True
+        dist = torch.minimum(dist, (1 - m @ m[i]).clamp_min(0))
+    return keep
+
+
 class ZerothOrder(VLMMethod):
     """Zeroth-order sensitivity: keep the ``count`` tokens whose projector output changes
     most under ``directions`` small seeded random perturbations (size ``eps`` relative to the
-    mean token norm) of their projector input; cost: ``directions + 1`` projector passes."""
+    mean token norm) of their projector input; cost: ``directions + 1`` projector passes.
+    ``diverse``: ZOO-Prune's hybrid selection, sensitivity times the distance (of the
+    projected features) to the tokens already kept, chosen greedily."""
 
     name = "zeroth"
     needs = frozenset({"vision", "project"})
 
-    def __init__(self, directions: int = 4, eps: float = 0.05, rows: int = 4096):
+    def __init__(self, directions: int = 4, eps: float = 0.05, rows: int = 4096,
+                 diverse: bool = False):
         def whole(value, lo, hi):
             return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
@@ -61,7 +80,9 @@ class ZerothOrder(VLMMethod):
         if not ok:
             raise UsageError(f"VLM method 'zeroth': eps is the perturbation size relative to "
                              f"the token norm, in (0, 1], got {eps!r}.")
-        self.directions, self.eps, self.rows = directions, float(eps), rows
+        if not isinstance(diverse, bool):
+            raise UsageError(f"VLM method 'zeroth': diverse is true or false, got {diverse!r}.")
+        self.directions, self.eps, self.rows, self.diverse = directions, float(eps), rows, diverse
 
     def select(self, v: Visual) -> torch.Tensor:
         x = require(v, "vision", self.name, "the projector's input")
@@ -70,5 +91,7 @@ class ZerothOrder(VLMMethod):
             raise UsageError(f"VLM method {self.name!r}: {x.shape[0]} projector inputs for "
                              f"{v.n} visual tokens; it needs a projector that maps tokens one "
                              "to one.")
-        return top(sensitivity(project, x, self.directions, self.eps, v.generator, self.rows),
-                   v.count)
+        score = sensitivity(project, x, self.directions, self.eps, v.generator, self.rows)
+        if self.diverse:
+            return diverse_top(score, v.features, v.count)
+        return top(score, v.count)
