@@ -34,7 +34,7 @@ def sensitivity(project: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
         base = run(x)
         total = torch.zeros(n, device=base.device)
         for _ in range(directions):
-            u = torch.randn(n, d, generator=generator)
+            u = torch.randn(n, d, generator=generator, device=generator.device)
             u = torch.nn.functional.normalize(u, dim=-1).to(x.device) * step
             total += (run((x.float() + u).to(x.dtype)) - base).norm(dim=-1)
     return total / (directions * step)
