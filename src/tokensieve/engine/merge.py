@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .select import quantise
+
 
 def combine(x: torch.Tensor, assign: torch.Tensor, n_out: int, weight: torch.Tensor | None = None):
     """Combine tokens into ``n_out`` slots.
@@ -45,3 +47,27 @@ def combine(x: torch.Tensor, assign: torch.Tensor, n_out: int, weight: torch.Ten
         picked = torch.gather(x, 1, first.clamp_max(n - 1)[..., None].expand(b, n_out, c))
         y = torch.where(single[..., None], picked, y)
     return y, mass.to(x.dtype)
+
+
+def contextual_groups(metric: torch.Tensor, dominant: torch.Tensor, n_targets: int):
+    """VisionZip's contextual tokens: the tokens outside ``dominant`` (B, N) bool (the same
+    number in every row), in order; ``n_targets`` (<= that number) of them, evenly spaced,
+    become targets and every other one joins the target it is most similar to (cosine of
+    ``metric`` (B, N, D), rounded by ``quantise``; ties to the earlier target). Returns
+    ``(rest, targets, group)``: ``rest`` (B, R) the tokens outside ``dominant``, ``targets``
+    (B, T) the target tokens, ``group`` (B, R) in [0, T) the target each one joins (a target
+    joins itself)."""
+    b, n = dominant.shape
+    n_rest = n - int(dominant[0].sum())
+    rest = torch.sort((~dominant).long(), dim=-1, descending=True, stable=True).indices
+    rest = rest[:, :n_rest]                                               # (B, R), in order
+    # evenly spaced and distinct: consecutive points are >= 1 apart before rounding
+    pick = torch.linspace(0, n_rest - 1, n_targets, device=metric.device).round().long()
+    targets = rest[:, pick]                                               # (B, T)
+    m = torch.nn.functional.normalize(metric.float(), dim=-1)
+    d = m.shape[-1]
+    sim = torch.gather(m, 1, rest[..., None].expand(-1, -1, d)) @ \
+        torch.gather(m, 1, targets[..., None].expand(-1, -1, d)).transpose(1, 2)  # (B, R, T)
+    sim = quantise(sim)
+    sim[:, pick, torch.arange(len(pick), device=sim.device)] = float("inf")  # own target
+    return rest, targets, sim.argmax(-1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ...engine.budget import keep_count
-from ...engine.select import quantise
+from ...engine.merge import contextual_groups
 from ...errors import UsageError
-from .base import Assignment, Step, VisionMethod, keep_mask_to_assignment, normalized, top_k_mask
+from .base import Assignment, Step, VisionMethod, keep_mask_to_assignment, top_k_mask
 
 
 def _cls(step: Step, name: str) -> torch.Tensor:
@@ -51,23 +51,14 @@ class VisionZip(VisionMethod):
 
     def assign(self, step: Step) -> Assignment:
         attn = _cls(step, self.name)
-        b, n = attn.shape
+        n = attn.shape[-1]
         n_ctx = min(step.n_keep - 1, keep_count(self.contextual, step.n_keep))
         n_dom = step.n_keep - n_ctx
         dominant = top_k_mask(attn, n_dom)
         base = keep_mask_to_assignment(dominant)
         if n_ctx <= 0 or n_dom >= n:
             return base
-        # the remaining tokens, in order; targets evenly spaced among them
-        rest_order = torch.sort((~dominant).long(), dim=-1, descending=True, stable=True).indices
-        n_rest = n - n_dom
-        rest = rest_order[:, :n_rest]                                    # (B, R)
-        pick = torch.linspace(0, n_rest - 1, n_ctx, device=attn.device).round().long().unique()
-        targets = rest[:, pick]                                          # (B, T)
-        m = normalized(step.keys)
-        sim = torch.gather(m, 1, rest[..., None].expand(-1, -1, m.shape[-1])) @ \
-            torch.gather(m, 1, targets[..., None].expand(-1, -1, m.shape[-1])).transpose(1, 2)
-        group = quantise(sim).argmax(-1)                                 # (B, R) in [0, T)
-        slot = base.slot.clone()
-        slot.scatter_(1, rest, base.n_out + group)
-        return Assignment(slot, base.n_out + pick.numel())
+        # the remaining tokens join evenly spaced targets among them by key similarity
+        _, _, group = contextual_groups(step.keys, dominant, n_ctx)
+        slot = base.slot.masked_scatter(~dominant, base.n_out + group)
+        return Assignment(slot, base.n_out + n_ctx)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from ...engine.spec import build_from_spec
+from .attention import VTCCLS, VisionDrop, VisionZip
 from .base import Inside, Visual, VLMMethod
+from .hiprune import HiPrune
 from .simple import RandomTokens, UniformGrid
+from .zeroth import ZerothOrder
 
 METHODS: dict[str, type[VLMMethod]] = {
     cls.name: cls for cls in (RandomTokens, UniformGrid)
 }
+METHODS.update({cls.name: cls for cls in (VisionZip, VTCCLS, HiPrune, VisionDrop, ZerothOrder)})
 DEFAULT_METHOD = "random"   # replaced by the dev split's winner
 
 
