@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tokensieve.engine.diversity import facility_location, k_center
+from tokensieve.engine.select import quantise
 from tokensieve.errors import UsageError
 from tokensieve.vlm.methods import METHODS, Inside, Visual, get_method
 
@@ -83,6 +84,15 @@ def test_before_budget_is_exact(name, with_text):
     for count in (1, 2, 7, n - 1, n):
         mask = get_method(name).select(_visual(x, count, text=text, cls_attention=cls))
         assert mask.shape == (n,) and mask.dtype == torch.bool and int(mask.sum()) == count
+
+
+@pytest.mark.parametrize("name", BEFORE)
+def test_half_precision_tokens_give_the_float32_choice(name):
+    x, _ = _clusters(noise=0.3)
+    x = x.bfloat16()
+    text = x[5:6].clone()
+    low = get_method(name).select(_visual(x, 6, text=text))
+    assert torch.equal(low, get_method(name).select(_visual(x.float(), 6, text=text.float())))
 
 
 @pytest.mark.parametrize("name", INSIDE)
@@ -335,3 +345,29 @@ def test_k_center_is_batched_and_starts_where_told():
     pts = torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [-1.0, 0.0], [-0.99, 0.1]])
     keep = k_center(torch.stack([pts, pts]), 3, torch.tensor([0, 2]))
     assert _kept(keep[0]) == [0, 2, 3] and keep[1].tolist() == [True, False, True, True, False]
+
+
+def _plain_greedy(sim, count, weight):
+    """Reference: every gain recomputed from scratch at every step (ranked as quantised,
+    like every selector)."""
+    cover = torch.full((sim.shape[0],), -1.0)
+    keep = torch.zeros(sim.shape[1], dtype=torch.bool)
+    for _ in range(count):
+        gain = ((sim - cover[:, None]).clamp_min(0) * weight[:, None]).sum(0)
+        j = int(quantise(torch.where(keep, float("-inf"), gain)).argmax())
+        keep[j] = True
+        cover = torch.maximum(cover, sim[:, j])
+    return keep
+
+
+def test_facility_location_updates_match_recomputing_every_gain():
+    for seed in range(8):
+        g = _gen(seed)
+        n = 10 + 9 * seed
+        x = torch.nn.functional.normalize(torch.randn(n, 6, generator=g), dim=-1)
+        t = torch.nn.functional.normalize(torch.randn(3, 6, generator=g), dim=-1)
+        sim = torch.cat([x @ x.T, t @ x.T])
+        weight = torch.cat([torch.full((n,), 1 / n), torch.full((3,), 0.4)])
+        for count in (1, n // 3, n):
+            assert torch.equal(facility_location(sim, count, weight),
+                               _plain_greedy(sim, count, weight)), (seed, count)

@@ -57,15 +57,25 @@ def facility_location(sim: torch.Tensor, count: int, weight: torch.Tensor | None
     ``sim`` (M, N): similarity of M demand points to N candidates (cosines: ``floor`` -1,
     their least value, so an uncovered point counts as covered by nothing); ``weight`` (M,)
     non-negative, default 1. Each step takes the candidate with the largest gain, ties to the
-    earlier one."""
+    earlier one. The gains (float64) are updated only for the demand points the last pick
+    covered better, so a step costs (points it moved) x N, not M x N."""
     m, n = sim.shape
     s = sim.float()
     w = torch.ones(m, device=s.device) if weight is None else weight.float().to(s.device)
     cover = torch.full((m,), float(floor), device=s.device)
     keep = torch.zeros(n, dtype=torch.bool, device=s.device)
+
+    def covered(rows: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """(N,) float64: what each candidate would add over ``level`` on those rows."""
+        return ((s[rows] - level[:, None]).clamp_min(0) * w[rows, None]).sum(0, dtype=torch.float64)
+
+    gain = covered(torch.arange(m, device=s.device), cover)
     for _ in range(count):
-        gain = ((s - cover[:, None]).clamp_min(0) * w[:, None]).sum(0)  # (N,)
         j = quantise(gain.masked_fill(keep, float("-inf"))).argmax()
         keep[j] = True
-        cover = torch.maximum(cover, s[:, j])
+        new = torch.maximum(cover, s[:, j])
+        moved = (new > cover).nonzero().flatten()
+        if len(moved):
+            gain -= covered(moved, cover[moved]) - covered(moved, new[moved])
+        cover = new
     return keep

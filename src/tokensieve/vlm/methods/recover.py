@@ -45,7 +45,7 @@ class Recover(VLMMethod):
         v = visual(self, v)
         text = text_of(self, v)
         recovered = share_of(v.count, self.recover) if text is not None else 0
-        keep = top(self._agnostic(v), v.count - recovered)
+        keep = top(self._agnostic(v).to(v.features.device), v.count - recovered)
         if recovered:
             score = text_relevance(v.features, text).masked_fill(keep, float("-inf"))
             keep |= top(score, recovered)
