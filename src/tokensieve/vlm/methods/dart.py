@@ -8,7 +8,7 @@ import torch
 from ...engine.diversity import duplication
 from ...errors import UsageError
 from .base import Inside, Visual, VLMMethod, top
-from .relevance import _counted
+from .relevance import counted
 
 
 class DART(VLMMethod):
@@ -26,7 +26,7 @@ class DART(VLMMethod):
         self.pivots = pivots
 
     def select(self, v: Visual | Inside) -> torch.Tensor:
-        _counted(self, v)
+        counted(self, v)
         x = v.features if isinstance(v, Visual) else v.hidden
         p = min(self.pivots, v.count)
         pivot = top(x.float().norm(dim=-1), p).nonzero().flatten()      # (P,) in order

@@ -18,7 +18,7 @@ def visual(method: VLMMethod, v) -> Visual:
         raise UsageError(f"VLM method {method.name!r} runs before the language model "
                          f"(stage='before'), not inside it; pick another method for "
                          f"stage='inside'.")
-    return _counted(method, v)
+    return counted(method, v)
 
 
 def inside(method: VLMMethod, v) -> Inside:
@@ -26,10 +26,11 @@ def inside(method: VLMMethod, v) -> Inside:
     if not isinstance(v, Inside):
         raise UsageError(f"VLM method {method.name!r} runs inside the language model: use "
                          f"stage='inside' (with layer=k).")
-    return _counted(method, v)
+    return counted(method, v)
 
 
-def _counted(method: VLMMethod, v):
+def counted(method: VLMMethod, v):
+    """``v`` (either stage) when its count is in [1, N], else a one-line error."""
     if not 1 <= v.count <= v.n:
         raise UsageError(f"VLM method {method.name!r} was asked to keep {v.count} of {v.n} "
                          f"visual tokens; the count must be between 1 and {v.n}.")
