@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...engine.diversity import normalized
 from ...engine.select import quantise, select_top_k
 
 
@@ -81,10 +82,6 @@ def keep_mask_to_assignment(keep: torch.Tensor) -> Assignment:
 
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return select_top_k(scores, k)
-
-
-def normalized(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
 def merge_into_nearest(keep: torch.Tensor, metric: torch.Tensor) -> Assignment:

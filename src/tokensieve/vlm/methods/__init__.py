@@ -5,14 +5,25 @@ from __future__ import annotations
 from ...engine.spec import build_from_spec
 from .attention import VTCCLS, VisionDrop, VisionZip
 from .base import Inside, Visual, VLMMethod
+from .dart import DART
+from .fastv import FastV
 from .hiprune import HiPrune
+from .mmtok import MMTok
+from .recover import Recover
 from .simple import RandomTokens, UniformGrid
+from .todre import ToDRE
+from .transprune import TransPrune
 from .zeroth import ZerothOrder
 
 METHODS: dict[str, type[VLMMethod]] = {
-    cls.name: cls for cls in (RandomTokens, UniformGrid)
+    cls.name: cls for cls in (
+        # before the LLM
+        VisionZip, VTCCLS, HiPrune, DART, ToDRE, ZerothOrder, VisionDrop, MMTok, Recover,
+        # inside it
+        FastV, TransPrune,
+        # baselines
+        RandomTokens, UniformGrid)
 }
-METHODS.update({cls.name: cls for cls in (VisionZip, VTCCLS, HiPrune, VisionDrop, ZerothOrder)})
 DEFAULT_METHOD = "random"   # replaced by the dev split's winner
 
 
