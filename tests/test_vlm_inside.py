@@ -166,13 +166,19 @@ def _masked_reference(model, lm, layer, dropped, kw):
             h.remove()
 
 
+# rows lose different numbers (2 images vs 1), so the shorter one is re-left-padded; in the
+# second pair no row is padded to begin with (SDPA's mask is None until the drop)
+PAIRS = [[prompt([2], [4, 5], images=2), ROWS[1]],
+         [prompt([2], [4, 5], images=2), prompt([2] + [9] * (N + 1), [4, 5])]]
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_pruned_prefill_and_decode_equal_masking_the_dropped_tokens(attn):
+@pytest.mark.parametrize("rows", PAIRS, ids=["padded", "unpadded"])
+def test_pruned_prefill_and_decode_equal_masking_the_dropped_tokens(attn, rows):
     """Removing tokens after layer k (gathered rows, positions, mask, re-left-padding, KV
     eviction, decode mask) computes what masking them out would: checks all the plumbing."""
     model = tiny_llava(attn)
     lm = model.model.language_model
-    rows = [prompt([2], [4, 5], images=2), ROWS[1]]  # rows lose different numbers: re-padding
     ids, mask, pos = batch(rows)
     kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=pixels(3))
     with install_inside(model, Keep(), count=4, layer=1, image_token_id=IMG) as h:
