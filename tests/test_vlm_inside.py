@@ -188,7 +188,7 @@ def test_pruned_prefill_and_decode_equal_masking_the_dropped_tokens(attn, rows):
         L2 = ids.shape[1] - (N - 4)
         assert out.logits.shape[1] == L2
         assert all(lay.keys.shape[2] == L2 for lay in out.past_key_values.layers)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        nxt = torch.full((2, 1), IMG)  # a decode step may generate the image token id
         one = torch.ones(2, 1, dtype=mask.dtype)
         step = dict(input_ids=nxt, attention_mask=torch.cat([mask, one], 1),
                     position_ids=pos[:, -1:] + 1, cache_position=torch.tensor([ids.shape[1]]),
@@ -357,3 +357,81 @@ def test_image_tokens_on_a_filled_cache_are_refused():
         with pytest.raises(UsageError, match="empty cache"):
             model(input_ids=ids[:, 2:], attention_mask=mask, pixel_values=pixels(1),
                   past_key_values=out.past_key_values)
+
+
+# -- Qwen2-VL: 3-D M-RoPE positions, cos/sin of shape (3, B, L, D), grids from image_grid_thw --
+VS, VE = 61, 60   # vision start / end tokens
+
+
+def tiny_qwen2_vl(attn: str = "sdpa"):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    cfg = Qwen2VLConfig(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
+                           patch_size=2, spatial_merge_size=2, temporal_patch_size=2),
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, pad_token_id=0,
+                         rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2],
+                                          "rope_theta": 10000.0}),
+        image_token_id=IMG, video_token_id=62, vision_start_token_id=VS, vision_end_token_id=VE)
+    torch.manual_seed(2)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.set_attn_implementation(attn)
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None
+    return model
+
+
+THW = [(1, 8, 8), (1, 4, 16)]   # 64 patches each, 16 tokens after the 2x2 merge: (4,4), (2,8)
+
+
+def qwen_inputs(rows: list[list[int]], images: list[int]):
+    """Inputs for ``rows`` whose images are ``images`` (indices into THW; image i's pixels
+    are seeded by i)."""
+    ids, mask, _ = batch(rows)
+    grids = [THW[i % 2] for i in images]
+    px = torch.cat([torch.randn(t * h * w, 24, generator=torch.Generator().manual_seed(i))
+                    for i, (t, h, w) in zip(images, grids, strict=True)])  # 24 = 3 x 2 x 2 x 2
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=px,
+                image_grid_thw=torch.tensor(grids))
+
+
+def qprompt(pre, post, images=1):
+    return [1, *pre] + ([VS] + [IMG] * N + [VE]) * images + post
+
+
+QROWS = [qprompt([2], [4, 5], images=2), qprompt([9], [11, 12, 13])]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_qwen2_vl_keep_all_and_masked_reference(attn):
+    model = tiny_qwen2_vl(attn)
+    kw = qwen_inputs(QROWS, [0, 1, 2])
+    base = model(**kw).logits
+    with install_inside(model, "random", count=N, layer=1, image_token_id=IMG):
+        torch.testing.assert_close(model(**kw).logits, base, rtol=1e-5, atol=1e-5)
+    method = Keep("text_attention")
+    with install_inside(model, method, count=4, layer=1, image_token_id=IMG) as h:
+        out = model(**kw, use_cache=True)
+    assert [v.grid for v in method.seen] == [(4, 4), (2, 8), (4, 4)]
+    dropped = kept_positions(h.records, 2)
+    L2 = kw["input_ids"].shape[1] - (N - 4)
+    assert all(lay.keys.shape[2] == L2 for lay in out.past_key_values.layers)
+    ref = _masked_reference(model, model.model.language_model, 1, dropped, kw)
+    mask = kw["attention_mask"]
+    for b in range(2):
+        keep = [i for i in range(mask.shape[1]) if mask[b, i] and i not in dropped[b]]
+        torch.testing.assert_close(out.logits[b, L2 - len(keep):], ref.logits[b, keep],
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_qwen2_vl_generate_batch_equals_each_row_alone(beams):
+    model = tiny_qwen2_vl()
+    gen = dict(max_new_tokens=4, do_sample=False, num_beams=beams)
+    with install_inside(model, Keep(), keep=0.25, layer=2,
+                        image_token_id=IMG):
+        both = model.generate(**qwen_inputs(QROWS, [0, 1, 2]), **gen)[:, -4:]
+        alone = [model.generate(**qwen_inputs([QROWS[0]], [0, 1]), **gen)[0, -4:],
+                 model.generate(**qwen_inputs([QROWS[1]], [2]), **gen)[0, -4:]]
+    assert torch.equal(both, torch.stack(alone))

@@ -186,10 +186,12 @@ class InsideHandle:
         mask = _argument(fwd, "attention_mask", (None, *args), kwargs)
         cache = _argument(fwd, "past_key_values", (None, *args), kwargs)
         self._prefill = None
-        if ids is not None and bool((ids == self.image_token_id).any()):
-            if cache is not None and cache.get_seq_length() > 0:
-                raise UsageError("the inside stage prunes a prefill on an empty cache; this call "
-                                 "has image tokens and a filled cache (start a new cache).")
+        filled = cache is not None and cache.get_seq_length() > 0
+        images = ids is not None and bool((ids == self.image_token_id).any())
+        if images and filled and _argument(fwd, "pixel_values", (None, *args), kwargs) is not None:
+            raise UsageError("the inside stage prunes a prefill on an empty cache; this call "
+                             "has an image and a filled cache (start a new cache).")
+        if images and not filled:  # a prefill (a decode step may generate the image token)
             if _argument(fwd, "labels", (None, *args), kwargs) is not None:
                 raise UsageError("the inside stage shortens the sequence, so labels cannot be "
                                  "given; compute the loss without pruning.")
