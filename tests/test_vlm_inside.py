@@ -141,15 +141,17 @@ def test_keeping_every_token_gives_the_unpatched_logits(attn):
 def _masked_reference(model, lm, layer, dropped, kw):
     """The unpatched model with the dropped tokens masked (not removed) as keys in layers
     after ``layer``: what the pruned model must compute for the kept tokens."""
-    L = kw["input_ids"].shape[1]
+    L, dev = kw["input_ids"].shape[1], kw["input_ids"].device
     cut = torch.zeros(len(dropped), L, dtype=torch.bool)
     for b, d in enumerate(dropped):
         cut[b, sorted(d)] = True
+    cut = cut.to(dev)
 
     def hook(mod, args, kwargs):
         m = kwargs.get("attention_mask")
         if m is None:
-            m = torch.ones(L, L, dtype=torch.bool).tril()[None, None].expand(len(dropped), 1, L, L)
+            m = torch.ones(L, L, dtype=torch.bool, device=dev).tril()[None, None]
+            m = m.expand(len(dropped), 1, L, L)
         m = m.expand(len(dropped), -1, -1, -1)
         if m.dtype == torch.bool:
             m = m & ~cut[:, None, None, :]
@@ -172,15 +174,20 @@ PAIRS = [[prompt([2], [4, 5], images=2), ROWS[1]],
          [prompt([2], [4, 5], images=2), prompt([2] + [9] * (N + 1), [4, 5])]]
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("rows", PAIRS, ids=["padded", "unpadded"])
-def test_pruned_prefill_and_decode_equal_masking_the_dropped_tokens(attn, rows):
+def test_pruned_prefill_and_decode_equal_masking_the_dropped_tokens(attn, rows, device):
     """Removing tokens after layer k (gathered rows, positions, mask, re-left-padding, KV
     eviction, decode mask) computes what masking them out would: checks all the plumbing."""
-    model = tiny_llava(attn)
+    model = tiny_llava(attn).to(device)
     lm = model.model.language_model
-    ids, mask, pos = batch(rows)
-    kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=pixels(3))
+    ids, mask, pos = (t.to(device) for t in batch(rows))
+    kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos,
+              pixel_values=pixels(3).to(device))
     with install_inside(model, Keep(), count=4, layer=1, image_token_id=IMG) as h:
         out = model(**kw, use_cache=True)
         dropped = kept_positions(h.records, 2)
@@ -188,10 +195,11 @@ def test_pruned_prefill_and_decode_equal_masking_the_dropped_tokens(attn, rows):
         L2 = ids.shape[1] - (N - 4)
         assert out.logits.shape[1] == L2
         assert all(lay.keys.shape[2] == L2 for lay in out.past_key_values.layers)
-        nxt = torch.full((2, 1), IMG)  # a decode step may generate the image token id
-        one = torch.ones(2, 1, dtype=mask.dtype)
+        nxt = torch.full((2, 1), IMG, device=device)  # a decode step may generate it
+        one = torch.ones(2, 1, dtype=mask.dtype, device=device)
         step = dict(input_ids=nxt, attention_mask=torch.cat([mask, one], 1),
-                    position_ids=pos[:, -1:] + 1, cache_position=torch.tensor([ids.shape[1]]),
+                    position_ids=pos[:, -1:] + 1,
+                    cache_position=torch.tensor([ids.shape[1]], device=device),
                     past_key_values=out.past_key_values)
         dec = model(**step).logits[:, -1]
     ref = _masked_reference(model, lm, 1, dropped, kw)
@@ -435,3 +443,28 @@ def test_qwen2_vl_generate_batch_equals_each_row_alone(beams):
         alone = [model.generate(**qwen_inputs([QROWS[0]], [0, 1]), **gen)[0, -4:],
                  model.generate(**qwen_inputs([QROWS[1]], [2]), **gen)[0, -4:]]
     assert torch.equal(both, torch.stack(alone))
+
+
+def test_sampling_runs_and_is_seeded():
+    model = tiny_llava()
+    ids, mask, _ = batch(ROWS)
+    gen = dict(max_new_tokens=4, do_sample=True, top_k=0, num_return_sequences=2)
+    outs = []
+    with install_inside(model, "random", keep=0.25, layer=1, image_token_id=IMG) as h:
+        for _ in range(2):
+            torch.manual_seed(7)
+            outs.append(model.generate(input_ids=ids, attention_mask=mask,
+                                       pixel_values=pixels(2), **gen))
+    assert outs[0].shape == (4, ids.shape[1] + 4) and torch.equal(outs[0], outs[1])
+    assert len(h.records) == 4 and all(r.after == 4 for r in h.records)
+
+
+def test_a_static_cache_is_refused():
+    from transformers import StaticCache
+    model = tiny_llava()
+    ids, mask, _ = batch([ROWS[0]])
+    cache = StaticCache(config=model.config, max_cache_len=64)
+    with install_inside(model, "random", keep=0.5, layer=1, image_token_id=IMG):
+        with pytest.raises(UsageError, match="DynamicCache"):
+            model(input_ids=ids, attention_mask=mask, pixel_values=pixels(1),
+                  past_key_values=cache)

@@ -192,6 +192,8 @@ class InsideHandle:
             raise UsageError("the inside stage prunes a prefill on an empty cache; this call "
                              "has an image and a filled cache (start a new cache).")
         if images and not filled:  # a prefill (a decode step may generate the image token)
+            if cache is not None:
+                _check_cache(cache)
             if _argument(fwd, "labels", (None, *args), kwargs) is not None:
                 raise UsageError("the inside stage shortens the sequence, so labels cannot be "
                                  "given; compute the loss without pruning.")
@@ -261,11 +263,14 @@ class InsideHandle:
         if not runs:
             return torch.arange(L)
         image_pos = torch.cat([torch.arange(s, e) for s, e in runs]).to(hidden.device)
-        text_pos = (valid & (ids != self.image_token_id)).nonzero().flatten()
+        text_pos = (valid & (ids != self.image_token_id)).nonzero().flatten().to(hidden.device)
         last = int(valid.nonzero().max())
         queries = torch.cat([image_pos, text_pos])
-        att = attention_to(layer, hidden_in, pe, b, valid.to(hidden.device),
-                           queries.to(hidden.device), image_pos).cpu()
+        t0 = time.perf_counter()
+        att = attention_to(layer, hidden_in, pe, b, valid.to(hidden.device), queries,
+                           image_pos).cpu()
+        shared = (time.perf_counter() - t0) / len(runs)  # the row's scoring, split per image
+        text_list = text_pos.tolist()
         row_of = {int(q): i for i, q in enumerate(queries.tolist())}
         col = 0
         for j, (s, e) in enumerate(runs):
@@ -276,7 +281,7 @@ class InsideHandle:
             vis = att[[row_of[i] for i in range(s, e)], cols].clone()
             vis.fill_diagonal_(0)
             visual = vis.sum(0) / max(n - 1, 1)
-            after = [int(t) for t in text_pos if t >= e]
+            after = [t for t in text_list if t >= e]
             if self.question_aware and after:
                 text_att = att[[row_of[t] for t in after], cols].mean(0)
                 last_att = att[row_of[last], cols]
@@ -298,7 +303,7 @@ class InsideHandle:
             dropped[s:e] = into != torch.arange(n)
             kept = (into == torch.arange(n)).nonzero().flatten()
             self.records.append(InsideRecord(b, j, s, kept, merged, n, count,
-                                             time.perf_counter() - start_t))
+                                             shared + time.perf_counter() - start_t))
         return (~dropped).nonzero().flatten()
 
     @staticmethod
@@ -323,11 +328,7 @@ class InsideHandle:
 
     def _evict(self, cache, idx):
         """Keep only the kept tokens' entries in the KV cache of layers ``0..k``."""
-        layers = getattr(cache, "layers", None)
-        if layers is None or any(type(lay).__name__ != "DynamicLayer" for lay in layers):
-            raise UsageError("the inside stage needs a DynamicCache (full-attention layers); "
-                             f"got {type(cache).__name__}.")
-        for lay in layers[: self.layer + 1]:
+        for lay in _check_cache(cache)[: self.layer + 1]:
             at = idx[:, None, :, None].to(lay.keys.device)
             lay.keys = lay.keys.gather(2, at.expand(-1, lay.keys.shape[1], -1, lay.keys.shape[3]))
             lay.values = lay.values.gather(
@@ -348,6 +349,15 @@ class InsideHandle:
                 p.memo[key] = _GATHER[name](value, p.idx, p.slot_valid)
             new[name] = p.memo[key]
         return args, new
+
+
+def _check_cache(cache):
+    """The cache's layers, if they are all plain growing ones (what eviction gathers)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(type(lay).__name__ != "DynamicLayer" for lay in layers):
+        raise UsageError("the inside stage needs a DynamicCache with full-attention layers, "
+                         f"got {type(cache).__name__}; let generate create the cache.")
+    return layers
 
 
 def _merge(hidden, b, s, into):
