@@ -468,3 +468,13 @@ def test_a_static_cache_is_refused():
         with pytest.raises(UsageError, match="DynamicCache"):
             model(input_ids=ids, attention_mask=mask, pixel_values=pixels(1),
                   past_key_values=cache)
+
+
+def test_installing_twice_is_refused_and_remove_allows_again():
+    model = tiny_llava()
+    h = install_inside(model, "random", keep=0.5, layer=1, image_token_id=IMG)
+    with pytest.raises(UsageError, match="already"):
+        install_inside(model, "random", keep=0.5, layer=2, image_token_id=IMG)
+    h.remove()
+    h.remove()  # idempotent
+    install_inside(model, "random", keep=0.5, layer=2, image_token_id=IMG).remove()

@@ -30,6 +30,7 @@ from .layer_attention import attention_to
 from .methods import Inside, VLMMethod, get_method
 
 ATTENTION = ("sdpa", "eager")
+_INSTALLED: weakref.WeakSet = weakref.WeakSet()   # models with inside-stage hooks on them
 
 
 @dataclass
@@ -170,6 +171,8 @@ class InsideHandle:
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
+        if self._hooks:
+            _INSTALLED.discard(self.model)
         self._hooks = []
         self._prefill = None
 
@@ -432,8 +435,13 @@ def install_inside(model, method: str | VLMMethod, *, keep: float | None = None,
     ``count`` (tokens) of its visual tokens after decoder layer ``layer`` (0-based, at least
     one layer must follow). Returns the handle (``records``, ``remove()``)."""
     lm, method = _check(model, method, keep, count, layer, image_token_id)
-    return InsideHandle(model, lm, method, keep, count, layer, image_token_id,
-                        bool(question_aware), int(seed))
+    if model in _INSTALLED:
+        raise UsageError("this model already has inside-stage pruning installed; remove it "
+                         "(leave its with block) before installing another.")
+    handle = InsideHandle(model, lm, method, keep, count, layer, image_token_id,
+                          bool(question_aware), int(seed))
+    _INSTALLED.add(model)
+    return handle
 
 
 __all__ = ["InsideHandle", "InsideRecord", "install_inside", "shrink_decode_mask"]
