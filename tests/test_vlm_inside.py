@@ -478,3 +478,12 @@ def test_installing_twice_is_refused_and_remove_allows_again():
     h.remove()
     h.remove()  # idempotent
     install_inside(model, "random", keep=0.5, layer=2, image_token_id=IMG).remove()
+
+
+def test_adjacent_images_are_cut_by_their_known_token_counts():
+    from tokensieve.vlm.inside import _split
+    images = [(4, None), (6, None), (3, None)]
+    assert _split([(2, 12), (15, 18)], images) == [(2, 6), (6, 12), (15, 18)]
+    assert _split([(2, 12)], []) == [(2, 12)]                  # counts unknown: one image
+    assert _split([(2, 5), (7, 17)], [(3, None), (4, None), (6, None)]) == [
+        (2, 5), (7, 11), (11, 17)]

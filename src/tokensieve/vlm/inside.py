@@ -54,7 +54,7 @@ class InsideRecord:
 class _Prefill:
     input_ids: torch.Tensor               # (B, L)
     valid: torch.Tensor                   # (B, L) bool, from the 2-D attention mask
-    grids: list | None                    # per image in batch order, (h, w) or None
+    images: list | None                   # per image in batch order: (tokens, (h, w) or None)
     memo: dict = field(default_factory=dict)   # id(original kwarg) -> gathered one
     idx: torch.Tensor | None = None       # (B, L') kept positions, once layer k has run
     slot_valid: torch.Tensor | None = None
@@ -132,6 +132,19 @@ def _runs(ids: torch.Tensor, valid: torch.Tensor, token: int) -> list[tuple[int,
     return out
 
 
+def _split(runs: list[tuple[int, int]], images: list) -> list[tuple[int, int]]:
+    """Runs cut into images of the known token counts (adjacent images with no token between
+    them); without counts, or where they do not fit, a run is one image."""
+    out, i = [], 0
+    for s, e in runs:
+        while i < len(images) and s + images[i][0] < e:
+            out.append((s, s + images[i][0]))
+            s, i = s + images[i][0], i + 1
+        out.append((s, e))
+        i += 1
+    return out
+
+
 def _check_selection(sel: torch.Tensor, n: int, count: int, name: str) -> torch.Tensor:
     """The method's answer as an ``into`` vector (bool masks become fixed points / -1)."""
     if sel.dtype == torch.bool:
@@ -204,8 +217,8 @@ class InsideHandle:
             if valid.dim() != 2:
                 raise UsageError("the inside stage needs a 2-D attention_mask (or none).")
             self.records = []
-            grids = self._grids(model, _argument(fwd, "image_grid_thw", (None, *args), kwargs))
-            self._prefill = _Prefill(ids, valid, grids)
+            thw = _argument(fwd, "image_grid_thw", (None, *args), kwargs)
+            self._prefill = _Prefill(ids, valid, self._images(model, thw))
             return None
         kept = self._kept.get(cache) if cache is not None else None
         if kept is not None and mask is not None and "attention_mask" in kwargs:
@@ -219,13 +232,14 @@ class InsideHandle:
         self._prefill = None
 
     @staticmethod
-    def _grids(model, thw):
-        """Per image, its (h, w) token grid when known (Qwen2-VL's ``image_grid_thw``)."""
+    def _images(model, thw):
+        """Per image, its token count and (h, w) token grid when the call says them
+        (Qwen2-VL's ``image_grid_thw``), else ``None``."""
         vision = getattr(model.config, "vision_config", None)
         merge = getattr(vision, "spatial_merge_size", None)
         if thw is None or merge is None:
             return None
-        return [(int(h) // merge, int(w) // merge) if int(t) == 1 else None
+        return [(t * h * w // merge**2, (h // merge, w // merge) if t == 1 else None)
                 for t, h, w in thw.tolist()]
 
     # -- layer k -------------------------------------------------------------------------
@@ -245,6 +259,7 @@ class InsideHandle:
         n_image = 0
         for b in range(B):
             runs = _runs(p.input_ids[b], p.valid[b], self.image_token_id)
+            runs = _split(runs, p.images[n_image:] if p.images else [])
             into_rows = self._select_row(layer, hidden_in, hidden, pe, p, b, runs, n_image)
             n_image += len(runs)
             keep_pos.append(into_rows)
@@ -311,8 +326,8 @@ class InsideHandle:
 
     @staticmethod
     def _grid(p, index, n):
-        if p.grids is not None and index < len(p.grids) and p.grids[index] is not None:
-            h, w = p.grids[index]
+        if p.images is not None and index < len(p.images) and p.images[index][1] is not None:
+            h, w = p.images[index][1]
             if h * w == n:
                 return (h, w)
         r = math.isqrt(n)
