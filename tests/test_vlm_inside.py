@@ -487,3 +487,20 @@ def test_adjacent_images_are_cut_by_their_known_token_counts():
     assert _split([(2, 12)], []) == [(2, 12)]                  # counts unknown: one image
     assert _split([(2, 5), (7, 17)], [(3, None), (4, None), (6, None)]) == [
         (2, 5), (7, 11), (11, 17)]
+
+
+@pytest.mark.parametrize("kv_first", [True, False])
+def test_stacking_with_kv_is_refused_with_a_clear_error(kv_first):
+    from contextlib import ExitStack
+
+    from tokensieve import kv
+    model = tiny_llava()
+    ids, mask, _ = batch([ROWS[0]])
+    blocks = [lambda: kv.compress(model, keep=0.5),
+              lambda: install_inside(model, "random", keep=0.5, layer=1, image_token_id=IMG)]
+    with ExitStack() as stack:
+        for make in blocks if kv_first else blocks[::-1]:
+            stack.enter_context(make())
+        with pytest.raises(UsageError, match="does not stack with tokensieve.kv"):
+            model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels(1),
+                           max_new_tokens=2)

@@ -372,6 +372,9 @@ class InsideHandle:
 def _check_cache(cache):
     """The cache's layers, if they are all plain growing ones (what eviction gathers)."""
     layers = getattr(cache, "layers", None)
+    if type(cache).__name__ == "CompressedCache":
+        raise UsageError("the inside stage does not stack with tokensieve.kv (kv compresses each "
+                         "layer during the prefill); inside kv.compress() use stage='before'.")
     if layers is None or any(type(lay).__name__ != "DynamicLayer" for lay in layers):
         raise UsageError("the inside stage needs a DynamicCache with full-attention layers, "
                          f"got {type(cache).__name__}; let generate create the cache.")
