@@ -504,3 +504,57 @@ def test_stacking_with_kv_is_refused_with_a_clear_error(kv_first):
         with pytest.raises(UsageError, match="does not stack with tokensieve.kv"):
             model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels(1),
                            max_new_tokens=2)
+
+
+# -- Idefics3 (SmolVLM: model.model.text_model) and Qwen2.5-VL --------------------------------
+def tiny_idefics3():
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+    cfg = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=4),
+        text_config=dict(model_type="llama", vocab_size=64, hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, pad_token_id=0),
+        image_token_id=IMG, scale_factor=2)  # 64 patches, pixel shuffle 2x2: 16 tokens
+    torch.manual_seed(3)
+    model = Idefics3ForConditionalGeneration(cfg).eval()
+    ids, mask, _ = batch([prompt([2], [4, 5])])
+    return model, model.model.text_model, dict(input_ids=ids, attention_mask=mask,
+                                                 pixel_values=pixels(1)[None])
+
+
+def tiny_qwen2_5_vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    cfg = Qwen2_5_VLConfig(
+        vision_config=dict(depth=1, hidden_size=32, out_hidden_size=32, intermediate_size=64,
+                           num_heads=2, patch_size=2, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=8, fullatt_block_indexes=[0]),
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         pad_token_id=0, rope_parameters={"rope_type": "default",
+                                                          "mrope_section": [1, 1, 2],
+                                                          "rope_theta": 10000.0}),
+        image_token_id=IMG, video_token_id=62, vision_start_token_id=VS, vision_end_token_id=VE)
+    torch.manual_seed(4)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    return model, model.model.language_model, qwen_inputs(QROWS, [0, 1, 2])
+
+
+@pytest.mark.parametrize("build", [tiny_idefics3, tiny_qwen2_5_vl])
+def test_other_classes_keep_all_and_masked_reference(build):
+    model, lm, kw = build()
+    base = model(**kw).logits
+    with install_inside(model, "random", count=N, layer=1, image_token_id=IMG):
+        torch.testing.assert_close(model(**kw).logits, base, rtol=1e-5, atol=1e-5)
+    with install_inside(model, Keep(), count=4, layer=1, image_token_id=IMG) as h:
+        out = model(**kw, use_cache=True)
+    rows = kw["input_ids"].shape[0]
+    dropped = kept_positions(h.records, rows)
+    L2 = kw["input_ids"].shape[1] - min(len(d) for d in dropped)
+    assert all(lay.keys.shape[2] == L2 for lay in out.past_key_values.layers)
+    ref = _masked_reference(model, lm, 1, dropped, kw)
+    mask = kw["attention_mask"]
+    for b in range(rows):
+        keep = [i for i in range(mask.shape[1]) if mask[b, i] and i not in dropped[b]]
+        torch.testing.assert_close(out.logits[b, L2 - len(keep):], ref.logits[b, keep],
+                                   rtol=1e-4, atol=1e-5)

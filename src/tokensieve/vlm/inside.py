@@ -70,9 +70,9 @@ def shrink_decode_mask(mask: torch.Tensor, idx: torch.Tensor, valid: torch.Tenso
 
 
 def _language_model(model):
-    """The decoder stack of a VLM (Llava: ``model.model.language_model``, Qwen2-VL's text
-    model) or of a plain causal LM (``model.model``)."""
-    for path in ("model.language_model", "language_model", "model", ""):
+    """The decoder stack of a VLM (Llava, Qwen2-VL: ``model.model.language_model``;
+    Idefics3: ``model.model.text_model``) or of a plain causal LM (``model.model``)."""
+    for path in ("model.language_model", "model.text_model", "language_model", "model", ""):
         mod = model
         for part in filter(None, path.split(".")):
             mod = getattr(mod, part, None)
