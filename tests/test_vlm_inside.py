@@ -540,11 +540,36 @@ def tiny_qwen2_5_vl():
     return model, model.model.language_model, qwen_inputs(QROWS, [0, 1, 2])
 
 
-@pytest.mark.parametrize("build", [tiny_idefics3, tiny_qwen2_5_vl])
+def tiny_llava_next():
+    """LlavaNext: one image is a base view and two crops (32x64 pixels), one run of tokens."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+    cfg = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                           patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=64, hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, pad_token_id=0),
+        image_token_id=IMG, image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]],
+        vision_feature_layer=-1)
+    torch.manual_seed(5)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    px, sizes = pixels(3)[None], torch.tensor([[32, 64]])
+    n = model.model.get_image_features(px, sizes, vision_feature_layer=-1,
+                                       vision_feature_select_strategy="default")
+    n = (n.pooler_output if hasattr(n, "pooler_output") else n)[0].shape[0]
+    rows = [[1, 2] + [IMG] * n + [7, 4, 5], [1] + [IMG] * n + [7, 8]]
+    ids, mask, _ = batch(rows)
+    return model, model.model.language_model, dict(
+        input_ids=ids, attention_mask=mask, pixel_values=torch.cat([px, px]),
+        image_sizes=torch.cat([sizes, sizes]))
+
+
+@pytest.mark.parametrize("build", [tiny_idefics3, tiny_qwen2_5_vl, tiny_llava_next])
 def test_other_classes_keep_all_and_masked_reference(build):
     model, lm, kw = build()
     base = model(**kw).logits
-    with install_inside(model, "random", count=N, layer=1, image_token_id=IMG):
+    with install_inside(model, "random", count=10_000, layer=1, image_token_id=IMG):  # all
         torch.testing.assert_close(model(**kw).logits, base, rtol=1e-5, atol=1e-5)
     with install_inside(model, Keep(), count=4, layer=1, image_token_id=IMG) as h:
         out = model(**kw, use_cache=True)
