@@ -583,3 +583,22 @@ def test_other_classes_keep_all_and_masked_reference(build):
         keep = [i for i in range(mask.shape[1]) if mask[b, i] and i not in dropped[b]]
         torch.testing.assert_close(out.logits[b, L2 - len(keep):], ref.logits[b, keep],
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("answer", [
+    torch.tensor([True] * 3 + [False] * 13),               # 3 kept, 4 wanted
+    torch.tensor([0, 1, 2] + [17] * 12 + [15]),            # merged into a token out of range
+    torch.tensor([0, 1, 2, 3] + [5] * 12),                 # merged into a dropped token
+])
+def test_a_method_breaking_the_budget_is_caught(answer):
+    class Bad(VLMMethod):
+        name, stages = "bad", frozenset({"inside"})
+
+        def select(self, v):
+            return answer
+
+    model = tiny_llava()
+    ids, mask, _ = batch([ROWS[0]])
+    with install_inside(model, Bad(), count=4, layer=1, image_token_id=IMG):
+        with pytest.raises(RuntimeError, match="method 'bad'"):
+            model(input_ids=ids, attention_mask=mask, pixel_values=pixels(1))

@@ -155,6 +155,7 @@ def _check_selection(sel: torch.Tensor, n: int, count: int, name: str) -> torch.
     into = sel.long().cpu()
     fixed = into == torch.arange(n)
     ok = into.shape == (n,) and int(fixed.sum()) == count and bool(
+        ((into >= -1) & (into < n)).all()) and bool(
         ((into == -1) | fixed | fixed[into.clamp(0, n - 1)]).all())
     if not ok:
         raise RuntimeError(f"method {name!r} returned an invalid merge map for {count} of {n}")
