@@ -147,12 +147,13 @@ def _split(runs: list[tuple[int, int]], images: list) -> list[tuple[int, int]]:
 
 def _check_selection(sel: torch.Tensor, n: int, count: int, name: str) -> torch.Tensor:
     """The method's answer as an ``into`` vector (bool masks become fixed points / -1)."""
+    sel = sel.cpu()
     if sel.dtype == torch.bool:
         if sel.shape != (n,) or int(sel.sum()) != count:
             raise RuntimeError(f"method {name!r} returned a keep mask of shape {tuple(sel.shape)}"
                                f" with {int(sel.sum())} kept; wanted {count} of {n}")
         return torch.where(sel, torch.arange(n), torch.full((n,), -1))
-    into = sel.long().cpu()
+    into = sel.long()
     fixed = into == torch.arange(n)
     ok = into.shape == (n,) and int(fixed.sum()) == count and bool(
         ((into >= -1) & (into < n)).all()) and bool(
