@@ -26,6 +26,7 @@ import torch
 
 from ..engine.budget import check_keep, keep_count
 from ..errors import UsageError
+from .inside_gather import GATHER, gather_rows, merge_into, shrink_decode_mask
 from .layer_attention import attention_to
 from .methods import Inside, VLMMethod, get_method
 
@@ -58,15 +59,6 @@ class _Prefill:
     memo: dict = field(default_factory=dict)   # id(original kwarg) -> gathered one
     idx: torch.Tensor | None = None       # (B, L') kept positions, once layer k has run
     slot_valid: torch.Tensor | None = None
-
-
-def shrink_decode_mask(mask: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
-                       length: int) -> torch.Tensor:
-    """A decode call's 2-D ``mask`` (B, length + t) over the original numbering, reduced to
-    the cache's columns: the prefill's kept positions ``idx`` (B, L') (``valid`` False on
-    re-padding slots), then the new tokens."""
-    head = mask[:, :length].gather(1, idx.to(mask.device)) * valid.to(mask.device)
-    return torch.cat([head.to(mask.dtype), mask[:, length:]], dim=1)
 
 
 def _language_model(model):
@@ -267,7 +259,7 @@ class InsideHandle:
             keep_pos.append(into_rows)
         idx, slot_valid = self._pad_left(keep_pos, hidden.device)
         p.idx, p.slot_valid = idx, slot_valid
-        out = _gather_rows(hidden, idx, slot_valid)
+        out = gather_rows(hidden, idx, slot_valid)
         cache = kwargs.get("past_key_values")
         if cache is not None:
             self._evict(cache, idx)
@@ -319,7 +311,7 @@ class InsideHandle:
             into = _check_selection(self.method.select(v), n, count, self.method.name)
             merged = into.clone() if bool(((into >= 0) & (into != torch.arange(n))).any()) else None
             if merged is not None:
-                _merge(hidden, b, s, into)
+                merge_into(hidden, b, s, into)
             dropped[s:e] = into != torch.arange(n)
             kept = (into == torch.arange(n)).nonzero().flatten()
             self.records.append(InsideRecord(b, j, s, kept, merged, n, count,
@@ -366,7 +358,7 @@ class InsideHandle:
                 continue
             key = (name, id(value))
             if key not in p.memo:
-                p.memo[key] = _GATHER[name](value, p.idx, p.slot_valid)
+                p.memo[key] = GATHER[name](value, p.idx, p.slot_valid)
             new[name] = p.memo[key]
         return args, new
 
@@ -381,71 +373,6 @@ def _check_cache(cache):
         raise UsageError("the inside stage needs a DynamicCache with full-attention layers, "
                          f"got {type(cache).__name__}; let generate create the cache.")
     return layers
-
-
-def _merge(hidden, b, s, into):
-    """Each kept token becomes the mean (float32) of itself and the tokens merged into it."""
-    n = len(into)
-    src = (into >= 0).nonzero().flatten()
-    dst = into[src]
-    block = hidden[b, s:s + n].float()
-    total = torch.zeros_like(block).index_add_(0, dst.to(block.device), block[src.to(block.device)])
-    size = torch.zeros(n).index_add_(0, dst, torch.ones(len(dst)))
-    keep = size > 0
-    hidden[b, s:s + n][keep] = (total[keep.to(block.device)]
-                                / size[keep].to(block.device)[:, None]).to(hidden.dtype)
-
-
-def _gather_rows(x, idx, slot_valid):
-    """(B, L', D) rows of ``x`` (B, L, D) at ``idx``; re-padding slots are zeros."""
-    out = x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
-    return out * slot_valid[:, :, None].to(out.dtype)
-
-
-def _gather_mask(mask, idx, slot_valid):
-    """The 4-D mask of the kept rows and columns (re-padding slots masked out); a ``None``
-    (causal, no padding) mask stays ``None`` unless rows were re-padded."""
-    if mask is None:
-        if bool(slot_valid.all()):
-            return None
-        n = idx.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=idx.device).tril()
-        return (causal[None] & slot_valid[:, None, :] & slot_valid[:, :, None])[:, None]
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
-        raise UsageError(f"the inside stage needs a 4-D attention mask, got {type(mask).__name__}.")
-    if mask.shape[-1] != mask.shape[-2]:
-        raise UsageError("the inside stage prunes a prefill on an empty cache only.")
-    B = idx.shape[0]
-    m = mask.expand(B, -1, -1, -1)
-    rows = torch.arange(B, device=idx.device)[:, None, None]
-    out = m[rows, :, idx[:, :, None], idx[:, None, :]].permute(0, 3, 1, 2)  # (B, H, L', L')
-    ok = (slot_valid[:, None, :, None] & slot_valid[:, None, None, :])
-    if out.dtype == torch.bool:
-        return out & ok
-    return out.masked_fill(~ok, torch.finfo(out.dtype).min)
-
-
-def _gather_last(t, idx, slot_valid=None):
-    """``t`` (..., B or 1, L) gathered on its last dim per row."""
-    shape = (*t.shape[:-2], idx.shape[0], t.shape[-1])
-    return t.expand(shape).gather(-1, idx.expand(*t.shape[:-2], -1, -1))
-
-
-def _gather_pe(pe, idx, slot_valid=None):
-    """cos / sin (..., B or 1, L, D) gathered on the sequence dim (-2) per row."""
-    def one(t):
-        shape = (*t.shape[:-3], idx.shape[0], *t.shape[-2:])
-        at = idx[..., None].expand(*t.shape[:-3], -1, -1, t.shape[-1])
-        return t.expand(shape).gather(-2, at)
-    return tuple(one(t) for t in pe)
-
-
-_GATHER = {
-    "attention_mask": _gather_mask,
-    "position_embeddings": _gather_pe,
-    "position_ids": _gather_last,
-    "cache_position": lambda c, idx, sv: torch.arange(idx.shape[1], device=c.device),
-}
 
 
 def install_inside(model, method: str | VLMMethod, *, keep: float | None = None,
