@@ -90,6 +90,55 @@ class Tiny:
             out.update(self.pixels(count))
         return out
 
+    def row(self, inputs: dict, r: int) -> dict:
+        """Row ``r`` of a batch alone, without its padding, with only its images."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        per_row = [int((ids[i] == IMAGE).sum()) // self.tokens_per_image
+                   for i in range(ids.shape[0])]
+        first, n = sum(per_row[:r]), per_row[r]
+        out = {"input_ids": ids[r:r + 1, mask[r].bool()]}
+        out["attention_mask"] = torch.ones_like(out["input_ids"])
+        if self.kind == "idefics3":
+            out["pixel_values"] = inputs["pixel_values"][r:r + 1, :n * 5]
+        elif self.kind.startswith("qwen"):
+            out["pixel_values"] = inputs["pixel_values"][first * 64:(first + n) * 64]
+            out["image_grid_thw"] = inputs["image_grid_thw"][first:first + n]
+        else:
+            out["pixel_values"] = inputs["pixel_values"][first:first + n]
+            if "image_sizes" in inputs:
+                out["image_sizes"] = inputs["image_sizes"][first:first + n]
+        return out
+
+
+def language_model(model) -> torch.nn.Module:
+    """The decoder the visual tokens enter."""
+    core = model.model
+    return core.language_model if hasattr(core, "language_model") else core.text_model
+
+
+def dropped(inputs: dict, records) -> torch.Tensor:
+    """(B, L) True at the image tokens a pruned prefill dropped (from ``r.last``)."""
+    ids = inputs["input_ids"]
+    where = (ids == IMAGE).nonzero()
+    out = torch.zeros_like(ids, dtype=torch.bool)
+    at = 0
+    for rec in records:
+        pos = where[at:at + rec.tokens]
+        at += rec.tokens
+        keep = torch.zeros(rec.tokens, dtype=torch.bool)
+        keep[rec.kept] = True
+        out[pos[~keep, 0], pos[~keep, 1]] = True
+    return out
+
+
+def masked_twin(model, inputs: dict, drop: torch.Tensor) -> dict:
+    """The oracle of pruning: the same inputs with the dropped tokens masked out (not
+    removed) and the position ids the unpruned ``generate`` would use."""
+    positions = model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
+    out = dict(inputs, position_ids=positions)
+    out["attention_mask"] = inputs["attention_mask"] * (~drop)
+    return out
+
 
 def _llava(vision_kind: str):
     import transformers as tf

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UsageError
+from .sequence import Kept
 from .towers import attention_of, has_cls
 
 
@@ -60,9 +61,11 @@ class Adapter:
             cache_position = torch.arange(length, device=ids.device)
         return cache_position[None, :].expand(b, -1)
 
-    def decode_positions(self, cache_position: torch.Tensor, batch: int) -> torch.Tensor:
-        """Position ids of a decode call that brought none (original numbering)."""
-        return cache_position[None, :].expand(batch, -1)
+    def decode_positions(self, cache_position: torch.Tensor, kept: Kept,
+                         past: int) -> torch.Tensor:
+        """Position ids of a decode call that brought none, as the unpruned model numbers
+        them: the language model counts by ``cache_position`` (original numbering)."""
+        return cache_position[None, :].expand(kept.idx.shape[0], -1)
 
 
 class Llava(Adapter):
@@ -232,10 +235,14 @@ class Qwen2VL(Adapter):
         self.core.rope_deltas = deltas
         return pos
 
-    def decode_positions(self, cache_position, batch):
-        pos = cache_position[None, None, :].expand(3, batch, -1)
-        deltas = self.core.rope_deltas
-        return pos if deltas is None else pos + deltas.to(pos.device)[None].reshape(1, -1, 1)
+    def decode_positions(self, cache_position, kept, past):
+        """New tokens continue each row's prompt (what ``generate`` and ``get_rope_index``
+        over the whole sequence give), on all three axes."""
+        q = cache_position.shape[0]
+        step = torch.arange(past - kept.width, past - kept.width + q,
+                            device=cache_position.device)
+        pos = kept.next_position.to(cache_position.device)[:, None] + step[None, :]
+        return pos[None].expand(3, -1, -1)
 
 
 ADAPTERS: dict[str, type[Adapter]] = {

@@ -123,7 +123,7 @@ class Before:
             row = int(rows[0])
             if bool((rows != row).any()):
                 raise UsageError("an image's tokens span two batch rows; check the prompt.")
-            into, seconds = self._select(im, n, embeds, is_image, mask, row, int(cols[-1]))
+            into, seconds = self._select(im, n, embeds, is_image, mask, row)
             fixed = into == torch.arange(n)
             merged = bool(((into >= 0) & ~fixed).any())
             if merged:
@@ -134,6 +134,8 @@ class Before:
                                        {"vision": n, "llm": int(fixed.sum())}, seconds))
         kept = compact(keep)
         positions = self.adapter.positions(kw, ids, mask)
+        text = positions if positions.dim() == 2 else positions[-3:].amax(0)  # (B, L); M-RoPE
+        kept.next_position = text.masked_fill(~mask.bool(), -1).amax(1) + 1
         if isinstance(cache, kv.CompressedCache) and "input_ids" in cache.shared:
             cache.shared["input_ids"] = take(ids, kept)   # kv's surprisal scores the kept ids
         kw = {k: v for k, v in kw.items() if k not in self.adapter.image_kwargs}
@@ -149,13 +151,14 @@ class Before:
         self.session.record(records, kept.length, kept.width)
         return out
 
-    def _select(self, im, n: int, embeds, is_image, mask, row: int, last: int):
-        """(into vector, seconds) of one image."""
+    def _select(self, im, n: int, embeds, is_image, mask, row: int):
+        """(into vector, seconds) of one image. Its ``text``: the input embeddings of the
+        row's tokens after its last image (the question)."""
         count = self.target(n)
         text = None
         if self.question_aware:
             after = ~is_image[row] & mask[row].bool()
-            after[:last + 1] = False
+            after[:int(is_image[row].nonzero().max()) + 1] = False
             text = embeds[row, after]
         v = Visual(features=im.features, count=count, grid=im.grid, text=text,
                    vision=im.vision, attention=im.attention, cls_attention=im.cls_attention,
@@ -182,6 +185,6 @@ class Before:
             original_position = torch.arange(past + kept.dropped, past + kept.dropped + q,
                                              device=x.device)
         if kw.get("position_ids") is None:
-            kw["position_ids"] = self.adapter.decode_positions(original_position, b)
+            kw["position_ids"] = self.adapter.decode_positions(original_position, kept, past)
         kw["cache_position"] = torch.arange(past, past + q, device=x.device)
         return original(**kw)

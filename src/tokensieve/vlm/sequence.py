@@ -17,11 +17,13 @@ class Kept:
     """Which original positions the shortened sequence holds.
 
     ``idx`` (B, L'): the original position of each slot (0 in padding slots); ``valid``
-    (B, L'): the slot holds a kept token; ``length``: L, the original sequence length."""
+    (B, L'): the slot holds a kept token; ``length``: L, the original sequence length;
+    ``next_position`` (B,): the position id after each row's prompt (set by the pruner)."""
 
     idx: torch.Tensor
     valid: torch.Tensor
     length: int
+    next_position: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
