@@ -259,7 +259,7 @@ def test_only_what_the_method_needs_is_computed(kind):
         after = real[row] & (ids[row] != IMAGE)
         after[:int((ids[row] == IMAGE).nonzero().max())] = False
         assert torch.equal(s.text, model.get_input_embeddings()(ids[row, after]))
-    expected_grid = {"llava_next": None, "idefics3": None}.get(kind, (4, 4))
+    expected_grid = {"llava_next": None, "idefics3": None, "smolvlm": None}.get(kind, (4, 4))
     assert v.grid == expected_grid
     assert model.config._attn_implementation == "sdpa"
 

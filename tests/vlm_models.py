@@ -22,8 +22,8 @@ TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_l
             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
             initializer_range=0.2)
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4)
-KINDS = ("llava_clip", "llava_siglip", "llava_dinov2", "llava_next", "idefics3", "qwen2_vl",
-         "qwen2_5_vl")
+KINDS = ("llava_clip", "llava_siglip", "llava_dinov2", "llava_next", "idefics3", "smolvlm",
+         "qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Tiny:
         n = self.tokens_per_image
         if self.kind.startswith("qwen"):
             return [VSTART] + [IMAGE] * n + [VEND]
-        if self.kind == "idefics3":  # 2x2 crops + global view, 16 tokens each
+        if self.kind in ("idefics3", "smolvlm"):  # 2x2 crops + global view, 16 tokens each
             out = []
             for r in range(2):
                 for c in range(2):
@@ -79,7 +79,7 @@ class Tiny:
             ids[r, width - len(s):] = torch.tensor(s)
             mask[r, width - len(s):] = 1
         out = {"input_ids": ids, "attention_mask": mask}
-        if self.kind == "idefics3":
+        if self.kind in ("idefics3", "smolvlm"):
             g = torch.Generator().manual_seed(self.seed + 7)
             most = max(r[0] for r in rows) * 5
             pix = torch.zeros(len(rows), most, 3, 64, 64)
@@ -98,7 +98,7 @@ class Tiny:
         first, n = sum(per_row[:r]), per_row[r]
         out = {"input_ids": ids[r:r + 1, mask[r].bool()]}
         out["attention_mask"] = torch.ones_like(out["input_ids"])
-        if self.kind == "idefics3":
+        if self.kind in ("idefics3", "smolvlm"):
             out["pixel_values"] = inputs["pixel_values"][r:r + 1, :n * 5]
         elif self.kind.startswith("qwen"):
             out["pixel_values"] = inputs["pixel_values"][first * 64:(first + n) * 64]
@@ -168,9 +168,14 @@ def _llava_next():
     return model, 16 + 8 * 9
 
 
-def _idefics3():
+def _idefics3(smol: bool = False):
     import transformers as tf
 
+    if smol:
+        cfg = tf.SmolVLMConfig(
+            vision_config=tf.SmolVLMVisionConfig(**VISION, image_size=64, patch_size=8),
+            text_config=tf.LlamaConfig(**TEXT), image_token_id=IMAGE, scale_factor=2)
+        return tf.SmolVLMForConditionalGeneration(cfg), 80
     cfg = tf.Idefics3Config(
         vision_config=tf.Idefics3VisionConfig(**VISION, image_size=64, patch_size=8),
         text_config=tf.LlamaConfig(**TEXT), image_token_id=IMAGE, scale_factor=2)
@@ -209,8 +214,8 @@ def build(kind: str, attn: str = "sdpa") -> Tiny:
             model, n = _llava(kind.split("_")[1])
         elif kind == "llava_next":
             model, n = _llava_next()
-        elif kind == "idefics3":
-            model, n = _idefics3()
+        elif kind in ("idefics3", "smolvlm"):
+            model, n = _idefics3(kind == "smolvlm")
         elif kind == "qwen2_vl":
             model, n = _qwen("2")
         elif kind == "qwen2_5_vl":

@@ -186,8 +186,9 @@ def crop_groups(ids: torch.Tensor, image_id: int, crops: int, size: int) -> list
 
 
 class Idefics3(Adapter):
-    """Idefics3ForConditionalGeneration (SmolVLM): each image is several crops plus a global
-    view, each crop a pixel-shuffled raster of tokens between text tokens."""
+    """Idefics3ForConditionalGeneration and SmolVLMForConditionalGeneration: each image is
+    several crops plus a global view, each crop a pixel-shuffled raster of tokens between
+    text tokens."""
 
     image_kwargs = ("pixel_values", "pixel_attention_mask", "image_hidden_states")
 
@@ -249,6 +250,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "LlavaForConditionalGeneration": Llava,
     "LlavaNextForConditionalGeneration": LlavaNext,
     "Idefics3ForConditionalGeneration": Idefics3,
+    "SmolVLMForConditionalGeneration": Idefics3,     # Idefics3's layout and code
     "Qwen2VLForConditionalGeneration": Qwen2VL,
     "Qwen2_5_VLForConditionalGeneration": Qwen2VL,
 }
