@@ -385,14 +385,17 @@ _TEXT = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_attention_
              num_key_value_heads=1)
 
 
-@pytest.mark.parametrize("order", ["vlm_first", "kv_first"])
+@pytest.mark.parametrize("kind, order", [("llava_clip", "vlm_first"), ("llava_clip", "kv_first"),
+                                         ("llava_next", "vlm_first"), ("smolvlm", "kv_first")])
 @torch.no_grad()
-def test_stacks_with_kv_compress(order):
-    """Prune the visual tokens, then compress the KV of what remains: the cache stores about
-    keep x (L - dropped) entries per layer and head, and generate matches either order."""
-    tiny, model, inputs = setup("llava_clip")
+def test_stacks_with_kv_compress(kind, order):
+    """Prune the visual tokens, then compress the KV of what remains: the cache stores
+    keep x (L - dropped) entries per layer and head (+ the decoded tokens), in either order,
+    with kv's surprisal policy (it scores the kept ids) and an attention one."""
+    tiny, model, _ = setup(kind)
     inputs = tiny.inputs([(1, 30, 10)])
     text = model.config.text_config
+    n = tiny.tokens_per_image
     for policy in ("default", "snapkv"):
         blocks = [lambda: vlm.prune(model, "random", keep=0.25),
                   lambda p=policy: kv.compress(model, p, keep=0.5, sinks=2, recent=4, window=4)]
@@ -402,7 +405,7 @@ def test_stacks_with_kv_compress(order):
             out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         r, s = (a, b) if order == "vlm_first" else (b, a)
         length, width = r.lengths
-        assert width == length - 12             # 16 visual tokens, 4 kept
+        assert width == length - (n - keep_count(0.25, n))
         per_layer_head = s.last_cache.entries() / (text.num_hidden_layers
                                                    * text.num_key_value_heads)
         assert per_layer_head == keep_count(0.5, width) + 2    # + the 2 decoded tokens
@@ -411,6 +414,13 @@ def test_stacks_with_kv_compress(order):
         alone = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     with vlm.prune(model, "random", keep=0.25), kv.compress(model, "default", keep=1.0):
         assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), alone)
+
+
+def test_kv_refuses_qwen2_vl_in_one_line():
+    with pytest.raises(UsageError, match="qwen2_vl_text") as err:
+        with kv.compress(build("qwen2_vl").model, keep=0.5):
+            pass
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("kind", KINDS)
