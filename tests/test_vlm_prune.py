@@ -195,6 +195,21 @@ def test_keep_one_is_bit_identical(kind):
     assert r.last == [] and r.lengths is None
 
 
+@pytest.mark.parametrize("kind", ["llava_clip", "qwen2_vl"])
+@torch.no_grad()
+def test_text_only_calls_pass_untouched(kind):
+    tiny, model, inputs = setup(kind)
+    ids = torch.tensor([[1, 20, 21, 22, 23]])
+    # generate first: Qwen2-VL keeps rope_deltas between calls, generate resets them
+    tokens = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    logits = model(input_ids=ids).logits
+    with vlm.prune(model, "random", keep=0.5) as r:
+        assert torch.equal(model.generate(input_ids=ids, max_new_tokens=3, do_sample=False),
+                           tokens)
+        assert torch.equal(model(input_ids=ids).logits, logits)
+    assert r.prefills == 0 and r.last == []
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @torch.no_grad()
 def test_batch_rows_equal_their_runs_alone(kind):

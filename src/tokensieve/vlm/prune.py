@@ -104,9 +104,11 @@ class Before:
             mask = torch.ones_like(ids)
         if mask.dim() != 2:
             raise UsageError("vlm.prune needs a 2-D attention mask (batch, tokens).")
+        is_image = ids == self.adapter.image_token_id
+        if not bool(is_image.any()):
+            return original(**kw)   # no image token: nothing to prune
         images = self.adapter.images(kw, ids, self.method.needs)
         embeds = self.model.get_input_embeddings()(ids)
-        is_image = ids == self.adapter.image_token_id
         where = is_image.nonzero()                                  # (M, 2), in sequence order
         sizes = [im.features.shape[0] for im in images]
         if sum(sizes) != where.shape[0]:
