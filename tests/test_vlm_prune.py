@@ -447,8 +447,11 @@ def test_a_manual_decode_of_several_tokens_matches_the_masked_oracle(kind):
     new = torch.tensor([[5, 6], [7, 8]])
     with vlm.prune(model, "random", keep=0.5) as r:
         cache = model(**inputs, use_cache=True).past_key_values
+        twin = copy.deepcopy(cache)    # a copy of a pruned cache decodes the same (kv.answer)
         mask = torch.cat([inputs["attention_mask"], torch.ones_like(new)], 1)
         got = model(input_ids=new, attention_mask=mask, past_key_values=cache).logits
+        assert torch.equal(model(input_ids=new, attention_mask=mask, past_key_values=twin).logits,
+                           got)
     full = dict(inputs, input_ids=torch.cat([inputs["input_ids"], new], 1),
                 attention_mask=mask * ~torch.cat([dropped(inputs, r.last),
                                                   torch.zeros_like(new, dtype=torch.bool)], 1))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-import weakref
 
 import torch
 
@@ -30,6 +29,7 @@ from .records import ImageRecord, Session
 from .sequence import Kept, as_into, compact, merged_features, shrink_mask, take
 
 MARK = "_tokensieve_vlm"
+STATE = "_tokensieve_vlm_kept"   # on a cache the pruner filled: its Kept (copies carry it)
 
 
 class Before:
@@ -40,7 +40,6 @@ class Before:
         self.model, self.adapter, self.method = model, adapter, method
         self.target = target                # n -> how many to keep of n
         self.question_aware, self.seed, self.session = question_aware, seed, session
-        self.states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._missing = object()
         self._previous = self._missing
 
@@ -87,7 +86,7 @@ class Before:
         if kw.get("pixel_values") is not None:
             raise UsageError("vlm.prune prunes images in the prefill; a call that adds an "
                              "image to a filled cache is not supported. Start a new cache.")
-        kept = self.states.get(cache) if cache is not None else None
+        kept = getattr(cache, STATE, None)
         if kept is None:
             return original(**kw)
         return self.decode(original, kw, kept, past)
@@ -149,7 +148,7 @@ class Before:
         stored = getattr(out, "past_key_values", None)
         stored = cache if stored is None else stored
         if stored is not None:
-            self.states[stored] = kept
+            setattr(stored, STATE, kept)
         self.session.record(records, kept.length, kept.width)
         return out
 
