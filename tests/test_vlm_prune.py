@@ -462,3 +462,17 @@ def test_a_manual_decode_of_several_tokens_matches_the_masked_oracle(kind):
         full["position_ids"] = torch.arange(full["input_ids"].shape[1]).expand(2, -1)
     want = model(**full).logits[:, -2:]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@torch.no_grad()
+def test_a_count_above_the_image_keeps_it_whole(kind):
+    """count= is clipped to each image's tokens: the pruning path then rebuilds the very
+    sequence the model builds itself."""
+    tiny, model, inputs = setup(kind)
+    want = model(**inputs).logits
+    with vlm.prune(model, "random", count=10_000) as r:
+        got = model(**inputs).logits
+    assert [rec.stages["llm"] for rec in r.last] == [tiny.tokens_per_image] * 3
+    assert r.lengths == (inputs["input_ids"].shape[1],) * 2
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
