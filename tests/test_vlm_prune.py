@@ -81,8 +81,8 @@ def seen_by_lm(model):
         handle.remove()
 
 
-def setup(kind):
-    tiny = build(kind)
+def setup(kind, attn="sdpa"):
+    tiny = build(kind, attn)
     return tiny, tiny.model, tiny.inputs(ROWS)
 
 
@@ -142,13 +142,15 @@ def test_kept_tokens_keep_their_original_positions(kind, how):
         assert torch.equal(got[..., row, -cnt:], expected[..., row, real[row]])
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind, attn", [(k, "sdpa") for k in KINDS]
+                         + [("llava_clip", "eager"), ("qwen2_vl", "eager")])
 @torch.no_grad()
-def test_generate_equals_the_masked_oracle(kind):
+def test_generate_equals_the_masked_oracle(kind, attn):
     """Greedy, beam and sampled generation on the pruned sequence give the tokens (and the
     logits) of the unpruned model with the same tokens masked out at their original
-    positions: mask, positions and KV cache agree at every step."""
-    tiny, model, inputs = setup(kind)
+    positions: mask, positions and KV cache agree at every step (SDPA and eager)."""
+    tiny, model, inputs = setup(kind, attn)
+    assert model.config.text_config._attn_implementation == attn
     settings = [dict(do_sample=False), dict(do_sample=False, num_beams=3),
                 dict(do_sample=True, top_k=20)]
     for extra in settings:
@@ -476,3 +478,16 @@ def test_a_count_above_the_image_keeps_it_whole(kind):
     assert [rec.stages["llm"] for rec in r.last] == [tiny.tokens_per_image] * 3
     assert r.lengths == (inputs["input_ids"].shape[1],) * 2
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llava_clip", "qwen2_vl"])
+@torch.no_grad()
+def test_bfloat16_models_prune_and_merge_in_their_dtype(kind):
+    tiny, model, inputs = setup(kind)
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    with vlm.prune(model, MergeTail(), count=4) as r, seen_by_lm(model) as calls:
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert calls[0]["embeds"].dtype == torch.bfloat16 and r.last[0].into is not None
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert calls[0]["embeds"].shape[1] == r.lengths[1] < r.lengths[0]
