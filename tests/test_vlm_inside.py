@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tokensieve.errors import UsageError
-from tokensieve.vlm.inside import install_inside, shrink_decode_mask
+from tokensieve.vlm.inside import install_inside
 from tokensieve.vlm.methods import VLMMethod
 from tokensieve.vlm.methods.base import top
 
@@ -315,14 +315,6 @@ def test_merge_map_averages_into_the_kept_token():
     want = torch.cat([m.hidden[:1], m.hidden[3:]]).mean(0)
     torch.testing.assert_close(seen["h"][0, s], want)
     assert h.records[0].into is not None and h.records[0].kept.tolist() == [0, 1, 2]
-
-
-def test_shrink_decode_mask():
-    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-    idx = torch.tensor([[0, 0, 2], [0, 1, 3]])
-    valid = torch.tensor([[False, True, True], [True, True, True]])
-    got = shrink_decode_mask(mask, idx, valid, 4)
-    assert got.tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -491,3 +491,38 @@ def test_bfloat16_models_prune_and_merge_in_their_dtype(kind):
     assert calls[0]["embeds"].dtype == torch.bfloat16 and r.last[0].into is not None
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
     assert calls[0]["embeds"].shape[1] == r.lengths[1] < r.lengths[0]
+
+
+@pytest.mark.parametrize("kind", ["llava_clip", "qwen2_vl"])
+@torch.no_grad()
+def test_inside_stage_through_the_public_api(kind):
+    """vlm.prune(stage="inside") drops the tokens after the given layer: r.last reports each
+    image's tokens per stage, every cache layer holds the shortened sequence, and generate
+    runs on it; methods that read the LLM's attention (fastv) are accepted there."""
+    tiny, model, inputs = setup(kind)
+    n, k = tiny.tokens_per_image, keep_count(0.25, tiny.tokens_per_image)
+    with vlm.prune(model, "fastv", keep=0.25, stage="inside", layer=0) as r:
+        out = model(**inputs, use_cache=True)
+        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert [(rec.row, rec.tokens, len(rec.kept)) for rec in r.last] == [(0, n, k), (1, n, k),
+                                                                        (1, n, k)]
+    assert all(rec.stages == {"vision": n, "llm": n, "after layer 0": k} for rec in r.last)
+    length = inputs["input_ids"].shape[1]   # the inside stage keeps the prompt's padding:
+    width = length - (n - k)                  # the one-image row is the longest after it
+    assert r.lengths == (length, width) and r.prefills == 2
+    cache = out.past_key_values
+    assert {layer.keys.shape[2] for layer in cache.layers} == {width}
+    assert gen.shape == (2, length + 3)
+    assert "forward" not in model.__dict__ and not model._forward_pre_hooks   # all undone
+
+
+def test_inside_stage_refuses_before_only_methods_and_bad_layers():
+    tiny, model, inputs = setup("llava_clip")
+    with pytest.raises(UsageError, match="stage"):
+        with vlm.prune(model, "visionzip", keep=0.25, stage="inside"):
+            pass
+    with pytest.raises(UsageError, match="out of range"):
+        with vlm.prune(model, "fastv", keep=0.25, stage="inside", layer=99):
+            pass
+    with vlm.prune(model, "fastv", keep=0.25, stage="inside", layer=0):   # usable again
+        model(**inputs)

@@ -7,12 +7,14 @@ from contextlib import contextmanager
 from ..engine.budget import Budget
 from ..errors import UsageError
 from .adapters import adapter_for
+from .inside import install_inside
 from .methods import VLMMethod, get_method
 from .prune import Before
 from .records import Session
 
 STAGES = ("before", "inside")
 DEFAULT_KEEP = 0.25
+DEFAULT_LAYER = 2   # FastV's k: drop after the third decoder layer
 WHAT = {"text": "the question's text (question_aware=True)", "grid": "a patch grid",
         "vision": "the vision tower's features", "project": "a one-to-one projector",
         "attention": "the vision tower's attention",
@@ -34,7 +36,7 @@ def _check(model, method: VLMMethod, stage: str, layer, question_aware: bool, se
         raise UsageError(f"VLM method {method.name!r} reads the question; it cannot run with "
                          "question_aware=False. Choose a question-agnostic method.")
     adapter = adapter_for(model)
-    missing = sorted(method.needs - adapter.provides)
+    missing = sorted(method.needs - adapter.provides) if stage == "before" else []
     if missing:
         raise UsageError(f"VLM method {method.name!r} needs {WHAT.get(missing[0], missing[0])}, "
                          f"which tokensieve.vlm cannot provide for {type(model).__name__}; "
@@ -54,9 +56,11 @@ def prune(model, method: str | VLMMethod = "default", keep: float | None = None,
 
     ``keep``: fraction of each image's visual tokens kept (default 0.25; ``keep_count``
     rounding, at least one), or ``count``: visual tokens kept per image (clipped to the
-    image's). ``keep=1.0`` leaves the model untouched. ``question_aware``: let methods read
-    the prompt's text after each image. ``seed``: for methods that draw at random (each
-    image starts from the same seed, whatever batch it sits in)."""
+    image's). ``keep=1.0`` leaves the model untouched. ``stage="inside"`` drops them from the
+    language model's sequence after decoder layer ``layer`` (default 2) instead of before
+    it. ``question_aware``: let methods read the prompt's text after each image. ``seed``:
+    for methods that draw at random (each image starts from the same seed, whatever batch
+    it sits in)."""
     if count is not None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise UsageError(f"count is the number of visual tokens kept per image (an int "
@@ -69,10 +73,19 @@ def prune(model, method: str | VLMMethod = "default", keep: float | None = None,
     method = get_method(method)
     adapter = _check(model, method, stage, layer, question_aware, seed)
     session = Session(method, stage, budget.keep, budget.count)
-    if stage == "inside":  # built by the inside stage's module
-        raise UsageError("stage='inside' is not available yet; use stage='before'.")
     if budget.count is None and budget.keep == 1.0:
         yield session   # keep everything: the model runs untouched (bit-identical)
+        return
+    if stage == "inside":
+        handle = install_inside(model, method, keep=budget.keep, count=budget.count,
+                                layer=DEFAULT_LAYER if layer is None else layer,
+                                image_token_id=adapter.image_token_id,
+                                question_aware=question_aware, seed=seed)
+        handle.session = session
+        try:
+            yield session
+        finally:
+            handle.remove()
         return
     pruner = Before(model, adapter, method, budget.target, question_aware=question_aware,
                     seed=seed, session=session)

@@ -5,7 +5,7 @@
 - a pre-hook on the top model notes, on a prefill (input ids holding image tokens, empty
   cache), where each image is (a contiguous run of image tokens per row); on a decode call
   on a cache it pruned, it shrinks ``attention_mask`` (original length ``L + t``) to the kept
-  columns (:func:`shrink_decode_mask`);
+  columns (:func:`.sequence.shrink_mask`, as the before stage does);
 - a forward hook on decoder layer ``k`` scores each image (an :class:`Inside`), asks the
   method which tokens to keep, gathers the layer's output rows, and evicts the dropped
   tokens' entries from the KV cache of layers ``0..k`` so every layer stores the same tokens;
@@ -26,9 +26,11 @@ import torch
 
 from ..engine.budget import check_keep, keep_count
 from ..errors import UsageError
-from .inside_gather import GATHER, gather_rows, merge_into, shrink_decode_mask
+from .inside_gather import GATHER, gather_rows, merge_into
 from .layer_attention import attention_to
 from .methods import Inside, VLMMethod, get_method
+from .records import ImageRecord
+from .sequence import Kept, compact, shrink_mask
 
 ATTENTION = ("sdpa", "eager")
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()   # models with inside-stage hooks on them
@@ -165,6 +167,7 @@ class InsideHandle:
         self.keep, self.count, self.layer = keep, count, layer
         self.image_token_id, self.question_aware, self.seed = image_token_id, question_aware, seed
         self.records: list[InsideRecord] = []
+        self.session = None     # a vlm.prune Session to report each prefill to
         self._prefill: _Prefill | None = None
         self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         layers = lm.layers
@@ -216,14 +219,22 @@ class InsideHandle:
             return None
         kept = self._kept.get(cache) if cache is not None else None
         if kept is not None and mask is not None and "attention_mask" in kwargs:
-            idx, slot_valid, length = kept
-            if mask.dim() == 2 and mask.shape[1] >= length:
-                small = shrink_decode_mask(mask, idx, slot_valid, length)
-                return args, dict(kwargs, attention_mask=small)
+            past, q = cache.get_seq_length(), mask.shape[1] - kept.length + kept.width \
+                - cache.get_seq_length()
+            return args, dict(kwargs, attention_mask=shrink_mask(mask, kept, past, q))
         return None
 
     def _top_post(self, model, args, output):
-        self._prefill = None
+        p, self._prefill = self._prefill, None
+        if p is not None and p.idx is not None and self.session is not None:
+            self.session.record(self.session_records(), p.input_ids.shape[1], p.idx.shape[1])
+
+    def session_records(self) -> list[ImageRecord]:
+        """The last prefill's records in ``vlm.prune``'s format."""
+        return [ImageRecord(r.row, r.before, r.kept, r.into,
+                            {"vision": r.before, "llm": r.before,
+                             f"after layer {self.layer}": r.after}, r.seconds)
+                for r in self.records]
 
     @staticmethod
     def _images(model, thw):
@@ -257,13 +268,14 @@ class InsideHandle:
             into_rows = self._select_row(layer, hidden_in, hidden, pe, p, b, runs, n_image)
             n_image += len(runs)
             keep_pos.append(into_rows)
-        idx, slot_valid = self._pad_left(keep_pos, hidden.device)
+        kept = self._pad_left(keep_pos, L, hidden.device)
+        idx, slot_valid = kept.idx, kept.valid
         p.idx, p.slot_valid = idx, slot_valid
         out = gather_rows(hidden, idx, slot_valid)
         cache = kwargs.get("past_key_values")
         if cache is not None:
             self._evict(cache, idx)
-            self._kept[cache] = (idx, slot_valid, L)
+            self._kept[cache] = kept
         return (out, *output[1:]) if isinstance(output, tuple) else out
 
     def _select_row(self, layer, hidden_in, hidden, pe, p, b, runs, n_before):
@@ -328,15 +340,13 @@ class InsideHandle:
         return (r, r) if r * r == n else None
 
     @staticmethod
-    def _pad_left(keep_pos, device):
-        """(B, L') kept positions per row, re-left-padded (slot_valid False on padding)."""
-        width = max(len(k) for k in keep_pos)
-        idx = torch.zeros(len(keep_pos), width, dtype=torch.long)
-        slot_valid = torch.zeros(len(keep_pos), width, dtype=torch.bool)
+    def _pad_left(keep_pos, length, device) -> Kept:
+        """The rows' kept positions, re-left-padded (``sequence.compact``)."""
+        keep = torch.zeros(len(keep_pos), length, dtype=torch.bool)
         for b, k in enumerate(keep_pos):
-            idx[b, width - len(k):] = k
-            slot_valid[b, width - len(k):] = True
-        return idx.to(device), slot_valid.to(device)
+            keep[b, k] = True
+        kept = compact(keep)
+        return Kept(kept.idx.to(device), kept.valid.to(device), length)
 
     def _evict(self, cache, idx):
         """Keep only the kept tokens' entries in the KV cache of layers ``0..k``."""
@@ -391,4 +401,4 @@ def install_inside(model, method: str | VLMMethod, *, keep: float | None = None,
     return handle
 
 
-__all__ = ["InsideHandle", "InsideRecord", "install_inside", "shrink_decode_mask"]
+__all__ = ["InsideHandle", "InsideRecord", "install_inside"]

@@ -1,22 +1,12 @@
 """How the inside stage shortens a sequence in the middle of the language model: gather the
 kept rows of the hidden states, the 4-D attention mask, cos/sin and position ids (original
-positions kept; re-left-padding slots masked out), average merged tokens, and cut a decode
-call's 2-D mask down to the columns the pruned KV cache holds."""
+positions kept; re-left-padding slots masked out) and average merged tokens."""
 
 from __future__ import annotations
 
 import torch
 
 from ..errors import UsageError
-
-
-def shrink_decode_mask(mask: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
-                       length: int) -> torch.Tensor:
-    """A decode call's 2-D ``mask`` (B, length + t) over the original numbering, reduced to
-    the cache's columns: the prefill's kept positions ``idx`` (B, L') (``valid`` False on
-    re-padding slots), then the new tokens."""
-    head = mask[:, :length].gather(1, idx.to(mask.device)) * valid.to(mask.device)
-    return torch.cat([head.to(mask.dtype), mask[:, length:]], dim=1)
 
 
 def merge_into(hidden, b, s, into):
