@@ -1,4 +1,4 @@
-"""``tokensieve bench text|kv|vision ...``: hands the rest of the line to the benchmark."""
+"""``tokensieve bench text|kv|vision|vlm ...``: hands the rest of the line to the benchmark."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.vision_bench import main as bench_vision
 
         return bench_vision(args.rest)
+    if args.target == "vlm":
+        from ..bench.vlm_bench import main as bench_vlm
+
+        return bench_vlm(args.rest)
     if args.target == "kv":
         from ..bench.kv_bench import main as bench_kv
 
@@ -20,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add(sub) -> None:
-    b = sub.add_parser("bench", help="run a benchmark (text, kv or vision); see tokensieve "
+    b = sub.add_parser("bench", help="run a benchmark (text, kv, vision or vlm); see tokensieve "
                        "bench kv "
                        "--help", add_help=False)
-    b.add_argument("target", choices=["text", "kv", "vision"])
+    b.add_argument("target", choices=["text", "kv", "vision", "vlm"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=run)
