@@ -197,6 +197,10 @@ def build(split: str = "train", n_single: int = 100, n_grid: int = 100, seed: in
         raise UsageError(f"easy_share must be in [0, 1], got {easy_share}")
     pools = pools if pools is not None else source_pools()
     index = {name: split_sources(pool.labels, seed)[split] for name, pool in pools.items()}
+    empty = [name for name, idx in index.items() if len(idx) == 0]
+    if empty and n_single + n_grid:
+        raise UsageError(f"the {split} split of {', '.join(empty)} holds no image (the pool "
+                         "is too small to split 80/10/10 per class)")
     words = {name: [class_word(name, c) for c in pool.class_names]
              for name, pool in pools.items()}
     rng = np.random.default_rng([seed, SPLITS.index(split), 7])
