@@ -138,7 +138,8 @@ def tiny_vlm(processor):
     lm = LlamaForCausalLM(LlamaConfig(
         vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=2))
+        tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=2,
+        initializer_range=0.3))  # large enough that the context changes the loss
     return assemble(vision.eval(), lm.eval(), tok, seed=0)
 
 
@@ -198,34 +199,62 @@ def test_one_step_lowers_the_batch_loss_and_changes_only_the_projector(tiny_vlm,
     from tokensieve.bench.vlm_train import (
         TrainConfig,
         TrainState,
-        batch_indices,
         batch_loss,
-        collate,
         encode,
         make_optimizer,
+        pack,
+        questions_by_image,
         train_steps,
     )
 
-    data = D.build("train", n_single=4, n_grid=0, seed=0, pools=_fake_pools())
+    data = D.build("train", n_single=2, n_grid=2, seed=0, pools=_fake_pools())
     feats = np.random.default_rng(0).standard_normal((4, 256, 24)).astype(np.float16)
     cfg = TrainConfig(batch_size=4, lr=1e-2, warmup=1, steps=1, autocast="none")
-    exs = [data.examples[i] for i in batch_indices(0, 4, 4, cfg.seed)]
-    batch = collate([encode(processor, e.question, e.answer) for e in exs],
-                    processor.tokenizer.pad_token_id)
-    f = torch.from_numpy(np.stack([feats[e.image] for e in exs]).astype(np.float32))
+    groups = questions_by_image(data)
+    batch = pack([[encode(processor, e.question, e.answer) for e in g] for g in groups],
+                 processor.tokenizer.pad_token_id)
+    f = torch.from_numpy(feats.astype(np.float32))
     before = {k: v.clone() for k, v in tiny_vlm.state_dict().items()}
     with torch.no_grad():
-        loss0 = batch_loss(tiny_vlm, f, *batch).item()
+        loss0 = batch_loss(tiny_vlm, f, batch[0], batch[1], batch[3], batch[2]).item()
     state = train_steps(tiny_vlm, processor, data, feats, cfg, TrainState(),
                         make_optimizer(tiny_vlm, cfg.lr), until=1, progress=False)
     with torch.no_grad():
-        loss1 = batch_loss(tiny_vlm, f, *batch).item()
-    assert state.step == 1 and state.losses[0] == pytest.approx(loss0, rel=1e-5)
+        loss1 = batch_loss(tiny_vlm, f, batch[0], batch[1], batch[3], batch[2]).item()
+    assert state.step == 1 and state.examples == len(data.examples)
+    assert state.losses[0] == pytest.approx(loss0, rel=1e-5)  # the same 4 images, packed
     assert loss1 < loss0
     after = tiny_vlm.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("model.multi_modal_projector.") for k in changed)
     assert changed == {k for k in before if k.startswith("model.multi_modal_projector.")}
+
+
+@pytest.mark.model
+def test_packed_questions_give_the_unpacked_loss(tiny_vlm, processor):
+    """Three questions after one image in one row = three rows of image + question."""
+    from tokensieve.bench.vlm_train import batch_loss, collate, encode, pack
+
+    data = D.build("train", n_single=1, n_grid=2, seed=4, pools=_fake_pools())
+    feats = torch.randn(3, 256, 24, generator=torch.Generator().manual_seed(1))
+    enc = [encode(processor, e.question, e.answer) for e in data.examples]
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        ids, mask, labels = collate(enc, pad)
+        flat = batch_loss(tiny_vlm, feats[[e.image for e in data.examples]], ids, mask, labels)
+        groups = [[enc[i] for i, e in enumerate(data.examples) if e.image == k] for k in range(3)]
+        assert [len(g) for g in groups] == [1, 3, 3]
+        p_ids, p_mask, pos, p_labels = pack(groups, pad)
+        assert p_ids.shape[1] < ids.shape[1] * 2 and (p_labels != -100).sum() == (
+            labels != -100).sum()
+        packed = batch_loss(tiny_vlm, feats, p_ids, p_mask, p_labels, pos)
+        tiny_vlm.model.language_model.config._attn_implementation = "eager"
+        try:
+            e_ids, e_mask, e_pos, e_labels = pack(groups, pad, sdpa=False)
+            eager = batch_loss(tiny_vlm, feats, e_ids, e_mask, e_labels, e_pos)
+        finally:
+            tiny_vlm.model.language_model.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(packed, flat, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(eager, flat, rtol=1e-5, atol=1e-5)
 
 
 def test_batches_follow_a_seeded_permutation_per_epoch():

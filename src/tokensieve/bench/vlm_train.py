@@ -4,10 +4,12 @@ The vision tower and the language model stay frozen, so the tower's features of 
 image are computed once and cached (float16, ``cache_dir()/vlm/features-*.npy``); a step then
 runs only the projector and the language model: the projected features replace the ``<image>``
 tokens' embeddings (as Llava's forward does) and the loss is on the answer tokens and the
-closing ``<|im_end|>``. Batches follow a seeded permutation per epoch that depends only on the
-step, so a run resumed from its checkpoint (``cache_dir()/vlm/checkpoints``) continues exactly.
-Writes the projector and a JSON record (steps, seed, data counts, loss curve, seconds) into
-``out``.
+closing ``<|im_end|>``. A step takes ``batch_size`` images with all their questions, packed
+into one row per image (:func:`pack`: the 256 image tokens once, then each question as a
+segment that sees them and itself), drawn by a seeded permutation per epoch that depends only
+on the step, so a run resumed from its checkpoint (``cache_dir()/vlm/checkpoints``) continues
+exactly. Writes the projector and a JSON record (steps, seed, data counts, loss curve,
+seconds) into ``out``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class TrainConfig:
     def run_key(self, data_key: str) -> str:
         """What a checkpoint must match to be resumed (``steps`` and limits may change)."""
         keep = {k: getattr(self, k) for k in ("batch_size", "lr", "warmup", "seed", "autocast")}
-        blob = json.dumps({"data": data_key, **keep}, sort_keys=True)
+        blob = json.dumps({"data": data_key, "batching": "packed images", **keep},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -182,7 +185,51 @@ def collate(encoded: list[tuple[list[int], int]], pad_id: int):
     return ids, mask, labels
 
 
-def batch_loss(model, features, ids, mask, labels):
+def pack(groups: list[list[tuple[list[int], int]]], pad_id: int, sdpa: bool = True):
+    """Several questions about one image in one row: the tokens all its prompts share (the
+    image) once, then each question + answer as a segment that sees the shared part and
+    itself only, at the positions it would have alone. Returns right-padded (input_ids, 4-D
+    attention mask, position_ids, labels); the answer loss equals the unpacked one's."""
+    import torch
+
+    rows = []
+    for seqs in groups:
+        shared = min(len(s) for s, _ in seqs)
+        for s, _ in seqs[1:]:
+            shared = next((j for j in range(shared) if s[j] != seqs[0][0][j]), shared)
+        ids, pos, lab, seg = list(seqs[0][0][:shared]), list(range(shared)), [], [0] * shared
+        lab = [t if j >= seqs[0][1] else -100 for j, t in enumerate(ids)]
+        for i, (s, n_prompt) in enumerate(seqs, start=1):
+            tail = s[shared:]
+            if tail and shared >= n_prompt:
+                raise ValueError("an answer token would fall into the shared prefix")
+            ids += tail
+            pos += list(range(shared, len(s)))
+            lab += [t if shared + k >= n_prompt else -100 for k, t in enumerate(tail)]
+            seg += [i] * len(tail)
+        rows.append((ids, pos, lab, seg))
+    width = max(len(r[0]) for r in rows)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), -100, dtype=torch.long)
+    seg = torch.full((n, width), -1, dtype=torch.long)
+    for r, (i_, p_, l_, s_) in enumerate(rows):
+        ids[r, :len(i_)] = torch.tensor(i_)
+        pos[r, :len(p_)] = torch.tensor(p_)
+        labels[r, :len(l_)] = torch.tensor(l_)
+        seg[r, :len(s_)] = torch.tensor(s_)
+    q, k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (k != -1) & ((k == 0) | (k == q))
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows see themselves (no NaN)
+    mask = allowed[:, None]
+    if not sdpa:  # eager attention adds the mask
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return ids, mask, pos, labels
+
+
+def batch_loss(model, features, ids, mask, labels, position_ids=None):
     """The answer-token loss with ``features`` (B x 256 x D, the tower's) projected into the
     ``<image>`` positions."""
     import torch
@@ -194,7 +241,8 @@ def batch_loss(model, features, ids, mask, labels):
     if int(where[..., 0].sum()) != image.shape[0] * image.shape[1]:
         raise ValueError("the <image> tokens do not match the image features")
     embeds = embeds.masked_scatter(where, image.to(embeds.dtype))
-    return model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                 labels=labels).loss
 
 
 # --------------------------------------------------------------------------- training
@@ -230,14 +278,24 @@ def make_optimizer(model, lr: float):
 class TrainState:
     step: int = 0
     seconds: float = 0.0
+    examples: int = 0
     losses: list[float] = field(default_factory=list)
+
+
+def questions_by_image(data: vlm_data.VLMData) -> list[list[vlm_data.Example]]:
+    """The questions of each image (images with none left out), in image order."""
+    out: dict[int, list] = {}
+    for ex in data.examples:
+        out.setdefault(ex.image, []).append(ex)
+    return [out[i] for i in sorted(out)]
 
 
 def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainConfig,
                 state: TrainState, optimizer, *, until: int, deadline: float | None = None,
                 on_step=None, progress: bool = True) -> TrainState:
     """Run steps ``state.step`` .. ``until`` - 1 (or to ``deadline``, a ``time.monotonic``
-    value), updating only the projector; ``on_step(state)`` after each step."""
+    value), updating only the projector; ``on_step(state)`` after each step. A step takes
+    ``cfg.batch_size`` images with all their questions, packed one row per image."""
     import torch
     from tqdm.auto import tqdm
 
@@ -246,6 +304,8 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
            and model.device.type == "cpu" else torch.autocast(model.device.type,
                                                               enabled=False))
     model.train(False)
+    by_image = questions_by_image(data)
+    sdpa = model.model.language_model.config._attn_implementation == "sdpa"
     bar = tqdm(total=until, initial=state.step, desc="train", unit="step", disable=not progress)
     while state.step < until:
         if deadline is not None and state.step > 0 and state.losses:
@@ -253,15 +313,17 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
             if time.monotonic() + per_step > deadline:
                 break
         t0 = time.monotonic()
-        idx = batch_indices(state.step, cfg.batch_size, len(data.examples), cfg.seed)
-        exs = [data.examples[i] for i in idx]
-        ids, mask, labels = collate([encode(processor, e.question, e.answer) for e in exs], pad)
-        feats = np.stack([np.asarray(features[e.image], dtype=np.float32) for e in exs])
+        images = batch_indices(state.step, cfg.batch_size, len(by_image), cfg.seed)
+        groups = [[encode(processor, e.question, e.answer) for e in by_image[i]] for i in images]
+        ids, mask, pos, labels = pack(groups, pad, sdpa)
+        feats = np.stack([np.asarray(features[by_image[i][0].image], dtype=np.float32)
+                          for i in images])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(state.step, cfg)
         with ctx:
             loss = batch_loss(model, torch.from_numpy(feats), ids.to(model.device),
-                              mask.to(model.device), labels.to(model.device))
+                              mask.to(model.device), labels.to(model.device),
+                              pos.to(model.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.model.multi_modal_projector.parameters(), 1.0)
@@ -269,6 +331,7 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
         state.step += 1
         state.seconds += time.monotonic() - t0
         state.losses.append(float(loss.detach()))
+        state.examples += sum(len(g) for g in groups)
         bar.set_postfix(loss=f"{np.mean(state.losses[-cfg.log_every:]):.3f}")
         bar.update(1)
         if on_step is not None:
@@ -344,7 +407,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
                  "(trained) + SmolLM2-135M-Instruct (frozen)",
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "resume")},
         "steps_done": state.step, "finished": state.step >= cfg.steps,
-        "examples_seen": state.step * cfg.batch_size,
+        "images_seen": state.step * cfg.batch_size, "questions_seen": state.examples,
         "data": {"split": "train", "key": data.key(), **data.counts(), "spec": data.spec},
         "seconds_training": round(state.seconds, 1),
         "seconds_per_step": round(state.seconds / max(1, len(state.losses)), 3),
