@@ -285,3 +285,16 @@ def test_projector_round_trip_and_wrong_file(tiny_vlm, tmp_path):
         load_projector(tiny_vlm, tmp_path / "bad.safetensors")
     with pytest.raises(ModelNotFoundError, match="tokensieve vlm train"):
         load_projector(tiny_vlm, tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--steps must be"), (["--time-limit", "-5"], "--time-limit must be"),
+    (["--batch-size", "100000"], "--batch-size must be"), (["--single", "0", "--grids", "0"],
+                                                           "at least one image"),
+])
+def test_vlm_train_rejects_bad_settings_in_one_line(argv, message, capsys):
+    from tokensieve.cli import main
+
+    assert main(["vlm", "train", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

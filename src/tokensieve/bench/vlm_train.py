@@ -414,7 +414,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
         "seconds_features_this_run": round(feature_seconds, 1),
         "torch": torch.__version__, "threads": cfg.threads,
         "loss_curve": loss_curve(state.losses, cfg.log_every),
-        "checkpoint": str(ck_path),
+        "checkpoint": ck_path.name,
     }
     out.mkdir(parents=True, exist_ok=True)
     save_projector(model, out / PROJECTOR_NAME,
