@@ -298,3 +298,53 @@ def test_vlm_train_rejects_bad_settings_in_one_line(argv, message, capsys):
     assert main(["vlm", "train", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+@pytest.mark.model
+def test_a_resumed_run_continues_exactly(tiny_vlm, processor, tmp_path):
+    from tokensieve.bench import vlm_train as T
+
+    data = D.build("train", n_single=3, n_grid=3, seed=0, pools=_fake_pools())
+    feats = np.random.default_rng(1).standard_normal((6, 256, 24)).astype(np.float16)
+    cfg = T.TrainConfig(batch_size=2, lr=1e-2, warmup=1, steps=3, autocast="none")
+    start = {k: v.clone() for k, v in tiny_vlm.model.multi_modal_projector.state_dict().items()}
+
+    def run(stop_after):
+        tiny_vlm.model.multi_modal_projector.load_state_dict(start)
+        opt = T.make_optimizer(tiny_vlm, cfg.lr)
+        state = T.train_steps(tiny_vlm, processor, data, feats, cfg, T.TrainState(), opt,
+                              until=stop_after, progress=False)
+        if stop_after < cfg.steps:
+            T._save_checkpoint(tmp_path / "ck.pt", tiny_vlm, opt, state)
+            tiny_vlm.model.multi_modal_projector.load_state_dict(start)  # a fresh process
+            opt = T.make_optimizer(tiny_vlm, cfg.lr)
+            state = T._load_checkpoint(tmp_path / "ck.pt", tiny_vlm, opt)
+            state = T.train_steps(tiny_vlm, processor, data, feats, cfg, state, opt,
+                                  until=cfg.steps, progress=False)
+        return state, {k: v.clone() for k, v in
+                       tiny_vlm.model.multi_modal_projector.state_dict().items()}
+
+    straight, w1 = run(3)
+    resumed, w2 = run(1)
+    assert straight.losses == resumed.losses and straight.step == resumed.step == 3
+    for k in w1:
+        assert torch.equal(w1[k], w2[k])
+    tiny_vlm.model.multi_modal_projector.load_state_dict(start)
+
+
+@pytest.mark.model
+def test_batched_answers_equal_one_by_one_and_are_scored(tiny_vlm, processor):
+    from tokensieve.bench.vlm_eval import answer, evaluate
+
+    data = D.build("dev", n_single=1, n_grid=1, seed=0, pools=_fake_pools())
+    imgs = data.images([e.image for e in data.examples])
+    qs = [e.question for e in data.examples]
+    batched = answer(tiny_vlm, processor, imgs, qs, max_new_tokens=4)
+    alone = [answer(tiny_vlm, processor, imgs[i:i + 1], qs[i:i + 1], max_new_tokens=4)[0]
+             for i in range(len(qs))]
+    assert batched == alone and len(set(map(len, qs))) > 1  # different left padding
+    result = evaluate(tiny_vlm, processor, data, batch_size=3, max_new_tokens=4,
+                      progress=False)
+    assert [p["predicted"] for p in result.predictions] == batched
+    assert result.scores["all"].n == len(data.examples) == 4
+    assert set(result.to_dict()["types"]) == {*D.QTYPES, "corner", "all"}
