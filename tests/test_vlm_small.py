@@ -348,3 +348,28 @@ def test_batched_answers_equal_one_by_one_and_are_scored(tiny_vlm, processor):
     assert [p["predicted"] for p in result.predictions] == batched
     assert result.scores["all"].n == len(data.examples) == 4
     assert set(result.to_dict()["types"]) == {*D.QTYPES, "corner", "all"}
+
+
+@pytest.mark.model
+def test_the_shipped_small_vlm_loads_and_answers():
+    from tokensieve.bench.vlm_eval import answer
+    from tokensieve.models.llava_small import (
+        PROJECTOR_FILE,
+        load_small_vlm,
+        projector_state,
+        training_record,
+    )
+
+    assert PROJECTOR_FILE.stat().st_size < 5 << 20
+    record = training_record()
+    curve = [loss for _, loss in record["loss_curve"]]
+    assert record["steps_done"] > 0 and curve[-1] < curve[0]
+    model, processor = load_small_vlm()
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(PROJECTOR_FILE))
+    assert all(torch.equal(v, shipped[k]) for k, v in projector_state(model).items())
+    assert all(not p.requires_grad for p in model.model.language_model.parameters())
+    img = np.zeros((224, 224, 3), np.uint8)
+    (text,) = answer(model, processor, [img], [D.SINGLE_QUESTION], max_new_tokens=4)
+    assert isinstance(text, str) and text.strip()

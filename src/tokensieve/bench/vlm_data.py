@@ -43,7 +43,7 @@ GROUPS = {"clothes": {"t-shirt", "trousers", "pullover", "dress", "coat", "shirt
           "shoes": {"sandal", "sneaker", "ankle boot"}}
 COUNT_GROUPS = ("clothes", "shoes", "shapes")
 SINGLE_QUESTION = "What is in this picture?"
-MAX_IMAGES = 200_000  # per call: a bound on work before any is done
+MAX_IMAGES = 50_000  # per call (about 10 GB of cached features): a bound on work
 
 
 @dataclass(frozen=True)
