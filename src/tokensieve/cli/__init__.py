@@ -1,5 +1,5 @@
 """Command line: ``tokensieve compress``, ``compress-dataset``, ``vision``, ``inspect``,
-``bench``, ``serve``, ``models``; one module per verb (``cli/<verb>.py``, the inspectors in
+``vlm``, ``bench``, ``serve``, ``models``; one module per verb (``cli/<verb>.py``, the inspectors in
 ``cli/inspect/``), each adding its sub-parser and running it. The CLI is the top layer: it
 imports the library, never the other way; a verb imports what it runs only when it runs.
 
@@ -17,7 +17,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from ..errors import TokensieveError, UsageError  # noqa: E402
-from . import bench, compress, compress_dataset, inspect, models, serve, vision  # noqa: E402
+from . import bench, compress, compress_dataset, inspect, models, serve, vision, vlm  # noqa: E402
 from .common import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, Parser  # noqa: E402
 from .reader import read_input  # noqa: E402
 from .serve import SERVE_FLAGS, serve_config  # noqa: E402
@@ -29,7 +29,7 @@ __all__ = ["EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "SERVE_FLAGS", "build_parser
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tokensieve", description="Keep the informative tokens, drop the rest.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for verb in (compress, compress_dataset, vision, inspect, bench, serve, models):
+    for verb in (compress, compress_dataset, vision, vlm, inspect, bench, serve, models):
         verb.add(sub)
     return parser
 
