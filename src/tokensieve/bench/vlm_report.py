@@ -1,0 +1,113 @@
+"""The VLM benchmark's report: a Markdown table per budget, the speed table, a plot of
+accuracy against the budget and a picture of the tokens each method keeps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _cell(row: dict, group: str) -> str:
+    r, se = row["relative"].get(group), row["se"].get(group)
+    if r is None or math.isnan(r):
+        return "–"
+    return f"{r:.1f} ± {se:.1f}"
+
+
+def markdown(results: dict) -> str:
+    meta, rows = results["meta"], results["rows"]
+    groups = [g for g in ("all", "single", "corner", "corner_what", "corner_which", "count")
+              if g in meta["unpruned"]]
+    out = [f"# VLM benchmark (small VLM, split {meta['split']})", "",
+           f"{meta['questions']} questions ({meta['single']} single images, {meta['grids']} "
+           f"2x2 grids); {meta['threads']} threads, {meta['seconds']:.0f} s in all; inside "
+           f"stage after decoder layer {meta['layer']}.", "",
+           "## The unpruned model", "", "| type | n | accuracy | chance |", "|---|---:|---:|---:|"]
+    for g in groups:
+        out.append(f"| {g} | {meta['counts'][g]} | {100 * meta['unpruned'][g]:.1f}% | "
+                   + (f"{100 * meta['chance'][g]:.1f}% |" if g in meta["chance"] else "– |"))
+    out += ["", "## Accuracy as % of the unpruned model", "",
+            "Cells: accuracy / unpruned accuracy, ± the paired standard error of the "
+            "difference (relative).", ""]
+    for keep in meta["keeps"]:
+        cells = [r for r in rows if r["keep"] == keep]
+        if not cells:
+            continue
+        out += [f"### keep {keep:g}", "", "| method | stage | " + " | ".join(groups) + " |",
+                "|---|---|" + "---:|" * len(groups)]
+        for r in sorted(cells, key=lambda r: -r["relative"].get("all", 0)):
+            out.append(f"| {r['method']} | {r['stage']} | "
+                       + " | ".join(_cell(r, g) for g in groups) + " |")
+        out.append("")
+    out += ["## Speed (ratios to the unpruned model, same run, median of reps)", "",
+            "| batch | cell | prefill s | prefill x | generate s | generate x | KV MB |",
+            "|---:|---|---:|---:|---:|---:|---:|"]
+    for batch, cells in results["speed"].items():
+        base = cells["unpruned"]
+        for key, v in cells.items():
+            out.append(f"| {batch} | {key} | {v['prefill_s']:.3f} | "
+                       f"{base['prefill_s'] / v['prefill_s']:.2f} | {v['generate_s']:.3f} | "
+                       f"{base['generate_s'] / v['generate_s']:.2f} | "
+                       f"{v['kv_bytes'] / 2**20:.2f} |")
+    return "\n".join(out) + "\n"
+
+
+def plot_accuracy(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = sorted({(r["method"], r["stage"]) for r in results["rows"]})
+    for method, stage in names:
+        pts = sorted((r["keep"], r["relative"].get("all", float("nan"))) for r in results["rows"]
+                     if r["method"] == method and r["stage"] == stage)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                linestyle="-" if stage == "before" else "--", label=f"{method} ({stage})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("visual tokens kept (fraction)")
+    ax.set_ylabel("accuracy, % of unpruned")
+    ax.axhline(100, color="grey", lw=0.5)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_kept(results: dict, data, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pics = [p for p in results["pictures"] if p["kept"]]
+    if not pics:
+        return
+    methods = sorted(pics[0]["kept"])
+    side = math.isqrt(results["meta"]["visual_tokens"] or 256)   # the tokens' patch grid
+    fig, axes = plt.subplots(len(pics), len(methods) + 1,
+                             figsize=(1.6 * (len(methods) + 1), 1.9 * len(pics)), squeeze=False)
+    for row, pic in zip(axes, pics, strict=True):
+        img = data.image(pic["image"]).astype(float) / 255
+        row[0].imshow(img)
+        row[0].set_title(pic["question"][:28], fontsize=5)
+        for ax, m in zip(row[1:], methods, strict=True):
+            kept = pic["kept"][m]
+            mask = np.zeros(side * side)
+            mask[kept] = 1
+            cell = img.shape[0] // side
+            big = np.kron(mask.reshape(side, side), np.ones((cell, cell)))[..., None]
+            ax.imshow(img * (0.25 + 0.75 * big[: img.shape[0], : img.shape[1]]))
+            ax.set_title(m, fontsize=6)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: dict, out: Path, data) -> None:
+    (out / "report.md").write_text(markdown(results))
+    plot_accuracy(results, out / "accuracy.png")
+    plot_kept(results, data, out / "kept.png")
