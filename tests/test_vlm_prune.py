@@ -526,3 +526,15 @@ def test_inside_stage_refuses_before_only_methods_and_bad_layers():
             pass
     with vlm.prune(model, "fastv", keep=0.25, stage="inside", layer=0):   # usable again
         model(**inputs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@torch.no_grad()
+def test_the_default_method_runs_on_every_class(kind):
+    tiny, model, inputs = setup(kind)
+    assert vlm.get_method("default").name == vlm.DEFAULT_METHOD
+    with vlm.prune(model, "default", keep=0.25) as r:
+        gen = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    k = keep_count(0.25, tiny.tokens_per_image)
+    assert [len(rec.kept) for rec in r.last] == [k] * len(r.last) and len(r.last) == 3
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 2

@@ -1,11 +1,84 @@
-"""``tokensieve vlm train|eval``: train the small VLM's projector, measure its accuracy."""
+"""``tokensieve vlm IMAGE --question Q``: answer with the small VLM, its visual tokens pruned;
+``tokensieve vlm train|eval``: train the small VLM's projector, measure its accuracy."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .common import EXIT_OK
+from .common import EXIT_OK, fraction
+
+SUBCOMMANDS = ("train", "eval", "ask")
+
+
+def route(argv: list[str]) -> list[str]:
+    """``vlm IMAGE ...`` is ``vlm ask IMAGE ...`` (the subcommands keep their names)."""
+    if len(argv) >= 2 and argv[0] == "vlm" and argv[1] not in SUBCOMMANDS + ("-h", "--help"):
+        return ["vlm", "ask", *argv[1:]]
+    return argv
+
+
+def _ask(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .. import vlm
+    from ..bench.vlm_eval import answer
+    from ..inputs import decode_text
+    from ..models.llava_small import load_small_vlm
+    from ..vision.images import load_images
+
+    question = decode_text(args.question, "--question")
+    if not question.strip():
+        from ..errors import InputError
+        raise InputError("--question is empty: ask something about the image.")
+    torch.set_num_threads(args.threads)
+    images = load_images([args.image])
+    vlm.get_method(args.method)          # a bad method name fails before the model loads
+    model, processor = load_small_vlm()
+    t0 = time.perf_counter()
+    with vlm.prune(model, args.method, keep=args.keep, count=args.count, stage=args.stage,
+                   layer=args.layer) as r:
+        text = answer(model, processor, images, [question], max_new_tokens=args.max_new_tokens)[0]
+    seconds = time.perf_counter() - t0
+    rec = r.last[0] if r.last else None
+    total = rec.tokens if rec else int(model.config.image_seq_length)
+    kept = len(rec.kept) if rec else total
+    if args.png:
+        _draw(images[0], processor, rec.kept.tolist() if rec else list(range(total)), total,
+              args.png)
+    if args.json:
+        print(json.dumps({"answer": text.strip(), "visual_tokens": total, "kept": kept,
+                          "kept_indices": rec.kept.tolist() if rec else None,
+                          "method": args.method, "stage": args.stage,
+                          "seconds": round(seconds, 3)}, indent=2))
+    else:
+        print(text.strip())
+        print(f"[{kept} of {total} visual tokens kept ({args.method}, {args.stage}), "
+              f"{seconds:.2f} s]", file=__import__("sys").stderr)
+    return EXIT_OK
+
+
+def _draw(image, processor, kept: list[int], total: int, path: str) -> None:
+    """The image as the model sees it, with the dropped tokens' patches dimmed."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    side = math.isqrt(total)
+    size = processor.image_processor.crop_size["height"] if hasattr(
+        processor.image_processor, "crop_size") and processor.image_processor.crop_size else 224
+    img = np.asarray(Image.fromarray(image).convert("RGB").resize((size, size))).astype(float)
+    mask = np.zeros(side * side)
+    mask[kept] = 1
+    cell = size // side
+    big = np.kron(mask.reshape(side, side), np.ones((cell, cell)))
+    full = np.zeros((size, size))
+    full[: big.shape[0], : big.shape[1]] = big
+    out = img * (0.25 + 0.75 * full[..., None])
+    Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(path)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -49,8 +122,28 @@ def _eval(args: argparse.Namespace) -> int:
 def add(sub) -> None:
     from .common import Parser
 
-    v = sub.add_parser("vlm", help="the small vision-language model: train, eval")
+    v = sub.add_parser("vlm", help="answer about an image with the small VLM, its visual "
+                       "tokens pruned (tokensieve vlm IMAGE --question Q); train, eval")
     vsub = v.add_subparsers(dest="vlm_command", required=True, parser_class=Parser)
+    a = vsub.add_parser("ask", help="answer a question about IMAGE (also: tokensieve vlm IMAGE "
+                        "--question Q)")
+    a.add_argument("image", help="an image file (PNG, JPEG, ...)")
+    a.add_argument("--question", required=True, help="the question to answer")
+    a.add_argument("--method", default="default", help="VLM method, e.g. default, visionzip, "
+                   "mmtok, 'dart:pivots=4' (see the README)")
+    ab = a.add_mutually_exclusive_group()
+    ab.add_argument("--keep", type=fraction, metavar="FRACTION",
+                    help="fraction of visual tokens kept, in (0, 1] (default 0.25)")
+    ab.add_argument("--count", type=int, help="visual tokens kept")
+    a.add_argument("--stage", choices=["before", "inside"], default="before")
+    a.add_argument("--layer", type=int, default=None, help="the inside stage's layer "
+                   "(default 2)")
+    a.add_argument("--png", default=None, metavar="FILE", help="write the image with the "
+                   "dropped tokens' patches dimmed")
+    a.add_argument("--max-new-tokens", type=int, default=8)
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=_ask)
     t = vsub.add_parser("train", help="train the small VLM's projector on CPU (resumable)")
     t.add_argument("--steps", type=int, default=3000, help="total optimiser steps (default "
                    "3000); a rerun resumes from the matching checkpoint")
