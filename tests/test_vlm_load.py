@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vlm_models import build
 
 from tokensieve import vlm
 from tokensieve.errors import InputError, UsageError
-from vlm_models import build
 
 
 def test_default_is_the_small_vlm_with_a_chat_processor():
