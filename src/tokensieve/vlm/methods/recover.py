@@ -7,7 +7,7 @@ import torch
 
 from ...errors import UsageError
 from .base import Visual, VLMMethod, top
-from .relevance import choice, fraction, share_of, text_of, text_relevance, visual
+from .relevance import add_relevant, choice, fraction, share_of, text_of, visual
 
 
 class Recover(VLMMethod):
@@ -46,10 +46,7 @@ class Recover(VLMMethod):
         text = text_of(self, v)
         recovered = share_of(v.count, self.recover) if text is not None else 0
         keep = top(self._agnostic(v).to(v.features.device), v.count - recovered)
-        if recovered:
-            score = text_relevance(v.features, text).masked_fill(keep, float("-inf"))
-            keep |= top(score, recovered)
-        return keep
+        return add_relevant(keep, v.features, text, recovered)
 
     def __repr__(self) -> str:
         return f"Recover(recover={self.recover:g}, score={self.score!r}, layer={self.layer})"

@@ -9,7 +9,7 @@ import torch
 
 from ...engine.diversity import normalized
 from ...errors import UsageError
-from .base import Inside, Visual, VLMMethod
+from .base import Inside, Visual, VLMMethod, top
 
 
 def visual(method: VLMMethod, v) -> Visual:
@@ -53,6 +53,15 @@ def text_of(method: VLMMethod, v: Visual) -> torch.Tensor | None:
 def text_relevance(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """(N,): each visual token's highest cosine similarity to any text token."""
     return (normalized(features) @ normalized(text).T).amax(-1)
+
+
+def add_relevant(keep: torch.Tensor, features: torch.Tensor, text: torch.Tensor,
+                 n: int) -> torch.Tensor:
+    """``keep`` plus the ``n`` tokens not yet kept that are most relevant to the text."""
+    if not n:
+        return keep
+    score = text_relevance(features, text).masked_fill(keep, float("-inf"))
+    return keep | top(score, n)
 
 
 def share_of(count: int, share: float) -> int:

@@ -7,8 +7,8 @@ import torch
 
 from ...engine.diversity import k_center
 from ...engine.select import quantise
-from .base import Visual, VLMMethod, top
-from .relevance import fraction, share_of, text_of, text_relevance, visual
+from .base import Visual, VLMMethod
+from .relevance import add_relevant, fraction, share_of, text_of, visual
 
 
 class ToDRE(VLMMethod):
@@ -35,10 +35,7 @@ class ToDRE(VLMMethod):
             start = (v.cls_attention[-1] if v.cls_attention else v.features.float().norm(dim=-1))
             first = quantise(start.float()).argmax()[None]
             keep = k_center(v.features[None], diverse, first.to(keep.device))[0]
-        if relevant:
-            score = text_relevance(v.features, text).masked_fill(keep, float("-inf"))
-            keep |= top(score, relevant)
-        return keep
+        return add_relevant(keep, v.features, text, relevant)
 
     def __repr__(self) -> str:
         return f"ToDRE(relevance={self.relevance:g})"
