@@ -17,6 +17,7 @@ from tokensieve import kv, vlm
 from tokensieve.engine.budget import keep_count
 from tokensieve.errors import UsageError
 from tokensieve.vlm import Visual, VLMMethod
+from tokensieve.vlm.adapters import adapter_for
 
 ROWS = [(1, 3, 4), (2, 1, 2)]       # row 0: one image; row 1: two images, shorter text
 
@@ -538,3 +539,27 @@ def test_the_default_method_runs_on_every_class(kind):
     k = keep_count(0.25, tiny.tokens_per_image)
     assert [len(rec.kept) for rec in r.last] == [k] * len(r.last) and len(r.last) == 3
     assert gen.shape[1] == inputs["input_ids"].shape[1] + 2
+
+
+@pytest.mark.parametrize("name", sorted(vlm.METHODS))
+@pytest.mark.parametrize("kind", KINDS)
+@torch.no_grad()
+def test_every_method_on_every_class_or_a_one_line_refusal(kind, name):
+    """Each method, at its first stage, on each class: exact budget per image and a
+    shortened prompt, or (a method needing what the class cannot give) a one-line error
+    at the with."""
+    tiny, model, inputs = setup(kind)
+    method = vlm.get_method(name)
+    stage = "before" if "before" in method.stages else "inside"
+    layer = 0 if stage == "inside" else None
+    missing = method.needs - adapter_for(model).provides if stage == "before" else set()
+    if missing:
+        with pytest.raises(UsageError) as info:
+            with vlm.prune(model, name, count=3, stage=stage, layer=layer):
+                pass
+        assert "\n" not in str(info.value) and name in str(info.value)
+        return
+    with vlm.prune(model, name, count=3, stage=stage, layer=layer) as r:
+        gen = model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    assert r.last and all(len(rec.kept) == min(3, rec.tokens) for rec in r.last)
+    assert r.lengths[1] < r.lengths[0] and gen.shape[1] == inputs["input_ids"].shape[1] + 1
