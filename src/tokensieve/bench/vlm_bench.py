@@ -36,7 +36,6 @@ from .. import vlm
 from ..errors import TokensieveError, UsageError
 from . import vlm_data, vlm_eval
 from .vlm_report import write_report
-from .vlm_train import prompt_text
 
 KEEPS = (0.25, 0.125, 0.0625)
 BEFORE = ("visionzip", "vtc-cls", "hiprune", "dart", "todre", "zeroth", "visiondrop", "mmtok",
@@ -73,11 +72,6 @@ class _Nothing:
 
     def __exit__(self, *exc):
         return False
-
-
-def inputs_for(processor, images, questions):
-    prompts = [prompt_text(processor, q) for q in questions]
-    return processor(images=list(images), text=prompts, padding=True, return_tensors="pt")
 
 
 def answers(model, processor, data, cfg: dict, batch: int, progress: bool) -> tuple[list, list]:
@@ -123,7 +117,8 @@ def timings(model, processor, data, cells: list[dict], batch: int, reps: int,
     while len(idx) < batch:
         idx.append(idx[len(idx) % max(1, len(data.examples))])
     ex = [data.examples[i] for i in idx]
-    inputs = inputs_for(processor, data.images([e.image for e in ex]), [e.question for e in ex])
+    inputs = vlm_eval.inputs_for(processor, data.images([e.image for e in ex]),
+                                 [e.question for e in ex])
     pad = processor.tokenizer.pad_token_id
     pre: dict[str, list[float]] = {c["key"]: [] for c in cells}
     gen: dict[str, list[float]] = {c["key"]: [] for c in cells}

@@ -56,14 +56,18 @@ class EvalResult:
         return "\n".join(rows)
 
 
+def inputs_for(processor, images, questions: list[str]):
+    """The processor's left-padded batch for one question per image (chat prompts)."""
+    prompts = [prompt_text(processor, q) for q in questions]
+    return processor(images=list(images), text=prompts, padding=True, return_tensors="pt")
+
+
 def answer(model, processor, images, questions: list[str], *,
            max_new_tokens: int = MAX_NEW_TOKENS, **generate_kwargs) -> list[str]:
     """Greedy answers of ``model`` to one question per image (one left-padded batch)."""
     import torch
 
-    prompts = [prompt_text(processor, q) for q in questions]
-    inputs = processor(images=list(images), text=prompts, padding=True, return_tensors="pt")
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    inputs = {k: v.to(model.device) for k, v in inputs_for(processor, images, questions).items()}
     kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens,
               "pad_token_id": processor.tokenizer.pad_token_id, **generate_kwargs}
     with torch.no_grad():

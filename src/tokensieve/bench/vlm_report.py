@@ -76,6 +76,18 @@ def plot_accuracy(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def dim_dropped(img: np.ndarray, kept: list[int], side: int) -> np.ndarray:
+    """``img`` (H, W, C floats) with the patches of the tokens not in ``kept`` (a
+    ``side`` x ``side`` token grid in raster order) dimmed to a quarter."""
+    mask = np.zeros(side * side)
+    mask[kept] = 1
+    cell = img.shape[0] // side
+    big = np.kron(mask.reshape(side, side), np.ones((cell, cell)))
+    full = np.zeros(img.shape[:2])
+    full[: big.shape[0], : big.shape[1]] = big
+    return img * (0.25 + 0.75 * full[..., None])
+
+
 def plot_kept(results: dict, data, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -93,12 +105,7 @@ def plot_kept(results: dict, data, path: Path) -> None:
         row[0].imshow(img)
         row[0].set_title(pic["question"][:28], fontsize=5)
         for ax, m in zip(row[1:], methods, strict=True):
-            kept = pic["kept"][m]
-            mask = np.zeros(side * side)
-            mask[kept] = 1
-            cell = img.shape[0] // side
-            big = np.kron(mask.reshape(side, side), np.ones((cell, cell)))[..., None]
-            ax.imshow(img * (0.25 + 0.75 * big[: img.shape[0], : img.shape[1]]))
+            ax.imshow(dim_dropped(img, pic["kept"][m], side))
             ax.set_title(m, fontsize=6)
         for ax in row:
             ax.axis("off")

@@ -67,17 +67,12 @@ def _draw(image, processor, kept: list[int], total: int, path: str) -> None:
     import numpy as np
     from PIL import Image
 
-    side = math.isqrt(total)
-    size = processor.image_processor.crop_size["height"] if hasattr(
-        processor.image_processor, "crop_size") and processor.image_processor.crop_size else 224
+    from ..bench.vlm_report import dim_dropped
+
+    crop = getattr(processor.image_processor, "crop_size", None) or {}
+    size = crop.get("height", 224)
     img = np.asarray(Image.fromarray(image).convert("RGB").resize((size, size))).astype(float)
-    mask = np.zeros(side * side)
-    mask[kept] = 1
-    cell = size // side
-    big = np.kron(mask.reshape(side, side), np.ones((cell, cell)))
-    full = np.zeros((size, size))
-    full[: big.shape[0], : big.shape[1]] = big
-    out = img * (0.25 + 0.75 * full[..., None])
+    out = dim_dropped(img, kept, math.isqrt(total))
     Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(path)
 
 

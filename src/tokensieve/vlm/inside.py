@@ -30,7 +30,7 @@ from .inside_gather import GATHER, gather_rows, merge_into
 from .layer_attention import attention_to
 from .methods import Inside, VLMMethod, get_method
 from .records import ImageRecord
-from .sequence import Kept, compact, shrink_mask
+from .sequence import Kept, as_into, compact, shrink_mask
 
 ATTENTION = ("sdpa", "eager")
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()   # models with inside-stage hooks on them
@@ -140,21 +140,12 @@ def _split(runs: list[tuple[int, int]], images: list) -> list[tuple[int, int]]:
 
 
 def _check_selection(sel: torch.Tensor, n: int, count: int, name: str) -> torch.Tensor:
-    """The method's answer as an ``into`` vector (bool masks become fixed points / -1)."""
-    sel = sel.cpu()
-    if sel.dtype == torch.bool:
-        if sel.shape != (n,) or int(sel.sum()) != count:
-            raise RuntimeError(f"method {name!r} returned a keep mask of shape {tuple(sel.shape)}"
-                               f" with {int(sel.sum())} kept; wanted {count} of {n}")
-        return torch.where(sel, torch.arange(n), torch.full((n,), -1))
-    into = sel.long()
-    fixed = into == torch.arange(n)
-    ok = into.shape == (n,) and int(fixed.sum()) == count and bool(
-        ((into >= -1) & (into < n)).all()) and bool(
-        ((into == -1) | fixed | fixed[into.clamp(0, n - 1)]).all())
-    if not ok:
-        raise RuntimeError(f"method {name!r} returned an invalid merge map for {count} of {n}")
-    return into
+    """The method's answer as an ``into`` vector, checked by the before stage's rule
+    (:func:`.sequence.as_into`); a wrong answer here is the method's bug, raised as such."""
+    try:
+        return as_into(sel, count, n, name)
+    except UsageError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 class InsideHandle:
