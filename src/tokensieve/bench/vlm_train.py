@@ -62,6 +62,9 @@ class TrainConfig:
     autocast: str = "bf16"
     checkpoint_every: int = 25
     log_every: int = 10
+    lora_rank: int = 0
+    standardize: bool = True
+    align_epochs: int = 0
 
     def check(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -79,10 +82,18 @@ class TrainConfig:
                              f"not {self.autocast!r}")
         if self.n_single + self.n_grid < 1:
             raise UsageError("training needs at least one image (--single / --grids)")
+        if not 0 <= self.align_epochs <= 100:
+            raise UsageError(f"--align-epochs must be 0..100, got {self.align_epochs}")
+        if not 0 <= self.lora_rank <= 256:
+            raise UsageError(f"--lora-rank must be 0 (no LoRA) .. 256, got {self.lora_rank}")
 
     def run_key(self, data_key: str) -> str:
         """What a checkpoint must match to be resumed (``steps`` and limits may change)."""
         keep = {k: getattr(self, k) for k in ("batch_size", "lr", "warmup", "seed", "autocast")}
+        if self.lora_rank or self.standardize:  # keys of older runs stay as they were
+            keep.update(lora_rank=self.lora_rank, standardize=self.standardize)
+        if self.align_epochs:
+            keep.update(align_epochs=self.align_epochs)
         blob = json.dumps({"data": data_key, "batching": "packed images", **keep},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -229,6 +240,39 @@ def pack(groups: list[list[tuple[list[int], int]]], pad_id: int, sdpa: bool = Tr
     return ids, mask, pos, labels
 
 
+def feature_stats(features, n_images: int = 512):
+    """(mean, std) per feature dimension over the first ``n_images`` images' tokens (float32
+    tensors; std floored at 1e-3): the projector trains on standardised features, and
+    :func:`..models.llava_small.projector_state` folds the two back into its first layer."""
+    import torch
+
+    x = torch.from_numpy(np.asarray(features[:n_images], dtype=np.float32))
+    x = x.reshape(-1, x.shape[-1])
+    return x.mean(0), x.std(0).clamp_min(1e-3)
+
+
+def match_output_scale(model, sample) -> float:
+    """Scale the projector's last layer so its outputs on ``sample`` (standardised features)
+    have the spread of the language model's token embeddings (a fresh projector's are several
+    times larger, and the frozen model reads such tokens as noise); returns the factor."""
+    import torch
+
+    proj = model.model.multi_modal_projector
+    with torch.no_grad():
+        target = model.get_input_embeddings().weight.float().std()
+        out = proj(sample.to(next(proj.parameters()).dtype)).float()
+        factor = float(target / out.std().clamp_min(1e-6))
+        proj.linear_2.weight.mul_(factor)
+        proj.linear_2.bias.mul_(factor)
+    return factor
+
+
+def trainable(model) -> list:
+    """The parameters a run updates: the projector's and any LoRA adapters'."""
+    lora = [p for n, p in model.model.language_model.named_parameters() if "lora_" in n]
+    return list(model.model.multi_modal_projector.parameters()) + lora
+
+
 def batch_loss(model, features, ids, mask, labels, position_ids=None):
     """The answer-token loss with ``features`` (B x 256 x D, the tower's) projected into the
     ``<image>`` positions."""
@@ -267,11 +311,18 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+LORA_LR_SCALE = 0.2  # adapters move the frozen model's own weights: a gentler step
+
+
 def make_optimizer(model, lr: float):
+    """AdamW over the projector (``lr``) and any LoRA adapters (``lr * LORA_LR_SCALE``)."""
     import torch
 
-    return torch.optim.AdamW(model.model.multi_modal_projector.parameters(), lr=lr,
-                             weight_decay=0.0)
+    groups = [{"params": list(model.model.multi_modal_projector.parameters()), "scale": 1.0}]
+    lora = list(_lora_params(model).values())
+    if lora:
+        groups.append({"params": lora, "scale": LORA_LR_SCALE})
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
 
 
 @dataclass
@@ -280,6 +331,7 @@ class TrainState:
     seconds: float = 0.0
     examples: int = 0
     losses: list[float] = field(default_factory=list)
+    align: dict = field(default_factory=dict)
 
 
 def questions_by_image(data: vlm_data.VLMData) -> list[list[vlm_data.Example]]:
@@ -292,10 +344,11 @@ def questions_by_image(data: vlm_data.VLMData) -> list[list[vlm_data.Example]]:
 
 def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainConfig,
                 state: TrainState, optimizer, *, until: int, deadline: float | None = None,
-                on_step=None, progress: bool = True) -> TrainState:
+                on_step=None, progress: bool = True, standardize=None) -> TrainState:
     """Run steps ``state.step`` .. ``until`` - 1 (or to ``deadline``, a ``time.monotonic``
-    value), updating only the projector; ``on_step(state)`` after each step. A step takes
-    ``cfg.batch_size`` images with all their questions, packed one row per image."""
+    value), updating the projector (and LoRA adapters, if any); ``on_step(state)`` after each
+    step. A step takes ``cfg.batch_size`` images with all their questions, packed one row per
+    image; ``standardize`` = (mean, std) applied to the features first."""
     import torch
     from tqdm.auto import tqdm
 
@@ -316,17 +369,19 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
         images = batch_indices(state.step, cfg.batch_size, len(by_image), cfg.seed)
         groups = [[encode(processor, e.question, e.answer) for e in by_image[i]] for i in images]
         ids, mask, pos, labels = pack(groups, pad, sdpa)
-        feats = np.stack([np.asarray(features[by_image[i][0].image], dtype=np.float32)
-                          for i in images])
+        feats = torch.from_numpy(np.stack([np.asarray(features[by_image[i][0].image],
+                                                      dtype=np.float32) for i in images]))
+        if standardize is not None:
+            feats = (feats - standardize[0]) / standardize[1]
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(state.step, cfg)
+            group["lr"] = learning_rate(state.step, cfg) * group.get("scale", 1.0)
         with ctx:
-            loss = batch_loss(model, torch.from_numpy(feats), ids.to(model.device),
+            loss = batch_loss(model, feats, ids.to(model.device),
                               mask.to(model.device), labels.to(model.device),
                               pos.to(model.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.model.multi_modal_projector.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable(model), 1.0)
         optimizer.step()
         state.step += 1
         state.seconds += time.monotonic() - t0
@@ -350,12 +405,17 @@ def _checkpoint_path(key: str) -> Path:
     return cache_dir() / "vlm" / "checkpoints" / f"projector-{key}.pt"
 
 
+def _lora_params(model) -> dict:
+    return {n: p for n, p in model.model.language_model.named_parameters() if "lora_" in n}
+
+
 def _save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"projector": model.model.multi_modal_projector.state_dict(),
+                "lora": {n: p.detach() for n, p in _lora_params(model).items()},
                 "optimizer": optimizer.state_dict(), "state": asdict(state)}, tmp)
     os.replace(tmp, path)
 
@@ -365,6 +425,13 @@ def _load_checkpoint(path: Path, model, optimizer) -> TrainState:
 
     ck = torch.load(path, map_location=model.device, weights_only=True)
     model.model.multi_modal_projector.load_state_dict(ck["projector"])
+    params = _lora_params(model)
+    if set(ck.get("lora", {})) != set(params):
+        raise UsageError(f"checkpoint {path} holds other LoRA adapters than this run; "
+                         "pass --fresh to start afresh")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(ck["lora"][n])
     optimizer.load_state_dict(ck["optimizer"])
     return TrainState(**ck["state"])
 
@@ -387,24 +454,44 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
     t0 = time.monotonic()
     features = feature_cache(model, processor, data, progress=progress)
     feature_seconds = time.monotonic() - t0
+    stats = feature_stats(features) if cfg.standardize else None
+    if stats is not None:
+        sample = torch.from_numpy(np.asarray(features[:64], dtype=np.float32))
+        match_output_scale(model, (sample - stats[0]) / stats[1])
+    if cfg.lora_rank:
+        from ..models.lora import add_lora
+
+        add_lora(model.model.language_model, cfg.lora_rank, seed=cfg.seed)
     optimizer = make_optimizer(model, cfg.lr)
     ck_path = _checkpoint_path(cfg.run_key(data.key()))
     state = TrainState()
     if cfg.resume and ck_path.is_file():
         state = _load_checkpoint(ck_path, model, optimizer)
+    elif cfg.align_epochs:
+        from .vlm_align import align
+
+        t1 = time.monotonic()
+        state.align = align(model, processor.tokenizer, data, features, standardize=stats,
+                            epochs=cfg.align_epochs, lr=cfg.lr, seed=cfg.seed,
+                            progress=progress)
+        state.align["seconds"] = round(time.monotonic() - t1, 1)
+        _save_checkpoint(ck_path, model, optimizer, state)
 
     def on_step(s: TrainState) -> None:
         if s.step % cfg.checkpoint_every == 0:
             _save_checkpoint(ck_path, model, optimizer, s)
 
     state = train_steps(model, processor, data, features, cfg, state, optimizer,
-                        until=cfg.steps, deadline=deadline, on_step=on_step, progress=progress)
+                        until=cfg.steps, deadline=deadline, on_step=on_step, progress=progress,
+                        standardize=stats)
     _save_checkpoint(ck_path, model, optimizer, state)
     out = Path(cfg.out)
     record = {
         "model": "LlavaForConditionalGeneration: DINOv2-S/14 (frozen, layer "
                  f"{model.config.vision_feature_layer}, no CLS) + 2-layer MLP projector "
-                 "(trained) + SmolLM2-135M-Instruct (frozen)",
+                 "(trained) + SmolLM2-135M-Instruct ("
+                 + (f"LoRA rank {cfg.lora_rank} on q/v/o, merged at load)" if cfg.lora_rank
+                    else "frozen)"),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "resume")},
         "steps_done": state.step, "finished": state.step >= cfg.steps,
         "images_seen": state.step * cfg.batch_size, "questions_seen": state.examples,
@@ -414,10 +501,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
         "seconds_features_this_run": round(feature_seconds, 1),
         "torch": torch.__version__, "threads": cfg.threads,
         "loss_curve": loss_curve(state.losses, cfg.log_every),
-        "checkpoint": ck_path.name,
+        "checkpoint": ck_path.name, "align": state.align,
     }
     out.mkdir(parents=True, exist_ok=True)
     save_projector(model, out / PROJECTOR_NAME,
-                   metadata={"steps": str(state.step), "seed": str(cfg.seed)})
+                   metadata={"steps": str(state.step), "seed": str(cfg.seed),
+                             "lora_rank": str(cfg.lora_rank)}, standardize=stats)
     (out / RECORD_NAME).write_text(json.dumps(record, indent=1) + "\n")
     return record

@@ -83,6 +83,8 @@ def _train(args: argparse.Namespace) -> int:
                       warmup=args.warmup, seed=args.seed, threads=args.threads,
                       time_limit=args.time_limit, n_single=args.single, n_grid=args.grids,
                       resume=not args.fresh, autocast=args.autocast,
+                      lora_rank=args.lora_rank, standardize=not args.no_standardize,
+                      align_epochs=args.align_epochs,
                       **({"out": args.out} if args.out else {}))
     record = train(cfg, progress=not args.quiet)
     curve = record["loss_curve"]
@@ -153,6 +155,14 @@ def add(sub) -> None:
     t.add_argument("--grids", type=int, default=3000, help="2x2 grids (up to 3 questions each)")
     t.add_argument("--autocast", choices=["bf16", "none"], default="bf16",
                    help="bfloat16 autocast on CPU (about 2x faster; default) or none")
+    t.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank on "
+                   "the language model's q/v/o projections, merged at load (default 0: the "
+                   "projector only)")
+    t.add_argument("--align-epochs", type=int, default=0, help="first fit the projector so "
+                   "each visual token lands on its cell's word embedding, for this many "
+                   "epochs (no language-model forward; default 0)")
+    t.add_argument("--no-standardize", action="store_true", help="train on the raw tower "
+                   "features (default: standardised per dimension, folded in when saved)")
     t.add_argument("--out", default=None, help="folder for the projector and its record "
                    "(default: the one tokensieve ships, src/tokensieve/models/data)")
     t.add_argument("--fresh", action="store_true", help="ignore a matching checkpoint")

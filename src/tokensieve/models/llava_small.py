@@ -183,22 +183,41 @@ def build_small_vlm(*, seed: int = 0, tokenizer=None):
     return assemble(vision.eval(), lm.eval(), processor.tokenizer, seed=seed), processor
 
 
-def projector_state(model) -> dict:
-    """The trained part's weights, keyed as in the full model's state dict."""
-    return {PROJECTOR_PREFIX + k: v.detach().cpu().contiguous()
-            for k, v in model.model.multi_modal_projector.state_dict().items()}
+def projector_state(model, standardize=None) -> dict:
+    """The trained part's weights, keyed as in the full model's state dict. ``standardize``
+    = (mean, std) per input feature when the projector was trained on standardised features:
+    folded into ``linear_1`` (``W / std``, ``b - W @ (mean / std)``), so the saved projector
+    reads the tower's raw features exactly as Llava feeds them."""
+    state = {k: v.detach().cpu().float().contiguous()
+             for k, v in model.model.multi_modal_projector.state_dict().items()}
+    if standardize is not None:
+        mean, std = (t.detach().cpu().float() for t in standardize)
+        w = state["linear_1.weight"]
+        state["linear_1.bias"] = state["linear_1.bias"] - w @ (mean / std)
+        state["linear_1.weight"] = w / std[None, :]
+    dtype = next(model.model.multi_modal_projector.parameters()).dtype
+    return {PROJECTOR_PREFIX + k: v.to(dtype).contiguous() for k, v in state.items()}
 
 
-def save_projector(model, path: Path | str, metadata: dict[str, str] | None = None) -> None:
+def save_projector(model, path: Path | str, metadata: dict[str, str] | None = None,
+                   standardize=None) -> None:
+    """Write the projector (and the language model's LoRA adapters, if it has any)."""
     from safetensors.torch import save_file
 
+    from .lora import lora_state
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(projector_state(model), str(path), metadata=metadata or {})
+    state = {**projector_state(model, standardize),
+             **lora_state(model.model.language_model)}
+    save_file(state, str(path), metadata=metadata or {})
 
 
 def load_projector(model, path: Path | str) -> None:
-    """Load projector weights saved by :func:`save_projector` into ``model``."""
+    """Load projector weights saved by :func:`save_projector` into ``model``; LoRA adapters
+    saved with them are merged into the language model's weights."""
     from safetensors.torch import load_file
+
+    from .lora import LORA_PREFIX, merge_lora
 
     path = Path(path)
     if not path.is_file():
@@ -208,14 +227,17 @@ def load_projector(model, path: Path | str) -> None:
     state = load_file(str(path))
     names = {k.removeprefix(PROJECTOR_PREFIX): v for k, v in state.items()
              if k.startswith(PROJECTOR_PREFIX)}
+    lora = {k: v for k, v in state.items() if k.startswith(LORA_PREFIX)}
     proj = model.model.multi_modal_projector
     expected = set(proj.state_dict())
-    if set(names) != expected:
+    if set(names) != expected or len(names) + len(lora) != len(state):
         raise ModelNotFoundError(f"{path} is not a projector for this model (holds "
                                  f"{sorted(names)}, needs {sorted(expected)})")
     try:
         proj.load_state_dict(names)
-    except RuntimeError as exc:
+        if lora:
+            merge_lora(model.model.language_model, lora)
+    except (RuntimeError, ValueError) as exc:
         raise ModelNotFoundError(f"{path} does not fit this model's projector: "
                                  f"{str(exc).splitlines()[0]}") from exc
 
