@@ -360,7 +360,7 @@ def test_the_shipped_small_vlm_loads_and_answers():
         training_record,
     )
 
-    assert PROJECTOR_FILE.stat().st_size < 5 << 20
+    assert PROJECTOR_FILE.stat().st_size < 8 << 20  # projector + LoRA adapters, float32
     record = training_record()
     curve = [loss for _, loss in record["loss_curve"]]
     assert record["steps_done"] > 0 and curve[-1] < curve[0]
