@@ -40,6 +40,14 @@ def test_quick_mode_is_small_and_bad_sizes_are_refused():
         parse(["--single", "0", "--grids", "0"])
 
 
+def test_the_default_method_is_timed_and_is_a_before_method():
+    from tokensieve import vlm
+    from tokensieve.bench.vlm_bench import BEFORE
+
+    a = parse([])
+    assert a.speed_methods[0] == vlm.DEFAULT_METHOD and vlm.DEFAULT_METHOD in BEFORE
+
+
 def test_markdown_orders_methods_and_reports_speed_ratios():
     meta = {"split": "test", "questions": 4, "single": 2, "grids": 1, "threads": 1,
             "seconds": 3.0, "layer": 2, "counts": {"all": 4, "single": 2},

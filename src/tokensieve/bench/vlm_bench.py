@@ -152,8 +152,10 @@ def parse(argv):
     p.add_argument("--keeps", type=float, nargs="+", default=list(KEEPS))
     p.add_argument("--layer", type=int, default=2, help="the inside stage's layer")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--speed-methods", nargs="*", default=["visionzip", "random"],
-                   help="methods timed (before stage) besides the unpruned model")
+    p.add_argument("--speed-methods", nargs="*",
+                   default=[vlm.DEFAULT_METHOD, "visionzip", "random"],
+                   help="methods timed (before stage) besides the unpruned model (default: "
+                   "the default method, visionzip, random)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=4)
     p.add_argument("--pictures", type=int, default=3, help="grids drawn with their kept tokens")
