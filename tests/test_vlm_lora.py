@@ -15,21 +15,10 @@ def processor():
     return build_processor()
 
 
-def _tiny_vlm(processor, seed=0):
-    from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM
+def _tiny_vlm(processor):
+    from test_vlm_small import build_tiny_vlm
 
-    from tokensieve.models.llava_small import assemble
-
-    torch.manual_seed(seed)
-    tok = processor.tokenizer
-    vision = Dinov2Model(Dinov2Config(hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=48, patch_size=14, image_size=224))
-    lm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=2,
-        initializer_range=0.3))
-    return assemble(vision.eval(), lm.eval(), tok, seed=0)
+    return build_tiny_vlm(processor)
 
 
 def _logits(model, ids):

@@ -126,6 +126,10 @@ def processor():
 
 @pytest.fixture(scope="module")
 def tiny_vlm(processor):
+    return build_tiny_vlm(processor)
+
+
+def build_tiny_vlm(processor):
     """A tiny random DINOv2 + Llama joined as the small VLM is (real tokenizer)."""
     from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM
 
