@@ -142,25 +142,26 @@ def add(sub) -> None:
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_ask)
     t = vsub.add_parser("train", help="train the small VLM's projector on CPU (resumable)")
-    t.add_argument("--steps", type=int, default=3000, help="total optimiser steps (default "
-                   "3000); a rerun resumes from the matching checkpoint")
+    t.add_argument("--steps", type=int, default=420, help="total optimiser steps (default "
+                   "420); a rerun resumes from the matching checkpoint. The defaults are the "
+                   "shipped model's recipe")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--warmup", type=int, default=50)
+    t.add_argument("--warmup", type=int, default=20)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="stop (with a checkpoint) before this many seconds")
-    t.add_argument("--single", type=int, default=3000, help="single-image questions")
-    t.add_argument("--grids", type=int, default=3000, help="2x2 grids (up to 3 questions each)")
+    t.add_argument("--single", type=int, default=1500, help="single-image questions")
+    t.add_argument("--grids", type=int, default=1500, help="2x2 grids (up to 3 questions each)")
     t.add_argument("--autocast", choices=["bf16", "none"], default="bf16",
                    help="bfloat16 autocast on CPU (about 2x faster; default) or none")
-    t.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank on "
-                   "the language model's q/v/o projections, merged at load (default 0: the "
-                   "projector only)")
-    t.add_argument("--align-epochs", type=int, default=0, help="first fit the projector so "
+    t.add_argument("--lora-rank", type=int, default=8, help="LoRA adapters of this rank on "
+                   "the language model's q/v/o projections, merged at load (default 8; 0: "
+                   "the projector only)")
+    t.add_argument("--align-epochs", type=int, default=2, help="first fit the projector so "
                    "each visual token lands on its cell's word embedding, for this many "
-                   "epochs (no language-model forward; default 0)")
+                   "epochs (no language-model forward; default 2, 0: none)")
     t.add_argument("--no-standardize", action="store_true", help="train on the raw tower "
                    "features (default: standardised per dimension, folded in when saved)")
     t.add_argument("--out", default=None, help="folder for the projector and its record "
