@@ -267,12 +267,6 @@ def match_output_scale(model, sample) -> float:
     return factor
 
 
-def trainable(model) -> list:
-    """The parameters a run updates: the projector's and any LoRA adapters'."""
-    lora = [p for n, p in model.model.language_model.named_parameters() if "lora_" in n]
-    return list(model.model.multi_modal_projector.parameters()) + lora
-
-
 def batch_loss(model, features, ids, mask, labels, position_ids=None):
     """The answer-token loss with ``features`` (B x 256 x D, the tower's) projected into the
     ``<image>`` positions."""
@@ -359,6 +353,7 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
     model.train(False)
     by_image = questions_by_image(data)
     sdpa = model.model.language_model.config._attn_implementation == "sdpa"
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(total=until, initial=state.step, desc="train", unit="step", disable=not progress)
     while state.step < until:
         if deadline is not None and state.step > 0 and state.losses:
@@ -381,7 +376,7 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
                               pos.to(model.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable(model), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         state.step += 1
         state.seconds += time.monotonic() - t0
