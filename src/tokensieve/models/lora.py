@@ -13,22 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
+
 LORA_PREFIX = "lora."
 DEFAULT_TARGETS = ("q_proj", "v_proj", "o_proj")
 MAX_RANK = 256
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
-class LoRALinear(_torch().nn.Module):
+class LoRALinear(torch.nn.Module):
     """``base(x) + scale * x A^T B^T`` with ``base`` frozen; ``A`` seeded, ``B`` zero."""
 
     def __init__(self, base, rank: int, alpha: float, generator=None):
-        torch = _torch()
         super().__init__()
         self.base = base
         self.rank = rank
@@ -58,7 +53,6 @@ def add_lora(lm_body, rank: int, *, alpha: float | None = None,
              targets: Iterable[str] = DEFAULT_TARGETS, seed: int = 0) -> list:
     """Wrap ``targets`` in every layer of ``lm_body`` (e.g. ``model.model.language_model``);
     returns the adapters' parameters (the only ones that will need gradients)."""
-    torch = _torch()
     if not 1 <= rank <= MAX_RANK:
         raise ValueError(f"LoRA rank must be 1..{MAX_RANK}, got {rank}")
     alpha = float(alpha if alpha is not None else 2 * rank)
@@ -76,7 +70,6 @@ def add_lora(lm_body, rank: int, *, alpha: float | None = None,
 
 def lora_state(lm_body) -> dict:
     """The adapters' weights, keyed ``lora.<path>.A`` / ``.B``, plus ``lora.scale``."""
-    torch = _torch()
     out = {}
     scale = None
     for path, module in lm_body.named_modules():
@@ -91,7 +84,6 @@ def lora_state(lm_body) -> dict:
 
 def remove_lora(lm_body) -> None:
     """Fold every :class:`LoRALinear` of ``lm_body`` back into its base linear, in place."""
-    torch = _torch()
     for _path, module in list(lm_body.named_modules()):
         for child, sub in list(module.named_children()):
             if isinstance(sub, LoRALinear):
@@ -105,7 +97,6 @@ def merge_lora(lm_body, state: dict) -> int:
     """Add saved adapters (``lora.<path>.A/.B`` and ``lora.scale`` in ``state``) into
     ``lm_body``'s linear weights; returns how many layers changed. Raises ``ValueError`` when
     a path or a shape does not fit."""
-    torch = _torch()
     if f"{LORA_PREFIX}scale" not in state:
         raise ValueError("the adapters have no lora.scale")
     scale = float(state[f"{LORA_PREFIX}scale"].reshape(-1)[0])
