@@ -196,3 +196,38 @@ def test_alignment_moves_visual_tokens_onto_their_phrases(processor):
                 batch_images=8, progress=False)
     assert mse() < 0.5 * before
     assert out["token_accuracy"] > 0.8 and out["phrases"] == len(phrases)
+
+
+def test_init_from_a_saved_file_restores_the_trained_projector_and_adapters(processor,
+                                                                          tmp_path):
+    """``--init``: a saved (folded, LoRA) file becomes the trainable model it was saved from:
+    the projector unfolded to standardised inputs, the adapters trainable again."""
+    from tokensieve.bench.vlm_train import init_from
+    from tokensieve.errors import UsageError
+    from tokensieve.models.llava_small import save_projector
+    from tokensieve.models.lora import LoRALinear, add_lora
+
+    model = _tiny_vlm(processor)
+    add_lora(model.model.language_model, 4, seed=0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.2)
+    feats = torch.randn(2, 256, 24) * 3 + 1
+    mean, std = feats.reshape(-1, 24).mean(0), feats.reshape(-1, 24).std(0)
+    save_projector(model, tmp_path / "p.safetensors", standardize=(mean, std))
+    fresh = _tiny_vlm(processor)
+    init_from(fresh, tmp_path / "p.safetensors", standardize=(mean, std), lora_rank=4, seed=5)
+    z = (feats - mean) / std
+    with torch.no_grad():
+        want = model.model.multi_modal_projector(z)
+        got = fresh.model.multi_modal_projector(z)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    ids = torch.randint(0, 1000, (2, 9))
+    torch.testing.assert_close(_logits(fresh, ids), _logits(model, ids), rtol=1e-5, atol=1e-5)
+    assert any(isinstance(m, LoRALinear) for m in fresh.modules())
+    assert all(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n)
+    with pytest.raises(UsageError, match="rank 4, not --lora-rank 2"):
+        init_from(_tiny_vlm(processor), tmp_path / "p.safetensors", lora_rank=2)
+    with pytest.raises(UsageError, match="pass --lora-rank"):
+        init_from(_tiny_vlm(processor), tmp_path / "p.safetensors", lora_rank=0)

@@ -6,6 +6,7 @@ import torch
 
 from tokensieve.bench import vlm_data as D
 from tokensieve.bench.vision_data import ImageSet
+from tokensieve.errors import UsageError
 
 # --------------------------------------------------------------------------- data
 
@@ -55,6 +56,26 @@ def test_grids_put_each_source_in_its_corner_and_answers_match():
     # all four grid question types and several answers occur
     assert {e.qtype for e in data.examples} == set(D.QTYPES)
     assert len({e.answer for e in data.examples if e.qtype == "count"}) >= 3
+
+
+def test_every_question_mode_keeps_the_images_and_asks_all_grid_questions():
+    pools = _fake_pools()
+    one = D.build("train", n_single=3, n_grid=30, seed=2, pools=pools)
+    every = D.build("train", n_single=3, n_grid=30, seed=2, pools=pools, questions="all")
+    assert every.layouts == one.layouts and every.key() == one.key()  # same images, features
+    assert set(one.examples) <= set(every.examples)
+    for image, layout in enumerate(every.layouts):
+        asked = [e for e in every.examples if e.image == image]
+        if len(layout) == 1:
+            assert [e.qtype for e in asked] == ["single"]
+            continue
+        words = [s.word for s in layout]
+        assert sorted(e.answer for e in asked if e.qtype == "corner_what") == sorted(words)
+        assert sorted(e.answer for e in asked if e.qtype == "corner_which") == sorted(
+            D.CORNERS[i] for i, w in enumerate(words) if words.count(w) == 1)
+        assert len([e for e in asked if e.qtype == "count"]) == len(D.COUNT_GROUPS)
+    with pytest.raises(UsageError, match="questions must be one of"):
+        D.build("train", 1, 1, pools=pools, questions="some")
 
 
 def test_fashion_words_and_easy_words():
@@ -295,6 +316,7 @@ def test_projector_round_trip_and_wrong_file(tiny_vlm, tmp_path):
     (["--steps", "0"], "--steps must be"), (["--time-limit", "-5"], "--time-limit must be"),
     (["--batch-size", "100000"], "--batch-size must be"), (["--single", "0", "--grids", "0"],
                                                            "at least one image"),
+    (["--init", "/nonexistent/p.safetensors"], "--init /nonexistent/p.safetensors: no such"),
 ])
 def test_vlm_train_rejects_bad_settings_in_one_line(argv, message, capsys):
     from tokensieve.cli import main

@@ -166,33 +166,47 @@ def corner_which_question(word: str) -> str:
 
 
 def grid_questions(layout: tuple[Source, ...], rng: np.random.Generator,
-                   image: int) -> list[Example]:
+                   image: int, every: bool = False) -> list[Example]:
     """One question of each grid type about a 2x2 layout (``corner_which`` only when some
-    class is in exactly one cell)."""
+    class is in exactly one cell); ``every``: all of them (each corner, each unique class,
+    each count group), drawing the same random numbers, so the layouts that follow are the
+    same either way."""
     words = [s.word for s in layout]
-    out = []
     c = int(rng.integers(4))
-    out.append(Example(image, "corner_what", corner_what_question(CORNERS[c]), words[c]))
     unique = [i for i, w in enumerate(words) if words.count(w) == 1]
-    if unique:
-        c = unique[int(rng.integers(len(unique)))]
-        out.append(Example(image, "corner_which", corner_which_question(words[c]), CORNERS[c]))
+    u = unique[int(rng.integers(len(unique)))] if unique else None
     group = COUNT_GROUPS[int(rng.integers(len(COUNT_GROUPS)))]
-    n = sum(s.group == group for s in layout)
-    out.append(Example(image, "count", _count_question(group), NUMBERS[n]))
+    what = range(4) if every else [c]
+    which = unique if every else ([] if u is None else [u])
+    groups = COUNT_GROUPS if every else (group,)
+    out = [Example(image, "corner_what", corner_what_question(CORNERS[i]), words[i])
+           for i in what]
+    out += [Example(image, "corner_which", corner_which_question(words[i]), CORNERS[i])
+            for i in which]
+    out += [Example(image, "count", _count_question(g),
+                    NUMBERS[sum(s.group == g for s in layout)]) for g in groups]
     return out
 
 
+QUESTION_SETS = ("one", "all")
+
+
 def build(split: str = "train", n_single: int = 100, n_grid: int = 100, seed: int = 0,
-          pools: dict[str, ImageSet] | None = None, easy_share: float = 0.4) -> VLMData:
+          pools: dict[str, ImageSet] | None = None, easy_share: float = 0.4,
+          questions: str = "one") -> VLMData:
     """``n_single`` single-image questions and ``n_grid`` grids (up to three questions each)
     on ``split``'s source images, drawn by ``seed``; each source comes from easy-VQA with
-    probability ``easy_share``, else Fashion-MNIST. The same arguments give the same data."""
+    probability ``easy_share``, else Fashion-MNIST. ``questions="all"`` asks every grid
+    question of each grid (training data; the images stay the same, and so does
+    :meth:`VLMData.key`). The same arguments give the same data."""
     if split not in SPLITS:
         raise UsageError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if n_single < 0 or n_grid < 0 or n_single + n_grid > MAX_IMAGES:
         raise UsageError(f"n_single and n_grid must be >= 0 with at most {MAX_IMAGES} images "
                          f"in all, got {n_single} and {n_grid}")
+    if questions not in QUESTION_SETS:
+        raise UsageError(f"questions must be one of {', '.join(QUESTION_SETS)}, "
+                         f"not {questions!r}")
     if not 0.0 <= easy_share <= 1.0:
         raise UsageError(f"easy_share must be in [0, 1], got {easy_share}")
     pools = pools if pools is not None else source_pools()
@@ -217,7 +231,8 @@ def build(split: str = "train", n_single: int = 100, n_grid: int = 100, seed: in
         examples.append(Example(len(layouts) - 1, "single", SINGLE_QUESTION, layouts[-1][0].word))
     for _ in range(n_grid):
         layouts.append(tuple(draw() for _ in range(4)))
-        examples.extend(grid_questions(layouts[-1], rng, len(layouts) - 1))
+        examples.extend(grid_questions(layouts[-1], rng, len(layouts) - 1,
+                                       every=questions == "all"))
     spec = {"split": split, "n_single": n_single, "n_grid": n_grid, "seed": seed,
             "easy_share": easy_share, "pools": {k: len(v) for k, v in pools.items()}}
     return VLMData(split, layouts, examples, pools, spec)

@@ -65,6 +65,8 @@ class TrainConfig:
     lora_rank: int = 0
     standardize: bool = True
     align_epochs: int = 0
+    questions: str = "one"
+    init: str | None = None
 
     def check(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -86,6 +88,12 @@ class TrainConfig:
             raise UsageError(f"--align-epochs must be 0..100, got {self.align_epochs}")
         if not 0 <= self.lora_rank <= 256:
             raise UsageError(f"--lora-rank must be 0 (no LoRA) .. 256, got {self.lora_rank}")
+        if self.questions not in vlm_data.QUESTION_SETS:
+            raise UsageError(f"--questions must be one of {', '.join(vlm_data.QUESTION_SETS)}"
+                             f", not {self.questions!r}")
+        if self.init is not None and not Path(self.init).is_file():
+            raise UsageError(f"--init {self.init}: no such file (give a projector "
+                             ".safetensors written by `tokensieve vlm train`)")
 
     def run_key(self, data_key: str) -> str:
         """What a checkpoint must match to be resumed (``steps`` and limits may change)."""
@@ -94,6 +102,10 @@ class TrainConfig:
             keep.update(lora_rank=self.lora_rank, standardize=self.standardize)
         if self.align_epochs:
             keep.update(align_epochs=self.align_epochs)
+        if self.questions != "one":
+            keep.update(questions=self.questions)
+        if self.init is not None:
+            keep.update(init=hashlib.sha256(Path(self.init).read_bytes()).hexdigest()[:16])
         blob = json.dumps({"data": data_key, "batching": "packed images", **keep},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -396,6 +408,61 @@ def loss_curve(losses: list[float], every: int) -> list[list[float]]:
             for i in range(0, len(losses), every)]
 
 
+def init_from(model, path, *, standardize=None, lora_rank: int = 0, seed: int = 0) -> None:
+    """Start from a projector file written by :func:`save_projector` (to train on): its
+    projector is unfolded back to standardised inputs when ``standardize`` = (mean, std) is
+    given (the exact inverse of the fold), and its LoRA adapters become trainable adapters
+    again (``lora_rank`` must match theirs; a file without adapters gets fresh ones)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..models.llava_small import PROJECTOR_PREFIX
+    from ..models.lora import LORA_PREFIX, LoRALinear, add_lora
+
+    state = load_file(str(path))
+    proj = {k.removeprefix(PROJECTOR_PREFIX): v.float() for k, v in state.items()
+            if k.startswith(PROJECTOR_PREFIX)}
+    lora = {k.removeprefix(LORA_PREFIX): v for k, v in state.items()
+            if k.startswith(LORA_PREFIX) and k != LORA_PREFIX + "scale"}
+    target = model.model.multi_modal_projector
+    if set(proj) != set(target.state_dict()):
+        raise UsageError(f"--init {path} is not a projector for this model (holds "
+                         f"{sorted(proj)})")
+    if standardize is not None:
+        mean, std = (t.float() for t in standardize)
+        w = proj["linear_1.weight"]
+        proj["linear_1.bias"] = proj["linear_1.bias"] + w @ mean
+        proj["linear_1.weight"] = w * std[None, :]
+    dtype = next(target.parameters()).dtype
+    target.load_state_dict({k: v.to(dtype) for k, v in proj.items()})
+    if lora and not lora_rank:
+        raise UsageError(f"--init {path} holds LoRA adapters: pass --lora-rank to keep "
+                         "training them")
+    if not lora_rank:
+        return
+    lm = model.model.language_model
+    add_lora(lm, lora_rank, seed=seed)
+    if not lora:
+        return
+    modules = dict(lm.named_modules())
+    wrapped = {p for p, m in modules.items() if isinstance(m, LoRALinear)}
+    if {k[:-2] for k in lora} != wrapped:
+        raise UsageError(f"--init {path}: its LoRA adapters sit on other layers than "
+                         "--lora-rank adds here")
+    scale = state.get(LORA_PREFIX + "scale")
+    if scale is not None and abs(float(scale.reshape(-1)[0]) - modules[next(iter(wrapped))]
+                                 .scale) > 1e-6:
+        raise UsageError(f"--init {path}: its adapters' scale differs from this run's")
+    with torch.no_grad():
+        for p in wrapped:
+            a, b = lora[p + ".A"], lora[p + ".B"]
+            if a.shape != modules[p].lora_A.shape:
+                raise UsageError(f"--init {path}: its adapters have rank {a.shape[0]}, "
+                                 f"not --lora-rank {lora_rank}")
+            modules[p].lora_A.copy_(a)
+            modules[p].lora_B.copy_(b)
+
+
 def _checkpoint_path(key: str) -> Path:
     return cache_dir() / "vlm" / "checkpoints" / f"projector-{key}.pt"
 
@@ -445,15 +512,18 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
     torch.set_num_threads(cfg.threads)
     if model is None:
         model, processor = build_small_vlm(seed=cfg.seed)
-    data = vlm_data.build("train", cfg.n_single, cfg.n_grid, seed=cfg.seed)
+    data = vlm_data.build("train", cfg.n_single, cfg.n_grid, seed=cfg.seed,
+                          questions=cfg.questions)
     t0 = time.monotonic()
     features = feature_cache(model, processor, data, progress=progress)
     feature_seconds = time.monotonic() - t0
     stats = feature_stats(features) if cfg.standardize else None
-    if stats is not None:
+    if cfg.init is not None:
+        init_from(model, cfg.init, standardize=stats, lora_rank=cfg.lora_rank, seed=cfg.seed)
+    elif stats is not None:
         sample = torch.from_numpy(np.asarray(features[:64], dtype=np.float32))
         match_output_scale(model, (sample - stats[0]) / stats[1])
-    if cfg.lora_rank:
+    if cfg.lora_rank and cfg.init is None:
         from ..models.lora import add_lora
 
         add_lora(model.model.language_model, cfg.lora_rank, seed=cfg.seed)

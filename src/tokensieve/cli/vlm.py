@@ -84,7 +84,8 @@ def _train(args: argparse.Namespace) -> int:
                       time_limit=args.time_limit, n_single=args.single, n_grid=args.grids,
                       resume=not args.fresh, autocast=args.autocast,
                       lora_rank=args.lora_rank, standardize=not args.no_standardize,
-                      align_epochs=args.align_epochs,
+                      align_epochs=args.align_epochs, questions=args.questions,
+                      init=args.init,
                       **({"out": args.out} if args.out else {}))
     record = train(cfg, progress=not args.quiet)
     curve = record["loss_curve"]
@@ -162,6 +163,11 @@ def add(sub) -> None:
     t.add_argument("--align-epochs", type=int, default=2, help="first fit the projector so "
                    "each visual token lands on its cell's word embedding, for this many "
                    "epochs (no language-model forward; default 2, 0: none)")
+    t.add_argument("--questions", choices=["one", "all"], default="one", help="questions "
+                   "per grid: one of each type (default) or all of them (each corner, each "
+                   "unique class, each count group; same images)")
+    t.add_argument("--init", default=None, metavar="FILE", help="start from this projector "
+                   ".safetensors (and its LoRA adapters) instead of a fresh projector")
     t.add_argument("--no-standardize", action="store_true", help="train on the raw tower "
                    "features (default: standardised per dimension, folded in when saved)")
     t.add_argument("--out", default=None, help="folder for the projector and its record "
