@@ -399,3 +399,27 @@ def test_the_shipped_small_vlm_loads_and_answers():
     img = np.zeros((224, 224, 3), np.uint8)
     (text,) = answer(model, processor, [img], [D.SINGLE_QUESTION], max_new_tokens=4)
     assert isinstance(text, str) and text.strip()
+
+
+def test_run_keys_and_provenance_of_an_init_run(tmp_path):
+    """A run on other questions or from another start never resumes this one's checkpoint,
+    and its record names the file it started from, with that file's own record."""
+    import hashlib
+    import json
+
+    from tokensieve.bench import vlm_train as T
+
+    base = T.TrainConfig()
+    first = tmp_path / "a" / T.PROJECTOR_NAME
+    first.parent.mkdir()
+    first.write_bytes(b"weights-a")
+    (first.parent / T.RECORD_NAME).write_text(json.dumps({"steps_done": 420}))
+    other = tmp_path / "b.safetensors"
+    other.write_bytes(b"weights-b")
+    keys = {T.TrainConfig(**kw).run_key("d") for kw in
+            ({}, {"questions": "all"}, {"init": str(first)}, {"init": str(other)})}
+    assert len(keys) == 4 and base.run_key("d") == T.TrainConfig(steps=9).run_key("d")
+    prov = T.init_provenance(first)
+    assert prov == {"file": T.PROJECTOR_NAME, "record": {"steps_done": 420},
+                    "sha256": hashlib.sha256(b"weights-a").hexdigest()}
+    assert "record" not in T.init_provenance(other)

@@ -463,6 +463,17 @@ def init_from(model, path, *, standardize=None, lora_rank: int = 0, seed: int = 
             modules[p].lora_B.copy_(b)
 
 
+def init_provenance(path) -> dict:
+    """Where an ``--init`` run started: the file's name and sha256, and the training record
+    saved next to it (if any), so a shipped record tells every phase that made it."""
+    path = Path(path)
+    out = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    record = path.parent / RECORD_NAME
+    if record.is_file():
+        out["record"] = json.loads(record.read_text())
+    return out
+
+
 def _checkpoint_path(key: str) -> Path:
     return cache_dir() / "vlm" / "checkpoints" / f"projector-{key}.pt"
 
@@ -568,6 +579,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
         "loss_curve": loss_curve(state.losses, cfg.log_every),
         "checkpoint": ck_path.name, "align": state.align,
     }
+    if cfg.init is not None:
+        record["config"]["init"] = Path(cfg.init).name
+        record["init"] = init_provenance(cfg.init)
     out.mkdir(parents=True, exist_ok=True)
     save_projector(model, out / PROJECTOR_NAME,
                    metadata={"steps": str(state.step), "seed": str(cfg.seed),
