@@ -74,7 +74,8 @@ class RandomTokens(TrainMethod):
 
 
 class ESLM(TrainMethod):
-    """ESLM, risk-averse selective language modelling: per batch keep the tokens whose
+    """ESLM, risk-averse selective language modelling (ESLM: "Risk-Averse Selective
+    Language Modeling for Efficient Pretraining", 2025): per batch keep the tokens whose
     ``signal`` (the loss, or the predictive ``entropy``) is at or above the value-at-risk
     threshold for ``keep``, i.e. the ``keep_count(keep, N)`` highest of the batch's labelled
     tokens; the loss is their mean, a conditional value at risk (CVaR) of the token losses."""
@@ -95,7 +96,8 @@ class ESLM(TrainMethod):
 
 
 class ExcessLoss(TrainMethod):
-    """Rho-1 style excess loss: keep the ``keep_count(keep, N)`` tokens whose loss exceeds
+    """Rho-1 style excess loss (Lin et al. 2024, "Not All Tokens Are What You Need",
+    arXiv 2404.07965): keep the ``keep_count(keep, N)`` tokens whose loss exceeds
     a reference model's loss on the same token the most."""
 
     name = "excess"
@@ -106,10 +108,13 @@ class ExcessLoss(TrainMethod):
 
 
 class PowerLawDecay(TrainMethod):
-    """Power-law decay loss (PDL): every labelled token is learned, its cross-entropy
-    weighted by ``(f + 1) ** -alpha`` where ``f`` is the corpus frequency of the target
-    token (see :func:`~tokensieve.train.frequencies.token_frequencies`); the loss is the
-    weighted mean ``sum(w * ce) / sum(w)``."""
+    """Power-law decay loss (PDL; Shao et al. 2025, arXiv 2505.16900): every labelled token
+    is learned, its cross-entropy weighted by ``(f + 1) ** -alpha`` where ``f`` is the
+    corpus frequency of the target token (see
+    :func:`~tokensieve.train.frequencies.token_frequencies`; the paper's smoothing
+    constant is 1 here). The loss is the weighted mean ``sum(w * ce) / sum(w)`` (the paper
+    sums; the mean keeps the loss on the cross-entropy scale, so learning rates carry over,
+    and ``alpha=0`` is the ordinary loss)."""
 
     name = "pdl"
     needs = frozenset({"frequency"})
