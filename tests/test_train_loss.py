@@ -264,3 +264,38 @@ def test_reference_model_with_another_vocabulary(model, batch):
     with pytest.raises(UsageError, match="vocabulary of 301") as exc:
         causal_lm_loss(model, batch, "excess", 0.5, reference_model=other)
     assert "\n" not in str(exc.value)
+
+
+def test_soft_capped_head_matches_the_model_loss():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                       max_position_embeddings=64, final_logit_softcapping=0.5)
+    gemma = Gemma2ForCausalLM(cfg).eval()
+    ids = torch.randint(0, V, (2, 10))
+    batch = {"input_ids": ids, "labels": ids}
+    with torch.no_grad():
+        capped = gemma(**batch).loss
+        res, _ = causal_lm_loss(gemma, batch, "all")
+        assert torch.allclose(res.loss, capped, atol=1e-6)
+        cfg.final_logit_softcapping = None      # the cap changes the loss: the test can fail
+        assert not torch.allclose(gemma(**batch).loss, capped, atol=1e-6)
+
+
+@pytest.mark.model
+def test_embedded_model_keep_one_and_selection(lm):
+    model = lm.model
+    tok = lm.tokenizer
+    ids = tok(["Token-selective training learns from the informative tokens only."],
+              return_tensors="pt")["input_ids"]
+    batch = {"input_ids": ids, "labels": ids}
+    with torch.no_grad():
+        full = model(**batch).loss
+        res, flops = causal_lm_loss(model, batch, "all")
+        sel, sflops = causal_lm_loss(model, batch, "eslm", 0.5)
+    assert torch.allclose(res.loss, full, atol=1e-4)
+    assert sel.kept == keep_count(0.5, ids.shape[1] - 1)
+    # the tied 49k-row head is a large share of a step: keeping half saves a visible part
+    assert sflops.head_forward * 2 <= flops.head_forward + 1
