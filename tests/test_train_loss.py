@@ -246,6 +246,7 @@ def test_qtuning_quadrants_on_a_hand_built_batch():
     (lambda x, y: selective_loss(x, y, "excess", reference=torch.randn(*y.shape, V - 1)),
      UsageError, "vocabulary"),
     (lambda x, y: selective_loss(x, y, "pdl"), UsageError, "frequencies"),
+    (lambda x, y: selective_loss(x, y, "eslm", chunk_rows=0), UsageError, "chunk_rows"),
     (lambda x, y: selective_loss(x, y, "pdl", frequencies=torch.ones(V - 1)), UsageError,
      "one count per vocabulary"),
 ])

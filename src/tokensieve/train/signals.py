@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 
 # rows per chunk of the no-grad scoring pass: at most this many logits (float32) at once
 CHUNK_LOGITS = 1 << 24
@@ -84,6 +84,10 @@ def score_rows(rows: torch.Tensor, targets: torch.Tensor, head: Head, entropy: b
     :data:`CHUNK_LOGITS` logits per chunk; the vocabulary is taken from the head's weight,
     else the rows' width, as for an identity head on logits)."""
     n = rows.shape[0]
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
+                                   or chunk_rows <= 0):
+        raise UsageError(f"chunk_rows must be a positive whole number of rows, got "
+                         f"{chunk_rows!r}.")
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_LOGITS // max(head.vocab or rows.shape[-1], 1))
     ces, ents = [], []
