@@ -231,6 +231,16 @@ def test_qtuning_quadrants_on_a_hand_built_batch():
     assert ctx.mask[0].tolist() != res.mask[0].tolist()
 
 
+def test_qtuning_on_the_diagonal_prunes_tokens_of_every_sample():
+    logits, labels = _qtuning_batch()
+    # noise and redundant only (error and uncertainty in the same order), then one sample
+    for rows in ([2, 3], [0]):
+        res = selective_loss(logits[rows], labels[rows], "qtuning", 0.5)
+        assert res.info["quadrant"] == ["unplaced"] * len(rows)
+        assert res.mask.sum(1).tolist() == [2] * len(rows)
+    assert res.mask[0].tolist() == [False, False, True, False, True]   # the highest losses
+
+
 @pytest.mark.parametrize("call, error, text", [
     (lambda x, y: selective_loss(x, y, "eslm", 0.0), UsageError, "keep"),
     (lambda x, y: selective_loss(x, y, "eslm", 1.5), UsageError, "keep"),

@@ -153,7 +153,9 @@ class QTuning(TrainMethod):
     thresholds (the batch quantiles, ``c``) widen up to the median split until the kept
     samples (misconception and calibration only) reach ``keep_count(samples, B)``; samples
     entering at the same ``c`` are taken farthest from the diagonal first, then in batch
-    order. Fewer are kept when fewer lie off the diagonal; at least one sample always is.
+    order. Fewer are kept when fewer lie off the diagonal; when none does (a batch of one,
+    or error and uncertainty in the same order), no quadrant can be told apart and every
+    sample is "unplaced": token-pruned like a misconception sample.
     Calibration samples are kept whole; inside each misconception sample the
     ``keep_count(keep, n)`` tokens with the highest loss are kept (``context`` > 0 mixes in
     the neighbours' loss: ``(1 - context) * l_i + context * (l_{i-1} + l_{i+1}) / 2``, the
@@ -162,7 +164,7 @@ class QTuning(TrainMethod):
 
     ``info["quadrant"]``: per sample, "misconception" / "calibration" (kept), "noise" /
     "redundant" (dropped, both above / below the median), "middle" (dropped, between the
-    thresholds) or "empty" (no labelled token)."""
+    thresholds), "unplaced" (see above) or "empty" (no labelled token)."""
 
     name = "qtuning"
     needs = frozenset({"loss", "entropy"})
@@ -184,13 +186,10 @@ class QTuning(TrainMethod):
         far = np.abs(re - ru)
         order = np.lexsort((np.arange(b), -far, level))
         eligible = int((level <= b // 2).sum())
-        chosen = order[:max(1, min(keep_count(self.samples, b), eligible))]
-        names = {}
-        for i in chosen:
-            if level[i] <= b // 2:
-                names[int(i)] = "misconception" if mis[i] <= cal[i] else "calibration"
-            else:  # the fallback sample: by which side of the diagonal it lies
-                names[int(i)] = "misconception" if re[i] >= ru[i] else "calibration"
+        if eligible == 0:  # every sample on the diagonal: no quadrant can be told apart
+            return np.arange(b), {i: "unplaced" for i in range(b)}
+        chosen = order[:min(keep_count(self.samples, b), eligible)]
+        names = {int(i): "misconception" if mis[i] <= cal[i] else "calibration" for i in chosen}
         for i in range(b):
             if i not in names:
                 hi_e, hi_u = re[i] >= b / 2, ru[i] >= b / 2
@@ -216,7 +215,7 @@ class QTuning(TrainMethod):
         for j in chosen:
             b = int(idx[j])
             where = (s.sample == b).nonzero().squeeze(-1)
-            if quadrant[b] == "calibration":
+            if quadrant[b] == "calibration":  # kept whole
                 mask[where] = True
                 continue
             loss = s.loss[where].float()
