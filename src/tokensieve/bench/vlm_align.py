@@ -58,6 +58,33 @@ def token_labels(data: vlm_data.VLMData) -> tuple[np.ndarray, list[str]]:
     return out, phrases
 
 
+class AlignmentTargets:
+    """The phrase embeddings every visual token is pulled towards, and the loss that pulls:
+    MSE to its own phrase's embedding (over the embeddings' variance) plus cross-entropy of
+    its cosine similarities to all phrases (temperature ``TEMPERATURE``)."""
+
+    def __init__(self, model, tokenizer, data: vlm_data.VLMData):
+        import torch
+
+        labels, self.phrases = token_labels(data)
+        self.labels = torch.from_numpy(labels)
+        self.targets = word_embeddings(model, tokenizer, self.phrases)
+        self.unit = torch.nn.functional.normalize(self.targets, dim=-1)
+        self.scale = self.targets.var()
+
+    def loss(self, out, images):
+        """(loss, cosine logits, labels) of projector outputs ``out`` (B x 256 x D) of the
+        images with indices ``images``."""
+        import torch
+
+        y = self.labels[torch.as_tensor(np.asarray(images), dtype=torch.long)]
+        out = out.float()
+        cos = torch.nn.functional.normalize(out, dim=-1) @ self.unit.t()
+        loss = torch.nn.functional.mse_loss(out, self.targets[y]) / self.scale \
+            + torch.nn.functional.cross_entropy(cos.flatten(0, 1) / TEMPERATURE, y.flatten())
+        return loss, cos, y
+
+
 def align(model, tokenizer, data: vlm_data.VLMData, features, *, standardize=None,
           epochs: int = 3, lr: float = 1e-3, batch_images: int = 32, seed: int = 0,
           progress: bool = True) -> dict:
@@ -67,16 +94,13 @@ def align(model, tokenizer, data: vlm_data.VLMData, features, *, standardize=Non
     import torch
     from tqdm.auto import tqdm
 
-    labels, words = token_labels(data)
-    targets = word_embeddings(model, tokenizer, words)
-    labels = torch.from_numpy(labels)
+    goal = AlignmentTargets(model, tokenizer, data)
     proj = model.model.multi_modal_projector
     opt = torch.optim.AdamW(proj.parameters(), lr=lr, weight_decay=0.0)
     n = len(data.layouts)
     steps = epochs * ((n + batch_images - 1) // batch_images)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
                                                 pct_start=0.1)
-    unit = torch.nn.functional.normalize(targets, dim=-1)
     losses, hits, seen = [], 0, 0
     bar = tqdm(total=steps, desc="align projector", unit="step", disable=not progress)
     for epoch in range(epochs):
@@ -86,12 +110,7 @@ def align(model, tokenizer, data: vlm_data.VLMData, features, *, standardize=Non
             x = torch.from_numpy(np.asarray(features[idx], dtype=np.float32))
             if standardize is not None:
                 x = (x - standardize[0]) / standardize[1]
-            y = labels[torch.from_numpy(idx)]
-            out = proj(x)
-            cos = torch.nn.functional.normalize(out, dim=-1) @ unit.t()
-            loss = torch.nn.functional.mse_loss(out, targets[y]) / targets.var() \
-                + torch.nn.functional.cross_entropy(cos.flatten(0, 1) / TEMPERATURE,
-                                                    y.flatten())
+            loss, cos, y = goal.loss(proj(x), idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -105,5 +124,5 @@ def align(model, tokenizer, data: vlm_data.VLMData, features, *, standardize=Non
                     seen += y.numel()
     bar.close()
     return {"loss": round(float(np.mean(losses)), 5),
-            "token_accuracy": round(hits / max(1, seen), 4), "phrases": len(words),
+            "token_accuracy": round(hits / max(1, seen), 4), "phrases": len(goal.phrases),
             "epochs": epochs, "lr": lr}

@@ -67,6 +67,7 @@ class TrainConfig:
     align_epochs: int = 0
     questions: str = "one"
     init: str | None = None
+    align_weight: float = 0.0
 
     def check(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -88,6 +89,8 @@ class TrainConfig:
             raise UsageError(f"--align-epochs must be 0..100, got {self.align_epochs}")
         if not 0 <= self.lora_rank <= 256:
             raise UsageError(f"--lora-rank must be 0 (no LoRA) .. 256, got {self.lora_rank}")
+        if not 0.0 <= self.align_weight <= 100.0:
+            raise UsageError(f"--align-weight must be 0..100, got {self.align_weight}")
         if self.questions not in vlm_data.QUESTION_SETS:
             raise UsageError(f"--questions must be one of {', '.join(vlm_data.QUESTION_SETS)}"
                              f", not {self.questions!r}")
@@ -104,6 +107,8 @@ class TrainConfig:
             keep.update(align_epochs=self.align_epochs)
         if self.questions != "one":
             keep.update(questions=self.questions)
+        if self.align_weight:
+            keep.update(align_weight=self.align_weight)
         if self.init is not None:
             keep.update(init=hashlib.sha256(Path(self.init).read_bytes()).hexdigest()[:16])
         blob = json.dumps({"data": data_key, "batching": "packed images", **keep},
@@ -279,20 +284,22 @@ def match_output_scale(model, sample) -> float:
     return factor
 
 
-def batch_loss(model, features, ids, mask, labels, position_ids=None):
+def batch_loss(model, features, ids, mask, labels, position_ids=None, aux=None):
     """The answer-token loss with ``features`` (B x 256 x D, the tower's) projected into the
-    ``<image>`` positions."""
+    ``<image>`` positions; ``aux(projected)`` is added when given (a loss on the projector's
+    output, e.g. the alignment loss)."""
     import torch
 
     embeds = model.get_input_embeddings()(ids)
     image = model.model.multi_modal_projector(
         torch.as_tensor(features).to(embeds.device, torch.float32))
+    extra = aux(image) if aux is not None else 0.0
     where = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
     if int(where[..., 0].sum()) != image.shape[0] * image.shape[1]:
         raise ValueError("the <image> tokens do not match the image features")
     embeds = embeds.masked_scatter(where, image.to(embeds.dtype))
     return model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                 labels=labels).loss
+                 labels=labels).loss + extra
 
 
 # --------------------------------------------------------------------------- training
@@ -350,11 +357,14 @@ def questions_by_image(data: vlm_data.VLMData) -> list[list[vlm_data.Example]]:
 
 def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainConfig,
                 state: TrainState, optimizer, *, until: int, deadline: float | None = None,
-                on_step=None, progress: bool = True, standardize=None) -> TrainState:
+                on_step=None, progress: bool = True, standardize=None,
+                align=None) -> TrainState:
     """Run steps ``state.step`` .. ``until`` - 1 (or to ``deadline``, a ``time.monotonic``
     value), updating the projector (and LoRA adapters, if any); ``on_step(state)`` after each
     step. A step takes ``cfg.batch_size`` images with all their questions, packed one row per
-    image; ``standardize`` = (mean, std) applied to the features first."""
+    image; ``standardize`` = (mean, std) applied to the features first; ``align`` (a
+    :class:`~.vlm_align.AlignmentTargets`) adds ``cfg.align_weight`` x its loss on the
+    projected tokens, so they keep naming their cell (where and what) while the LM learns."""
     import torch
     from tqdm.auto import tqdm
 
@@ -382,10 +392,16 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
             feats = (feats - standardize[0]) / standardize[1]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(state.step, cfg) * group.get("scale", 1.0)
+        aux = None
+        if align is not None and cfg.align_weight:
+            which = [by_image[i][0].image for i in images]
+
+            def aux(projected, which=which):
+                return cfg.align_weight * align.loss(projected, which)[0]
         with ctx:
             loss = batch_loss(model, feats, ids.to(model.device),
                               mask.to(model.device), labels.to(model.device),
-                              pos.to(model.device))
+                              pos.to(model.device), aux=aux)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -557,9 +573,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
         if s.step % cfg.checkpoint_every == 0:
             _save_checkpoint(ck_path, model, optimizer, s)
 
+    goal = None
+    if cfg.align_weight:
+        from .vlm_align import AlignmentTargets
+
+        goal = AlignmentTargets(model, processor.tokenizer, data)
     state = train_steps(model, processor, data, features, cfg, state, optimizer,
                         until=cfg.steps, deadline=deadline, on_step=on_step, progress=progress,
-                        standardize=stats)
+                        standardize=stats, align=goal)
     _save_checkpoint(ck_path, model, optimizer, state)
     out = Path(cfg.out)
     record = {

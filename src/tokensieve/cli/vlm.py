@@ -85,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
                       resume=not args.fresh, autocast=args.autocast,
                       lora_rank=args.lora_rank, standardize=not args.no_standardize,
                       align_epochs=args.align_epochs, questions=args.questions,
-                      init=args.init,
+                      init=args.init, align_weight=args.align_weight,
                       **({"out": args.out} if args.out else {}))
     record = train(cfg, progress=not args.quiet)
     curve = record["loss_curve"]
@@ -163,6 +163,9 @@ def add(sub) -> None:
     t.add_argument("--align-epochs", type=int, default=2, help="first fit the projector so "
                    "each visual token lands on its cell's word embedding, for this many "
                    "epochs (no language-model forward; default 2, 0: none)")
+    t.add_argument("--align-weight", type=float, default=0.0, help="keep the alignment loss "
+                   "on during training at this weight (default 0: off), so tokens keep naming "
+                   "their cell's place and content")
     t.add_argument("--questions", choices=["one", "all"], default="one", help="questions "
                    "per grid: one of each type (default) or all of them (each corner, each "
                    "unique class, each count group; same images)")
