@@ -231,3 +231,35 @@ def test_init_from_a_saved_file_restores_the_trained_projector_and_adapters(proc
         init_from(_tiny_vlm(processor), tmp_path / "p.safetensors", lora_rank=2)
     with pytest.raises(UsageError, match="pass --lora-rank"):
         init_from(_tiny_vlm(processor), tmp_path / "p.safetensors", lora_rank=0)
+
+
+def test_alignment_loss_is_added_to_the_training_loss_and_favours_the_own_phrase(processor):
+    """``--align-weight``: the step's loss is the LM loss plus weight x the alignment loss of
+    the projected tokens, which is lower for tokens on their own cell's phrase embedding."""
+    from test_vlm_small import _fake_pools
+
+    from tokensieve.bench.vlm_align import AlignmentTargets
+    from tokensieve.bench.vlm_data import build
+    from tokensieve.bench.vlm_train import batch_loss, encode, pack
+
+    model = _tiny_vlm(processor)
+    data = build("train", n_single=1, n_grid=2, seed=0, pools=_fake_pools())
+    goal = AlignmentTargets(model, processor.tokenizer, data)
+    grid = 1  # the first grid: four phrases "top left ..." .. "bottom right ..."
+    own = goal.targets[goal.labels[grid]][None]
+    other = goal.targets[goal.labels[grid].flip(0)][None]
+    assert goal.loss(own, [grid])[0] < goal.loss(other, [grid])[0]
+    assert int(goal.loss(own, [grid])[1].argmax(-1).eq(goal.labels[grid]).sum()) == 256
+    feats = torch.randn(1, 256, 24)
+    batch = pack([[encode(processor, "What is in this picture?", "bag")]],
+                 processor.tokenizer.pad_token_id)
+    seen = []
+
+    def aux(projected):
+        value = 0.5 * goal.loss(projected, [grid])[0]
+        seen.append(float(value))
+        return value
+    with torch.no_grad():
+        plain = batch_loss(model, feats, batch[0], batch[1], batch[3], batch[2])
+        both = batch_loss(model, feats, batch[0], batch[1], batch[3], batch[2], aux=aux)
+    assert seen and float(both) == pytest.approx(float(plain) + seen[0], rel=1e-5)
