@@ -323,26 +323,36 @@ def block_count(n_tokens: int, block_len: int) -> int:
     return n_tokens // block_len
 
 
+def training_windows(n_tokens: int, block_len: int, seed: int, start: int = 0,
+                     count: int = 1) -> np.ndarray:
+    """Window indices (int64) of blocks ``start .. start+count-1`` of :func:`training_blocks`:
+    window ``w`` is tokens ``w * block_len .. (w + 1) * block_len - 1`` of the stream."""
+    n = block_count(n_tokens, block_len)
+    if n == 0:
+        raise UsageError(f"the stream has {n_tokens} tokens, fewer than one block of "
+                         f"{block_len}")
+    if start < 0 or count < 0:
+        raise UsageError(f"start and count must be >= 0, not {start} and {count}")
+    out = np.empty(count, dtype=np.int64)
+    orders: dict[int, np.ndarray] = {}
+    for k in range(count):
+        epoch, pos = divmod(start + k, n)
+        if epoch not in orders:
+            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        out[k] = orders[epoch][pos]
+    return out
+
+
 def training_blocks(ids: np.ndarray, block_len: int, seed: int, start: int = 0,
                     count: int = 1) -> np.ndarray:
     """Blocks ``start .. start+count-1`` (int64, shape (count, block_len)) of an endless
     sequence of the stream's non-overlapping ``block_len`` windows: each epoch visits every
     window once, in an order drawn from ``(seed, epoch)``. The same seed gives the same order,
     so runs that differ only in their method see the same data."""
-    n = block_count(ids.size, block_len)
-    if n == 0:
-        raise UsageError(f"the stream has {ids.size} tokens, fewer than one block of "
-                         f"{block_len}")
-    if start < 0 or count < 0:
-        raise UsageError(f"start and count must be >= 0, not {start} and {count}")
+    windows = training_windows(ids.size, block_len, seed, start, count)
     out = np.empty((count, block_len), dtype=np.int64)
-    orders: dict[int, np.ndarray] = {}
-    for k in range(count):
-        epoch, pos = divmod(start + k, n)
-        if epoch not in orders:
-            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-        w = int(orders[epoch][pos]) * block_len
-        out[k] = ids[w:w + block_len]
+    for k, w in enumerate(windows):
+        out[k] = ids[w * block_len:(w + 1) * block_len]
     return out
 
 

@@ -1,4 +1,5 @@
-"""``tokensieve bench text|kv|vision|vlm ...``: hands the rest of the line to the benchmark."""
+"""``tokensieve bench text|kv|vision|vlm|train ...``: hands the rest of the line to the
+benchmark."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.vlm_bench import main as bench_vlm
 
         return bench_vlm(args.rest)
+    if args.target == "train":
+        from ..bench.train_bench import main as bench_train
+
+        return bench_train(args.rest)
     if args.target == "kv":
         from ..bench.kv_bench import main as bench_kv
 
@@ -24,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add(sub) -> None:
-    b = sub.add_parser("bench", help="run a benchmark (text, kv, vision or vlm); see tokensieve "
-                       "bench kv "
-                       "--help", add_help=False)
-    b.add_argument("target", choices=["text", "kv", "vision", "vlm"])
+    b = sub.add_parser("bench", help="run a benchmark (text, kv, vision, vlm or train); see "
+                       "tokensieve bench kv --help", add_help=False)
+    b.add_argument("target", choices=["text", "kv", "vision", "vlm", "train"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=run)
