@@ -102,10 +102,13 @@ def test_report_files_have_the_expected_columns(bench, tmp_path):
     assert files[2].read_bytes()[:4] == b"\x89PNG"
     assert json.loads(files[0].read_text())["meta"]["budget_flops"] == \
         results["meta"]["budget_flops"]
-    md = files[1].read_text()
+    md, target_md = files[1].read_text().split("## Targets")
     assert "| " + " | ".join(COLUMNS) + " |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 3                                   # header + one per run label
+    targets = [line for line in target_md.splitlines() if line.startswith("| ")][1:]
+    assert [t.split(" | ")[0] for t in targets] == ["| random@0.3", "| excess@0.5"]
+    assert all(t.endswith(("| yes |", "| no |")) for t in targets)   # 2 seeds: a spread
     full = next(line for line in rows if line.startswith("| all |"))
     assert "| 1.00 ± 0.00 | 1.000 ± 0.000 | 1.00 ± 0.00 |" in full   # ratios to itself
     assert "LM head is" in md
@@ -128,9 +131,11 @@ def test_flops_to_reach_interpolates_and_says_never():
            "test": m, "curve": curve, "method": "all", "keep": None}
     slow = dict(run, label="eslm@0.3", method="eslm", keep=0.3,
                 curve=[{"flops": 0, "loss": 10.0}, {"flops": 200, "loss": 5.0}],
-                dev=dict(m, loss=5.0))
-    md = markdown({"meta": meta, "runs": [dict(run, label="all"), slow]})
+                dev=dict(m, loss=5.0), test=dict(m, loss=4.5))
+    md, target_md = markdown({"meta": meta, "runs": [dict(run, label="all"), slow]}).split(
+        "## Targets")
     assert "| **eslm@0.3** |" in md and md.rstrip("\n| ").count("| – |") == 1
+    assert "| eslm@0.3 | – | +0.500 | – | needs ≥ 2 seeds |" in target_md
 
 
 def test_informative_tokens_are_the_top_share_by_reference_loss():

@@ -27,8 +27,14 @@ Measures on ``eval_blocks`` held-out blocks spread over the split: the loss on e
 the loss on the "informative" tokens, the 30% with the highest reference loss (SmolLM2
 surprisal; fixed once per split, the same for every run); next-token top-1 accuracy (the
 downstream measure: a model this small moves it from the first steps, where a cloze over
-whole words stays near chance). Curves on dev at fixed FLOP marks; the final table on dev
-and test; the best selector is picked on dev only.
+whole words stays near chance). Curves on dev at fixed FLOP marks (``evals`` evenly spaced
+fractions of the budget, so every run has points at the same FLOPs; evaluation FLOPs are
+not counted); the final table on dev and test; the best selector is picked on dev only.
+
+FLOPs are counted as the library spends them: ``eslm``, ``excess`` and ``qtuning`` score
+every row with a no-grad head pass before the head runs again with gradients on the kept
+rows, so at keep 0.6 their steps are barely cheaper than a full step; ``random`` needs no
+scoring pass and ``pdl`` keeps every token (it only reweights).
 
     tokensieve bench train --quick
     tokensieve bench train --out benchmarks/results/train
@@ -143,21 +149,24 @@ def expected_steps(run: Run, shape: ModelShape, cfg: BenchConfig, budget: int) -
     return int(np.ceil(budget / step_flops(shape, cfg.batch, cfg.block_len, kept, scored).total))
 
 
-def measure(cfg: BenchConfig, vocab: int, train_ids: np.ndarray, reference_model=None) -> dict:
+def measure(cfg: BenchConfig, vocab: int, train_ids: np.ndarray,
+            reference: ReferenceLosses | None = None) -> dict:
     """Seconds per full-token step (3 steps, the first a warm-up, on a throwaway model) and
-    per reference window (when ``reference_model`` is given)."""
+    per reference window (timed on the first batch of training windows, which it caches,
+    when ``reference`` is given and they are not cached yet)."""
     model = build_model(cfg.size, vocab, cfg.block_len, cfg.seed)
     shape = ModelShape.from_config(model.config)
     one = step_flops(shape, cfg.batch, cfg.block_len, cfg.batch * (cfg.block_len - 1)).total
     rec = train_run(model, train_ids, Run("all"), block_len=cfg.block_len, batch=cfg.batch,
-              seed=cfg.seed, budget=3 * one, lr=cfg.lr, marks=[], eval_fn=None)
+                    seed=cfg.seed, budget=3 * one, lr=cfg.lr, marks=[], eval_fn=None)
     per_step = rec["train_s"] / 3  # includes the warm-up step: errs on the long side
     per_window = 0.0
-    if reference_model is not None:
-        ref = ReferenceLosses(reference_model, train_ids, cfg.block_len, batch=cfg.batch)
-        t = time.perf_counter()
-        ref.compute(range(cfg.batch))
-        per_window = (time.perf_counter() - t) / cfg.batch
+    if reference is not None:
+        first = training_windows(train_ids.size, cfg.block_len, cfg.seed, 0, cfg.batch)
+        if not set(first.tolist()) <= reference.cache.keys():
+            t = time.perf_counter()
+            reference.compute(first)
+            per_window = (time.perf_counter() - t) / cfg.batch
     return {"s_per_full_step": per_step, "s_per_reference_window": per_window}
 
 
@@ -168,7 +177,7 @@ def estimate(cfg: BenchConfig, runs: list[Run], shape: ModelShape, speed: dict,
     budget = cfg.steps * step_flops(shape, cfg.batch, cfg.block_len,
                                     cfg.batch * (cfg.block_len - 1)).total
     train = cfg.steps * speed["s_per_full_step"] * len(runs)
-    evals = (cfg.evals + 2) * 2 * cfg.eval_blocks / cfg.batch * speed["s_per_full_step"] / 3
+    evals = (cfg.evals + 1) * cfg.eval_blocks / cfg.batch * speed["s_per_full_step"] / 3
     refs = [expected_steps(r, shape, cfg, budget) for r in runs
             if "reference" in get_method(r.method).needs]
     windows = (max(refs) * cfg.batch if refs else 0) + 2 * cfg.eval_blocks
@@ -201,14 +210,13 @@ def run_bench(splits: dict[str, TokenSplit], cfg: BenchConfig, reference_model, 
     shape = ModelShape.from_config(probe.config)
     full_step = step_flops(shape, cfg.batch, cfg.block_len, cfg.batch * (cfg.block_len - 1))
     budget = cfg.steps * full_step.total
-    uncached = not (ref_dev.cache and ref_test.cache) or any(
-        "reference" in get_method(r.method).needs for r in runs)
-    speed = measure(cfg, vocab, train_ids, reference_model if uncached else None)
+    t_start = time.perf_counter()
+    needs_ref = [r for r in runs if "reference" in get_method(r.method).needs]
+    speed = measure(cfg, vocab, train_ids, ref_train if needs_ref else None)
     est = estimate(cfg, runs, shape, speed, cached_windows=len(ref_train.cache))
     log(f"bench train: {len(runs)} runs x {cfg.seeds} seed(s), {cfg.steps} full steps of "
         f"{cfg.batch} x {cfg.block_len} tokens; {speed['s_per_full_step']:.2f} s per full step"
         f" measured -> about {est / 60:.0f} min in all")
-    t_start = time.perf_counter()
     dev_blocks, dev_inf, _ = held_out(splits["dev"], cfg, ref_dev)
     test_blocks, test_inf, _ = held_out(splits["test"], cfg, ref_test)
     ref_dev.save()
@@ -216,12 +224,13 @@ def run_bench(splits: dict[str, TokenSplit], cfg: BenchConfig, reference_model, 
     frequencies = None
     if any("frequency" in get_method(r.method).needs for r in runs):
         frequencies = token_frequencies([train_ids], vocab)
-    needs_ref = [r for r in runs if "reference" in get_method(r.method).needs]
     if needs_ref:  # precompute the windows the reference runs will read, once
         n = max(expected_steps(r, shape, cfg, budget) for r in needs_ref) + 1
         todo = [w for s in range(cfg.seeds) for w in
                 training_windows(train_ids.size, cfg.block_len, cfg.seed + s, 0, n * cfg.batch)]
         todo = sorted(set(int(w) for w in todo) - ref_train.cache.keys())
+        log(f"reference losses on {len(todo)} training blocks (cached for later runs; about "
+            f"{len(todo) * speed['s_per_reference_window'] / 60:.0f} min)")
         for i in tqdm(range(0, len(todo), 64), desc="reference losses", disable=not progress):
             ref_train.compute(todo[i:i + 64])
         ref_train.save()

@@ -110,7 +110,31 @@ def markdown(results: dict) -> str:
         lines += [f"Best selector on dev (bold): `{best}`. \"FLOPs × to full's dev loss\": the "
                   "fraction of the budget after which the run's dev loss first reached the full "
                   "run's final dev loss (– never).", ""]
+    lines += targets(rows)
     return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets per selector: the full run's dev loss with <= 70% of its FLOPs,
+    or a test loss below the full run's by more than the seed spread (needs >= 2 seeds)."""
+    full = next((r for r in rows if r["label"] == FULL), None)
+    sel = [r for r in rows if r["label"] != FULL]
+    if full is None or not sel:
+        return []
+    out = ["## Targets", "",
+           "| run | FLOPs × to full's dev loss (≤ 0.70?) | test loss − full | seed spread (sd) "
+           "| beats full by more than the spread? |", "|---|---:|---:|---:|---|"]
+    for r in sel:
+        reach = r.get("reach_ratio", float("nan"))
+        hit = "–" if reach != reach else f"{reach:.2f} ({'yes' if reach <= 0.7 else 'no'})"
+        diff = r["test_loss"] - full["test_loss"]
+        if min(r["seeds"], full["seeds"]) < 2:
+            spread, beats = "–", "needs ≥ 2 seeds"
+        else:
+            sd = max(r["test_loss_sd"], full["test_loss_sd"])
+            spread, beats = f"{sd:.3f}", "yes" if -diff > sd else "no"
+        out.append(f"| {r['label']} | {hit} | {diff:+.3f} | {spread} | {beats} |")
+    return out + [""]
 
 
 def plot_curves(results: dict, out: Path) -> Path:
