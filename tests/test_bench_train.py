@@ -114,13 +114,29 @@ def test_report_files_have_the_expected_columns(bench, tmp_path):
     assert "LM head is" in md
 
 
+def test_more_seeds_can_be_merged_into_an_earlier_report(bench):
+    from tokensieve.bench.train_bench import merge_results
+
+    results, *_ = bench
+    meta = results["meta"]
+    old = {"meta": meta, "runs": [r for r in results["runs"] if r["seed"] == 0]}
+    new = {"meta": meta, "runs": [r for r in results["runs"] if r["seed"] == 1]}
+    both = merge_results(new, old)
+    assert len(both["runs"]) == 6 and both["meta"]["seeds"] == [0, 1]
+    assert both["meta"]["merged_runs"] == 3
+    assert len(merge_results(results, old)["runs"]) == 6        # same (label, seed): new wins
+    other = {**meta, "config": {**meta["config"], "steps": 5}}
+    with pytest.raises(UsageError, match="steps"):
+        merge_results({"meta": other, "runs": []}, old)
+
+
 def test_flops_to_reach_interpolates_and_says_never():
     curve = [{"flops": 0, "loss": 10.0}, {"flops": 100, "loss": 6.0},
              {"flops": 200, "loss": 4.0}]
     assert flops_to_reach(curve, 5.0) == pytest.approx(150.0)
     assert flops_to_reach(curve, 6.0) == pytest.approx(100.0)
     assert flops_to_reach(curve, 3.9) is None
-    meta = {"config": {"block_len": 8, "batch": 1, "lr": 1e-3, "steps": 2, "seeds": 1,
+    meta = {"config": {"block_len": 8, "batch": 1, "lr": 1e-3, "steps": 2, "seeds": 1, "seed": 0,
                        "informative": 0.3},
             "shape": {"hidden": 8, "layers": 1, "heads": 1, "kv_heads": 1, "intermediate": 8},
             "vocab": 10, "params": 100, "budget_flops": 200, "head_share": 0.5,
@@ -166,7 +182,7 @@ def test_bad_settings_are_usage_errors():
 @pytest.mark.parametrize("argv, words", [
     (["--runs", "bogus"], "bogus"), (["--runs", "eslm@0"], "keep"),
     (["--steps", "0"], "steps"), (["--seeds", "0"], "seeds"), (["--heads", "3"], "multiple"),
-    (["--threads", "0"], "threads")])
+    (["--threads", "0"], "threads"), (["--merge", "/nonexistent.json"], "merge")])
 def test_cli_bad_settings_give_one_line(argv, words, capsys):
     from tokensieve.cli import main
 

@@ -48,6 +48,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch is imported
 
 import copy
+import json
 import platform
 import sys
 import time
@@ -273,6 +274,26 @@ def run_bench(splits: dict[str, TokenSplit], cfg: BenchConfig, reference_model, 
     return {"meta": meta, "runs": records}
 
 
+SAME = ("size", "steps", "batch", "block_len", "lr", "evals", "eval_blocks", "informative")
+
+
+def merge_results(new: dict, old: dict) -> dict:
+    """``new`` with the runs of an earlier ``old`` results dict added (a run of the same label
+    and seed in both: the new one counts); both must share the model, budget, schedule and
+    held-out sets (so more seeds of some runs can be added later)."""
+    a, b = new["meta"], old.get("meta", {})
+    differ = [k for k in SAME if a["config"].get(k) != b.get("config", {}).get(k)]
+    differ += [k for k in ("budget_flops", "reference", "tokens") if a.get(k) != b.get(k)]
+    if differ:
+        raise UsageError(f"cannot merge with the earlier results: they differ in "
+                         f"{', '.join(differ)}; rerun with the same settings.")
+    have = {(r["label"], r["seed"]) for r in new["runs"]}
+    kept = [r for r in old["runs"] if (r["label"], r["seed"]) not in have]
+    seeds = sorted({r["seed"] for r in kept + new["runs"]})
+    meta = {**a, "merged_runs": len(kept), "seeds": seeds}
+    return {"meta": meta, "runs": kept + new["runs"]}
+
+
 def parse(argv):
     from ..cli.common import Parser
 
@@ -298,6 +319,9 @@ def parse(argv):
     p.add_argument("--seeds", type=int, default=1, help="seeds (seed, seed+1, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", default="default", help="reference causal LM (same tokenizer)")
+    p.add_argument("--merge", type=Path, default=None,
+                   help="an earlier results.json of the same settings whose runs join this "
+                   "report (e.g. more seeds of the best run and the full run)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: hidden 64, 2 layers, blocks of 64, 12 steps, "
@@ -313,6 +337,8 @@ def parse(argv):
         cfg.evals, cfg.eval_blocks = 3, 8
     if a.threads < 1:
         raise UsageError(f"threads must be >= 1, got {a.threads}.")
+    if a.merge is not None and not a.merge.is_file():
+        raise UsageError(f"--merge {a.merge}: no such results file.")
     cfg.check()
     return a, cfg
 
@@ -333,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
                             progress=sys.stderr.isatty(),
                             log=lambda s: print(s, file=sys.stderr, flush=True))
         results["meta"]["corpus"] = describe()
+        if a.merge is not None:
+            try:
+                old = json.loads(a.merge.read_text())
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"--merge {a.merge}: not a results file ({exc}).") from None
+            results = merge_results(results, old)
         a.out.mkdir(parents=True, exist_ok=True)
         files = write_report(results, a.out)
     except UsageError as exc:

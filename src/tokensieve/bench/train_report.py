@@ -82,7 +82,10 @@ def markdown(results: dict) -> str:
         f"{shape['intermediate']}, vocabulary {meta['vocab']}, tied embeddings "
         f"({meta['params'] / 1e6:.1f} M parameters). Blocks of {cfg['block_len']} tokens, "
         f"batch {cfg['batch']}, peak lr {cfg['lr']}; budget = the full run's {cfg['steps']} "
-        f"steps = {meta['budget_flops']:.3g} FLOPs; {cfg['seeds']} seed(s).", "",
+        f"steps = {meta['budget_flops']:.3g} FLOPs; seeds "
+        f"{meta.get('seeds') or list(range(cfg['seed'], cfg['seed'] + cfg['seeds']))}"
+        + (f" ({meta['merged_runs']} runs merged from an earlier results file)"
+           if meta.get("merged_runs") else "") + ".", "",
         f"**The LM head is {100 * meta['head_share']:.0f}% of a full-token step's FLOPs at this "
         "size**, so running it only on the kept rows saves far more here than in a larger "
         "model, where the body dominates.", "",
