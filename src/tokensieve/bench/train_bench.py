@@ -217,7 +217,7 @@ def run_bench(splits: dict[str, TokenSplit], cfg: BenchConfig, reference_model, 
     est = estimate(cfg, runs, shape, speed, cached_windows=len(ref_train.cache))
     log(f"bench train: {len(runs)} runs x {cfg.seeds} seed(s), {cfg.steps} full steps of "
         f"{cfg.batch} x {cfg.block_len} tokens; {speed['s_per_full_step']:.2f} s per full step"
-        f" measured -> about {est / 60:.0f} min in all")
+        f" measured -> about {est / 60:.1f} min in all")
     dev_blocks, dev_inf, _ = held_out(splits["dev"], cfg, ref_dev)
     test_blocks, test_inf, _ = held_out(splits["test"], cfg, ref_test)
     ref_dev.save()

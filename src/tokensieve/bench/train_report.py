@@ -97,7 +97,7 @@ def markdown(results: dict) -> str:
         f"{100 * cfg['informative']:.0f}% with the highest reference loss. Accuracy: next-token "
         "top-1. Ratios (×) are to the full run of the same seed; time = training seconds "
         f"(evaluation excluded). {meta['threads']} threads, {meta['seconds']:.0f} s in all "
-        f"(estimated {meta['estimate_s'] / 60:.0f} min at the start).", "",
+        f"(estimated {meta['estimate_s'] / 60:.1f} min at the start).", "",
         "| " + " | ".join(COLUMNS) + " |", "|---" + "|---:" * (len(COLUMNS) - 1) + "|"]
     for r in rows:
         name = f"**{r['label']}**" if r["label"] == best else r["label"]
@@ -153,11 +153,17 @@ def plot_curves(results: dict, out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, title in ((axes[0], "loss", "all tokens"),
                            (axes[1], "loss_informative", "informative tokens")):
+        later: list[float] = []
         for label, cs in curves.items():
             n = min(len(c) for c in cs)
             x = [statistics.fmean(c[i]["flops"] for c in cs) / budget for i in range(n)]
             y = [statistics.fmean(c[i][key] for c in cs) for i in range(n)]
             ax.plot(x, y, marker="o", ms=3, lw=2.5 if label == FULL else 1.2, label=label)
+            later += y[1:]
+        if later:  # the untrained model's loss (~ln vocab) would flatten the rest
+            lo, hi = min(later), max(later)
+            pad = 0.1 * (hi - lo) or 0.05
+            ax.set_ylim(lo - pad, hi + pad)
         ax.set_title(f"held-out (dev) loss, {title}")
         ax.set_xlabel("FLOPs / budget")
         ax.set_ylabel("cross-entropy (nats)")
