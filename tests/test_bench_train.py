@@ -14,7 +14,7 @@ from tokensieve.bench.lm_corpus import TokenSplit, training_windows
 from tokensieve.bench.train_bench import BenchConfig, parse_run, run_bench
 from tokensieve.bench.train_lm import ModelSize, build_model, informative_mask, lr_at
 from tokensieve.bench.train_ref import ReferenceLosses
-from tokensieve.bench.train_report import COLUMNS, flops_to_reach, markdown, write_report
+from tokensieve.bench.train_report import COLUMNS, flops_to_reach, markdown, summary, write_report
 from tokensieve.engine.budget import keep_count
 from tokensieve.errors import UsageError
 from tokensieve.train import ModelShape, step_flops
@@ -32,7 +32,8 @@ def bench(tmp_path_factory):
     torch.set_num_threads(1)
     splits = {"train": _split(3000, 1), "dev": _split(600, 2), "test": _split(600, 3)}
     reference = build_model(ModelSize(16, 1, 2, 1, 32), VOCAB, BLOCK, seed=7)
-    cfg = BenchConfig(runs=["all", "random@0.3", "excess@0.5"], size=ModelSize(16, 1, 2, 1, 32),
+    cfg = BenchConfig(runs=["all", "random@0.3", "excess@0.5", "pdl", "qtuning@0.6"],
+                      size=ModelSize(16, 1, 2, 1, 32),
                       steps=4, batch=BATCH, block_len=BLOCK, evals=2, eval_blocks=4, seeds=2)
     cache = tmp_path_factory.mktemp("ref")
     results = run_bench(splits, cfg, reference, cache_dir=cache, progress=False,
@@ -60,6 +61,9 @@ def test_every_run_stops_at_the_same_flops_and_cheaper_steps_buy_more_of_them(be
         scored = step_flops(shape, BATCH, BLOCK, keep_count(0.5, rows), rows).total
         assert budget <= runs["excess@0.5"]["flops"] < budget + scored
         assert runs["all"]["steps"] < runs["excess@0.5"]["steps"] <= runs["random@0.3"]["steps"]
+        assert runs["pdl"]["steps"] == 4 and runs["pdl"]["flops"] == budget   # learns every token
+        q = runs["qtuning@0.6"]                 # prunes samples and tokens: fewer kept, more steps
+        assert q["tokens"] < q["labelled"] and q["steps"] > 4
 
 
 def test_every_method_reads_the_same_data_order_and_seeds_differ(bench):
@@ -105,9 +109,10 @@ def test_report_files_have_the_expected_columns(bench, tmp_path):
     md, target_md = files[1].read_text().split("## Targets")
     assert "| " + " | ".join(COLUMNS) + " |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 3                                   # header + one per run label
+    assert len(rows) == 1 + 5                                   # header + one per run label
     targets = [line for line in target_md.splitlines() if line.startswith("| ")][1:]
-    assert [t.split(" | ")[0] for t in targets] == ["| random@0.3", "| excess@0.5"]
+    assert [t.split(" | ")[0] for t in targets] == ["| random@0.3", "| excess@0.5", "| pdl",
+                                                     "| qtuning@0.6"]
     assert all(t.endswith(("| yes |", "| no |")) for t in targets)   # 2 seeds: a spread
     full = next(line for line in rows if line.startswith("| all |"))
     assert "| 1.00 ± 0.00 | 1.000 ± 0.000 | 1.00 ± 0.00 |" in full   # ratios to itself
@@ -122,9 +127,9 @@ def test_more_seeds_can_be_merged_into_an_earlier_report(bench):
     old = {"meta": meta, "runs": [r for r in results["runs"] if r["seed"] == 0]}
     new = {"meta": meta, "runs": [r for r in results["runs"] if r["seed"] == 1]}
     both = merge_results(new, old)
-    assert len(both["runs"]) == 6 and both["meta"]["seeds"] == [0, 1]
-    assert both["meta"]["merged_runs"] == 3
-    assert len(merge_results(results, old)["runs"]) == 6        # same (label, seed): new wins
+    assert len(both["runs"]) == 10 and both["meta"]["seeds"] == [0, 1]
+    assert both["meta"]["merged_runs"] == 5
+    assert len(merge_results(results, old)["runs"]) == 10       # same (label, seed): new wins
     other = {**meta, "config": {**meta["config"], "steps": 5}}
     with pytest.raises(UsageError, match="steps"):
         merge_results({"meta": other, "runs": []}, old)
@@ -152,6 +157,10 @@ def test_flops_to_reach_interpolates_and_says_never():
         "## Targets")
     assert "| **eslm@0.3** |" in md and md.rstrip("\n| ").count("| – |") == 1
     assert "| eslm@0.3 | – | +0.500 | – | needs ≥ 2 seeds |" in target_md
+    fast = dict(slow, seed=1, curve=[{"flops": 0, "loss": 10.0}, {"flops": 200, "loss": 3.0}])
+    runs = [dict(run, label="all"), dict(run, label="all", seed=1), slow, fast]
+    row = next(r for r in summary({"meta": meta, "runs": runs}) if r["label"] == "eslm@0.3")
+    assert row["seeds"] == 2 and row["reach_ratio"] != row["reach_ratio"]   # one seed: never
 
 
 def test_informative_tokens_are_the_top_share_by_reference_loss():

@@ -51,6 +51,9 @@ def summary(results: dict) -> list[dict]:
         row = {"label": label, "method": recs[0]["method"], "keep": recs[0]["keep"],
                "seeds": len(recs)}
         for k, v in vals.items():
+            if any(x != x for x in v):  # a seed never got there (NaN): no mean
+                row[k] = row[k + "_sd"] = float("nan")
+                continue
             row[k] = statistics.fmean(v)
             row[k + "_sd"] = statistics.stdev(v) if len(v) > 1 else 0.0
         rows.append(row)
