@@ -3,8 +3,9 @@ equal FLOPs, every token-selective loss side by side with full-token training in
 
 Model: a small Llama trained from scratch with SmolLM2's tokenizer (vocabulary 49,152;
 hidden 256, 4 layers, 4 heads, 2 KV heads, MLP 688, tied embeddings; initialised from the
-seed). Continued training of SmolLM2-135M would be the more realistic setting, but a few of
-its steps per minute on 2 CPU cores leave no room for ten runs. At this size the LM head
+seed). Continued training of SmolLM2-135M would be the more realistic setting, but one of
+its steps on 8 x 256 tokens is ~1.7 TFLOPs, about half a minute on 2 CPU cores, which leaves
+no room for ten runs. At this size the LM head
 (256 x 49,152) is most of a step's FLOPs (the share is in the report, from
 :func:`tokensieve.train.step_flops`), so what a method saves by running the head only on the
 kept rows is much larger here than it would be for a bigger model, where the body dominates:
@@ -20,8 +21,10 @@ samples). AdamW, the learning rate scheduled over the fraction of the FLOP budge
 (:mod:`.train_lm`). Budget: the FLOPs of the full run's ``steps`` steps; every run stops
 once its counted FLOPs (forward, backward, the selection pass; ``step_flops``) reach it, so a
 method with cheaper steps takes more of them. ``excess`` reads the reference's (SmolLM2-135M)
-per-token losses, computed once per training window and cached: their FLOPs are reported
-once, separately, not charged to a run.
+per-token losses, computed once per training window and cached (float16): their FLOPs are
+reported once, separately, not charged to a run. They are not small: per token, SmolLM2's
+forward costs ~3.5x a full training step of the small model, so the reference pass for the
+excess runs costs several times the budget; it pays off only when reused (Rho-1's setting).
 
 Measures on ``eval_blocks`` held-out blocks spread over the split: the loss on every token;
 the loss on the "informative" tokens, the 30% with the highest reference loss (SmolLM2
