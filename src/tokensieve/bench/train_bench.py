@@ -23,7 +23,7 @@ once its counted FLOPs (forward, backward, the selection pass; ``step_flops``) r
 method with cheaper steps takes more of them. ``excess`` reads the reference's (SmolLM2-135M)
 per-token losses, computed once per training window and cached (float16): their FLOPs are
 reported once, separately, not charged to a run. They are not small: per token, SmolLM2's
-forward costs ~3.5x a full training step of the small model, so the reference pass for the
+forward costs ~3x a full training step of the small model, so the reference pass for the
 excess runs costs several times the budget; it pays off only when reused (Rho-1's setting).
 
 Measures on ``eval_blocks`` held-out blocks spread over the split: the loss on every token;
