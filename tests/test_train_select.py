@@ -185,16 +185,21 @@ def test_output_is_an_exact_subset_in_input_order(tiny, tmp_path):
     assert rep.mode == "pairs" and rep.informative == 0.3
 
 
-def test_same_choice_whatever_the_batch_size(tiny, tmp_path):
+def test_same_choice_whatever_the_batch_size_and_threads(tiny, tmp_path):
     model, tok = tiny
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows(20, seed=3)), encoding="utf-8")
     outs, reps = [], []
-    for b in (1, 3, 16):
-        dst = tmp_path / f"out{b}.jsonl"
-        reps.append(select_dataset(str(src), str(dst), 0.3, field="response",
-                                   model=(model, tok), batch_size=b, progress=False))
-        outs.append(dst.read_bytes())
+    threads = torch.get_num_threads()
+    try:
+        for b, t in ((1, 1), (3, 2), (16, 1)):
+            torch.set_num_threads(t)
+            dst = tmp_path / f"out{b}.jsonl"
+            reps.append(select_dataset(str(src), str(dst), 0.3, field="response",
+                                       model=(model, tok), batch_size=b, progress=False))
+            outs.append(dst.read_bytes())
+    finally:
+        torch.set_num_threads(threads)
     assert outs[0] == outs[1] == outs[2] and outs[0]
     assert [x["id"] for x in reps[0].lowest] == [x["id"] for x in reps[2].lowest]
     for a, b in zip(reps[0].lowest, reps[2].lowest, strict=True):

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..engine.budget import check_keep
 from ..engine.select import ranked as ranked_order
 from ..errors import InputError, UsageError
 from ..train.select import (
@@ -26,6 +25,7 @@ from ..train.select import (
     SELECT_METHODS,
     SampleScore,
     SampleScorer,
+    check_fraction,
     check_informative,
     choose,
     random_scores,
@@ -174,7 +174,7 @@ def select_dataset(input: str, output: str, keep: float = 0.5, *, field: str = "
     last. ``id_field``: what names a record in the report (else its position).
     """
     started = time.perf_counter()
-    keep = check_keep(keep, "keep (the fraction of samples kept)")
+    keep = check_fraction(keep, "keep (the fraction of samples kept)")
     if method not in SELECT_METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(SELECT_METHODS)}.")
     informative = check_informative(informative)

@@ -110,7 +110,7 @@ def rank_scores(scores, ifd=None) -> np.ndarray:
 def choose(scores, keep: float) -> np.ndarray:
     """Boolean mask (input order) of the ``keep`` fraction of samples with the highest
     ``scores`` (``keep_count`` rounding; quantised, ties to the earlier sample; NaN last)."""
-    keep = check_keep(keep)
+    keep = check_fraction(keep, "keep (the fraction of samples kept)")
     s = np.asarray(scores, dtype=np.float64)
     return np.asarray(select_top_k(s, keep_count(keep, s.shape[0])), dtype=bool)
 
@@ -120,8 +120,18 @@ def random_scores(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(int(seed)).permutation(int(n)).astype(np.float64)
 
 
+def check_fraction(value, what: str) -> float:
+    """``value`` as a float in (0, 1] (the engine's check), or a one-line error naming
+    ``what`` it is the fraction of."""
+    try:
+        return check_keep(value)
+    except UsageError:
+        raise UsageError(f"{what} must be a fraction in (0, 1], got {value!r}; e.g. 0.5 "
+                         "keeps half.") from None
+
+
 def check_informative(share) -> float:
-    return check_keep(share, "informative (the share of a sample's tokens scored)")
+    return check_fraction(share, "informative (the share of each sample's tokens scored)")
 
 
 # ----------------------------------------------------------------------------- model scoring
