@@ -330,3 +330,22 @@ def test_smollm2_prefers_responses_that_follow_their_prompt(lm, tmp_path):
     right, wrong = sc.score_pairs(qa), sc.score_pairs(swapped)
     for r, w in zip(right, wrong, strict=True):
         assert r.ifd < 1 and r.ifd < w.ifd
+
+
+def test_without_bos_the_first_response_token_is_left_out_of_both(tiny):
+    import copy
+
+    model, tok = tiny
+    nobos = copy.deepcopy(tok)
+    nobos.bos_token = None
+    assert nobos.bos_token_id is None
+    p, r = "what is the capital of france ?", "paris is the capital ."
+    got = SampleScorer(model, nobos, informative=1.0).score_pairs([(p, r)])[0]
+    pid = nobos(p + "\n", add_special_tokens=False)["input_ids"]
+    rid = nobos(r, add_special_tokens=False)["input_ids"]
+    c = direct_losses(model, pid + rid)[-(len(rid) - 1):]
+    u = direct_losses(model, rid)
+    assert got.tokens == len(rid) - 1
+    assert got.ifd == pytest.approx(np.exp(c.mean() - u.mean()), rel=1e-4)
+    text = SampleScorer(model, nobos, informative=1.0).score_texts([r])[0]
+    assert text.score == pytest.approx(u.mean(), rel=1e-4) and text.tokens == len(rid) - 1
