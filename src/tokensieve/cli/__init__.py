@@ -1,7 +1,8 @@
 """Command line: ``tokensieve compress``, ``compress-dataset``, ``vision``, ``inspect``,
-``vlm``, ``bench``, ``serve``, ``models``; one module per verb (``cli/<verb>.py``, the inspectors in
-``cli/inspect/``), each adding its sub-parser and running it. The CLI is the top layer: it
-imports the library, never the other way; a verb imports what it runs only when it runs.
+``vlm``, ``train``, ``bench``, ``serve``, ``models``; one module per verb (``cli/<verb>.py``,
+the inspectors in ``cli/inspect/``), each adding its sub-parser and running it. The CLI is the
+top layer: it imports the library, never the other way; a verb imports what it runs only when
+it runs.
 
 Exit codes: 0 ok, 2 usage error (bad option, missing file), 1 runtime error. Errors are
 one line on stderr; set TOKENSIEVE_DEBUG=1 for a traceback."""
@@ -17,7 +18,17 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from ..errors import TokensieveError, UsageError  # noqa: E402
-from . import bench, compress, compress_dataset, inspect, models, serve, vision, vlm  # noqa: E402
+from . import (  # noqa: E402
+    bench,
+    compress,
+    compress_dataset,
+    inspect,
+    models,
+    serve,
+    train,
+    vision,
+    vlm,
+)
 from .common import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, Parser  # noqa: E402
 from .reader import read_input  # noqa: E402
 from .serve import SERVE_FLAGS, serve_config  # noqa: E402
@@ -29,7 +40,7 @@ __all__ = ["EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "SERVE_FLAGS", "build_parser
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tokensieve", description="Keep the informative tokens, drop the rest.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for verb in (compress, compress_dataset, vision, vlm, inspect, bench, serve, models):
+    for verb in (compress, compress_dataset, vision, vlm, inspect, train, bench, serve, models):
         verb.add(sub)
     return parser
 

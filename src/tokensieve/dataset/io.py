@@ -167,8 +167,10 @@ def _raw(line: bytes) -> str:
     return line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
 
 
-def _read_jsonl(fs: FS, path: str, digest=None) -> Iterator[InputRecord]:
-    pos = 0
+def jsonl_lines(fs: FS, path: str, digest=None) -> Iterator[tuple[int, bytes]]:
+    """(line number, the line's bytes with its end of line) of every record line of a
+    JSONL file, in order: a blank line is not a record, a UTF-8 byte-order mark before the
+    first line is not part of it. The n-th line yielded is the record at position n."""
     with fs.open_read(path) as raw:
         stream = io.BufferedReader(raw) if fs.remote else raw
         for lineno, line in enumerate(stream, 1):
@@ -176,34 +178,39 @@ def _read_jsonl(fs: FS, path: str, digest=None) -> Iterator[InputRecord]:
                 digest.update(line)
             if lineno == 1 and line.startswith(BOM):
                 line = line[len(BOM):]
-            if not line.strip():
-                continue  # a blank line is not a record
+            if line.strip():
+                yield lineno, line
+
+
+def _read_jsonl(fs: FS, path: str, digest=None) -> Iterator[InputRecord]:
+    pos = 0
+    for lineno, line in jsonl_lines(fs, path, digest):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # keep what can be read (the id, other columns; bad bytes as U+FFFD)
             try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                # keep what can be read (the id, other columns; bad bytes as U+FFFD)
-                try:
-                    row = json.loads(line.decode("utf-8", "replace"))
-                except json.JSONDecodeError:
-                    row = None
-                yield InputRecord(pos, row if isinstance(row, dict) else {},
-                                  ("encoding", f"line {lineno} is not valid UTF-8 "
-                                   f"(byte {exc.start})"), _raw(line))
-                pos += 1
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield InputRecord(pos, {}, ("json", f"line {lineno} is not JSON: {exc.msg} "
-                                            f"(column {exc.colno})"), _raw(line))
-                pos += 1
-                continue
-            if not isinstance(row, dict):
-                yield InputRecord(pos, {}, ("json", f"line {lineno} is a JSON "
-                                            f"{type(row).__name__}, not an object"), _raw(line))
-            else:
-                yield InputRecord(pos, row)
+                row = json.loads(line.decode("utf-8", "replace"))
+            except json.JSONDecodeError:
+                row = None
+            yield InputRecord(pos, row if isinstance(row, dict) else {},
+                              ("encoding", f"line {lineno} is not valid UTF-8 "
+                               f"(byte {exc.start})"), _raw(line))
             pos += 1
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield InputRecord(pos, {}, ("json", f"line {lineno} is not JSON: {exc.msg} "
+                                        f"(column {exc.colno})"), _raw(line))
+            pos += 1
+            continue
+        if not isinstance(row, dict):
+            yield InputRecord(pos, {}, ("json", f"line {lineno} is a JSON "
+                                        f"{type(row).__name__}, not an object"), _raw(line))
+        else:
+            yield InputRecord(pos, row)
+        pos += 1
 
 
 def _read_parquet(fs: FS, path: str, batch_rows: int) -> Iterator[InputRecord]:
