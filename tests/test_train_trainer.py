@@ -84,3 +84,43 @@ def test_trainer_refuses_bad_settings(tmp_path):
     with pytest.raises(UsageError, match="reference_model"):
         causal_lm_loss(tiny_model(), {"input_ids": torch.zeros(1, 4, dtype=torch.long),
                                       "labels": torch.zeros(1, 4, dtype=torch.long)}, "excess")
+
+
+def test_qtuning_step_skips_the_samples_it_drops():
+    """qtuning drops whole samples: the step trains only the kept ones (a no-grad selection
+    pass on the whole batch, then forward + backward of the kept samples), with the same
+    loss and gradients as the one-pass loss over the whole batch, and counts both passes."""
+    from tokensieve.train import selective_loss
+    from tokensieve.train.model import split_causal_lm
+
+    model = tiny_model()
+    data = examples(8)
+    batch = {k: torch.stack([d[k] for d in data]) for k in ("input_ids", "labels")}
+    batch["labels"][:, :6] = -100           # a prompt part, as in SFT
+    spec = "qtuning:samples=0.5"
+    res, flops = causal_lm_loss(model, batch, spec, 0.5)
+    kept_rows = res.mask.any(dim=1)
+    assert res.info["trained_samples"] == int(kept_rows.sum()) == keep_count(0.5, 8)
+    res.loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    body, head = split_causal_lm(model)
+    one = selective_loss(body(input_ids=batch["input_ids"]).last_hidden_state,
+                         batch["labels"], spec, 0.5, head=head)
+    assert torch.equal(one.mask, res.mask)
+    assert math.isclose(one.loss.item(), res.loss.item(), rel_tol=1e-5)
+    one.loss.backward()
+    for g, p in zip(grads, model.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-6)
+    shape = ModelShape.from_config(model.config)
+    k = int(kept_rows.sum())
+    first = step_flops(shape, 8, 16, head_rows=one.kept, scored_rows=one.labelled)
+    second = step_flops(shape, k, 16, head_rows=res.kept)
+    assert flops.body_forward == first.body_forward + second.body_forward
+    assert flops.body_backward == second.body_backward < first.body_backward
+    assert flops.scoring == first.scoring + first.head_forward
+    assert flops.head_forward == second.head_forward
+    # no gradients wanted: one pass, as before
+    with torch.no_grad():
+        plain, pf = causal_lm_loss(model, batch, spec, 0.5)
+    assert "trained_samples" not in plain.info and pf.body_backward == first.body_backward

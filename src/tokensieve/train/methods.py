@@ -34,11 +34,14 @@ class Selection:
 
 class TrainMethod:
     """Base class. ``needs``: the signals it reads ("loss", "entropy", "reference",
-    "frequency"); ``keeps_all``: every labelled token is learned (``keep`` must be 1.0)."""
+    "frequency"); ``keeps_all``: every labelled token is learned (``keep`` must be 1.0);
+    ``drops_samples``: it drops whole samples, which a training step then skips (see
+    :func:`~tokensieve.train.model.causal_lm_loss`)."""
 
     name = "base"
     needs: frozenset[str] = frozenset()
     keeps_all = False
+    drops_samples = False
 
     def select(self, s: TokenSignals, keep: float) -> Selection:
         raise NotImplementedError
@@ -168,6 +171,7 @@ class QTuning(TrainMethod):
 
     name = "qtuning"
     needs = frozenset({"loss", "entropy"})
+    drops_samples = True
 
     def __init__(self, samples: float = 0.5, context: float = 0.0):
         self.samples = check_keep(samples, "qtuning samples")

@@ -57,11 +57,19 @@ def causal_lm_loss(model, batch: dict, method: str | TrainMethod = "eslm",
     """The selective loss of ``model`` on ``batch`` (``input_ids``, ``labels``, optional
     ``attention_mask`` / ``position_ids``) and the FLOPs of the step (forward, backward, the
     selection pass, the reference's forward; ``None`` for a non-Llama-style config).
-    ``reference_model``: a causal LM with the same vocabulary, for ``excess``."""
+    ``reference_model``: a causal LM with the same vocabulary, for ``excess``.
+
+    A method that drops whole samples (``qtuning``) runs in two passes when gradients are on:
+    the selection without gradients on the whole batch, then the forward and backward only
+    of the samples it kept, so a dropped sample costs one no-grad forward, not a training
+    step (the FLOPs count both passes)."""
     m = get_method(method)
     resolve_keep(m, keep)  # fail before any forward
     if not isinstance(batch, dict) or "input_ids" not in batch or "labels" not in batch:
         raise InputError("the batch must be a dict with input_ids and labels (-100 = ignored).")
+    if m.drops_samples and torch.is_grad_enabled():
+        return _without_dropped(model, batch, m, keep, reference_model=reference_model,
+                                frequencies=frequencies, seed=seed, chunk_rows=chunk_rows)
     device = next(model.parameters()).device
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     body, head = split_causal_lm(model)
@@ -89,4 +97,36 @@ def causal_lm_loss(model, batch: dict, method: str | TrainMethod = "eslm",
         bsz, seq = batch["input_ids"].shape
         flops = step_flops(shape, bsz, seq, res.head_rows, res.scored_rows,
                            reference=ref_shape, reference_rows=ref_rows)
+    return res, flops
+
+
+def _without_dropped(model, batch: dict, m: TrainMethod, keep, **kw
+                     ) -> tuple[SelectiveLoss, StepFlops | None]:
+    """Two passes: select on the whole batch without gradients, then train only the samples
+    with a kept token, each on its kept tokens (the same tokens, the same loss value)."""
+    with torch.no_grad():
+        first, f1 = causal_lm_loss(model, batch, m, keep, **kw)
+    device = first.mask.device
+    rows = first.mask.any(dim=1).nonzero().squeeze(-1)
+    sub = {k: v.to(device)[rows] if torch.is_tensor(v) and v.dim() and
+           v.shape[0] == first.mask.shape[0] else v for k, v in batch.items()}
+    labels = sub["labels"].clone()
+    labels[~first.mask[rows]] = -100
+    sub["labels"] = labels
+    kw.pop("reference_model", None)
+    second, f2 = causal_lm_loss(model, sub, "all", 1.0, **kw)
+    mask = torch.zeros_like(first.mask)
+    mask[rows] = second.mask
+    res = SelectiveLoss(loss=second.loss, mask=mask, weights=None, kept=second.kept,
+                        labelled=first.labelled, head_rows=second.head_rows,
+                        scored_rows=first.scored_rows + first.head_rows, method=m.name,
+                        info={**first.info, "trained_samples": int(rows.numel())})
+    flops = None
+    if f1 is not None and f2 is not None:
+        flops = StepFlops(body_forward=f1.body_forward + f2.body_forward,
+                          body_backward=f2.body_backward, head_forward=f2.head_forward,
+                          head_backward=f2.head_backward,
+                          scoring=f1.scoring + f1.head_forward, reference=f1.reference,
+                          head_rows=f2.head_rows, scored_rows=res.scored_rows,
+                          reference_rows=f1.reference_rows)
     return res, flops
