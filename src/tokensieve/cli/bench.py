@@ -1,4 +1,4 @@
-"""``tokensieve bench text|kv|vision|vlm|train ...``: hands the rest of the line to the
+"""``tokensieve bench text|kv|vision|vlm|train|sft ...``: hands the rest of the line to the
 benchmark."""
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.vlm_bench import main as bench_vlm
 
         return bench_vlm(args.rest)
+    if args.target == "sft":
+        from ..bench.sft_bench import main as bench_sft
+
+        return bench_sft(args.rest)
     if args.target == "train":
         from ..bench.train_bench import main as bench_train
 
@@ -29,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add(sub) -> None:
-    b = sub.add_parser("bench", help="run a benchmark (text, kv, vision, vlm or train); see "
+    b = sub.add_parser("bench", help="run a benchmark (text, kv, vision, vlm, train or sft); see "
                        "tokensieve bench kv --help", add_help=False)
-    b.add_argument("target", choices=["text", "kv", "vision", "vlm", "train"])
+    b.add_argument("target", choices=["text", "kv", "vision", "vlm", "train", "sft"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=run)
