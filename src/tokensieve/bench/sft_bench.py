@@ -8,12 +8,14 @@ The first ``train_examples`` of the seeded train order are the pool every run dr
 loss is on the answer tokens only (the option and ``<|im_end|>``), the prompt is context.
 
 Runs (``--runs``): ``all`` (every example, every answer token); ``random-samples@F`` (a seeded
-random fraction ``F`` of the examples); ``tshirt@F`` (the fraction ``F`` with the best
-selective IFD under the base model, :class:`tokensieve.train.select.SampleScorer`, scored once
-and shared by every seed); ``qtuning:samples=S@K`` (per batch, under the current model: the
-misconception and calibration samples, ``S`` of the batch, tokens pruned to ``K`` inside the
-misconception ones; dropped samples skip the training pass, see
-:func:`tokensieve.train.causal_lm_loss`); ``SELECTOR@F+METHOD`` trains the selected examples
+random ranking of the examples) and ``tshirt@F`` (ranked by their selective IFD under the base
+model, :class:`tokensieve.train.select.SampleScorer`, scored once and shared by every seed)
+keep the best-ranked examples within ``F`` of the answer tokens; ``qtuning:samples=S@K``
+(per batch, under the current model: the misconception and calibration samples, ``S`` of the
+batch, tokens pruned to ``K`` inside the misconception ones; dropped samples skip the training
+pass, see :func:`tokensieve.train.causal_lm_loss`; the quadrants hold at most about half a batch, so
+its answer tokens stay under half: ``samples=0.5@0.5`` learns ~25% of them, ``@1`` its most,
+~40%); ``SELECTOR@F+METHOD`` trains the selected examples
 with a token method (``tshirt@0.5+pdl``). One epoch over each run's examples, batch ``batch``,
 AdamW, warm-up then cosine decay over the run's own steps, the same peak learning rate for all
 (not tuned per run: there is no dev split of held-out tasks to tune it on honestly).
@@ -50,14 +52,14 @@ from tqdm.auto import tqdm
 from ..errors import TokensieveError, UsageError
 from ..train import causal_lm_loss, get_method, token_frequencies
 from ..train.loss import resolve_keep
-from ..train.select import check_fraction, choose, random_scores
+from ..train.select import check_fraction, random_scores
 from .sft_data import END, SFTExample, accuracy
 from .train_lm import lr_at
 
 SELECTORS = ("random-samples", "tshirt")
 RUNS = ("all", "random-samples@0.5", "random-samples@0.25", "tshirt@0.5", "tshirt@0.25",
-        "qtuning:samples=0.5@0.6", "qtuning:samples=0.3@0.6", "tshirt@0.5+pdl")
-QUICK_RUNS = ("all", "tshirt@0.5", "qtuning:samples=0.5@0.6")
+        "qtuning:samples=0.5@0.5", "qtuning:samples=0.5@1", "tshirt@0.5+pdl")
+QUICK_RUNS = ("all", "tshirt@0.5", "qtuning:samples=0.5@0.5")
 
 
 @dataclass
@@ -176,15 +178,31 @@ def tshirt_scores(model, tokenizer, examples: list[SFTExample], batch: int = 8) 
                        np.array([np.nan if s.ifd is None else s.ifd for s in scores]))
 
 
-def run_order(run: SFTRun, n: int, seed: int, tshirt: np.ndarray | None) -> list[int]:
-    """The examples ``run`` trains on, in ``seed``'s order (the same order for every run)."""
+def run_order(run: SFTRun, lengths: list[int], seed: int, tshirt: np.ndarray | None
+              ) -> list[int]:
+    """The examples ``run`` trains on, in ``seed``'s order (the same order for every run). A
+    sample selector keeps the best-ranked examples while their answer tokens (``lengths``)
+    stay within ``fraction`` of all of them, so ``tshirt@0.5`` and ``random-samples@0.5`` learn
+    half the answer tokens whatever the lengths of the examples they prefer."""
+    n = len(lengths)
     order = list(range(n))
     random.Random(f"sft-bench-order:{seed}").shuffle(order)
     if run.selector is None:
         return order
     scores = random_scores(n, seed) if run.selector == "random-samples" else tshirt
-    chosen = set(np.flatnonzero(choose(scores, run.fraction)).tolist())
+    ranked = sorted(range(n), key=lambda i: (-_rank_value(scores[i]), i))
+    budget = run.fraction * sum(lengths)
+    chosen, total = set(), 0
+    for i in ranked:
+        if total + lengths[i] > budget and chosen:
+            break
+        chosen.add(i)
+        total += lengths[i]
     return [i for i in order if i in chosen]
+
+
+def _rank_value(x: float) -> float:
+    return -np.inf if x != x else float(x)  # NaN ranks last
 
 
 def train_run(model, data: list[Encoded], order: list[int], run: SFTRun, *, batch: int,
@@ -250,6 +268,7 @@ def run_bench(sft, model, tokenizer, cfg: SFTConfig, *, log=print, progress=Fals
     if cfg.held_out and cfg.held_out < len(held):
         held = random.Random(f"sft-bench-held:{cfg.data_seed}").sample(held, cfg.held_out)
     data = [encode(tokenizer, ex) for ex in pool]
+    lengths = [len(d.ids) - d.start for d in data]
     t = time.perf_counter()
     base = evaluate(model, tokenizer, held, progress)
     eval_s = time.perf_counter() - t
@@ -268,7 +287,7 @@ def run_bench(sft, model, tokenizer, cfg: SFTConfig, *, log=print, progress=Fals
     records = []
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         for run in runs:
-            order = run_order(run, len(pool), seed, tshirt)
+            order = run_order(run, lengths, seed, tshirt)
             m = copy.deepcopy(model)
             torch.manual_seed(seed)
             rec = train_run(m, data, order, run, batch=cfg.batch, lr=cfg.lr, seed=seed,
