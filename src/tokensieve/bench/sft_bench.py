@@ -36,7 +36,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch is imported
 
 import copy
-import json
 import math
 import platform
 import random
@@ -49,10 +48,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import TokensieveError, UsageError
+from ..errors import UsageError
 from ..train import causal_lm_loss, get_method, token_frequencies
 from ..train.loss import resolve_keep
 from ..train.select import check_fraction, random_scores
+from .cli_main import read_results, run_cli
 from .sft_data import END, SFTExample, accuracy
 from .train_lm import lr_at
 
@@ -356,7 +356,7 @@ def parse(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def work():
         a, cfg = parse(argv)
         torch.set_num_threads(a.threads)
         from ..models import load_causal_lm
@@ -369,18 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                             progress=sys.stderr.isatty(),
                             log=lambda s: print(s, file=sys.stderr, flush=True))
         if a.merge is not None:
-            try:
-                old = json.loads(a.merge.read_text())
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"--merge {a.merge}: not a results file ({exc}).") from None
-            results = merge_results(results, old)
+            results = merge_results(results, read_results(a.merge))
         a.out.mkdir(parents=True, exist_ok=True)
-        files = write_report(results, a.out)
-    except UsageError as exc:
-        print(f"tokensieve: error: {exc}", file=sys.stderr)
-        return 2
-    except TokensieveError as exc:
-        print(f"tokensieve: error: {exc}", file=sys.stderr)
-        return 1
-    print("wrote " + ", ".join(str(f) for f in files))
-    return 0
+        return write_report(results, a.out)
+
+    return run_cli(work)

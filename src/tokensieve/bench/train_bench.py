@@ -51,7 +51,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch is imported
 
 import copy
-import json
 import platform
 import sys
 import time
@@ -62,8 +61,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import TokensieveError, UsageError
+from ..errors import UsageError
 from ..train import ModelShape, get_method, step_flops, token_frequencies
+from .cli_main import read_results, run_cli
 from .lm_corpus import TokenSplit, eval_blocks, training_windows
 from .train_lm import ModelSize, Run, build_model, evaluate, informative_mask, train_run
 from .train_ref import ReferenceLosses, stream_key
@@ -347,7 +347,7 @@ def parse(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def work():
         a, cfg = parse(argv)
         torch.set_num_threads(a.threads)
         from ..models import load_causal_lm
@@ -363,18 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                             log=lambda s: print(s, file=sys.stderr, flush=True))
         results["meta"]["corpus"] = describe()
         if a.merge is not None:
-            try:
-                old = json.loads(a.merge.read_text())
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"--merge {a.merge}: not a results file ({exc}).") from None
-            results = merge_results(results, old)
+            results = merge_results(results, read_results(a.merge))
         a.out.mkdir(parents=True, exist_ok=True)
-        files = write_report(results, a.out)
-    except UsageError as exc:
-        print(f"tokensieve: error: {exc}", file=sys.stderr)
-        return 2
-    except TokensieveError as exc:
-        print(f"tokensieve: error: {exc}", file=sys.stderr)
-        return 1
-    print("wrote " + ", ".join(str(f) for f in files))
-    return 0
+        return write_report(results, a.out)
+
+    return run_cli(work)
