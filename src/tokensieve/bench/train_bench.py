@@ -37,7 +37,9 @@ not counted); the final table on dev and test; the best selector is picked on de
 FLOPs are counted as the library spends them: ``eslm``, ``excess`` and ``qtuning`` score
 every row with a no-grad head pass before the head runs again with gradients on the kept
 rows, so at keep 0.6 their steps are barely cheaper than a full step; ``random`` needs no
-scoring pass and ``pdl`` keeps every token (it only reweights).
+scoring pass and ``pdl`` keeps every token (it only reweights). ``qtuning`` drops whole
+samples: a no-grad forward of the batch selects, then only the kept samples run forward and
+backward (:func:`tokensieve.train.causal_lm_loss`).
 
     tokensieve bench train --quick
     tokensieve bench train --out benchmarks/results/train
@@ -145,11 +147,18 @@ def head_share(shape: ModelShape, batch: int, block_len: int) -> float:
 
 
 def expected_steps(run: Run, shape: ModelShape, cfg: BenchConfig, budget: int) -> int:
-    """Steps a run should take (kept rows at ``keep``; qtuning's sample pruning ignored)."""
+    """Steps a run should take (kept rows at ``keep``; a sample-dropping method: its no-grad
+    pass over the batch, then a step over its ``samples`` share)."""
     m = get_method(run.method)
     rows = cfg.batch * (cfg.block_len - 1)
     kept = rows if run.keep is None else int(rows * run.keep)
     scored = rows if m.needs & {"loss", "entropy"} else 0
+    if m.drops_samples:
+        share = getattr(m, "samples", 1.0)
+        n = max(1, round(cfg.batch * share))
+        first = step_flops(shape, cfg.batch, cfg.block_len, 0, rows)
+        second = step_flops(shape, n, cfg.block_len, int(kept * share))
+        return int(np.ceil(budget / (first.body_forward + first.scoring + second.total)))
     return int(np.ceil(budget / step_flops(shape, cfg.batch, cfg.block_len, kept, scored).total))
 
 

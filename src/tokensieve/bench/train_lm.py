@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from ..engine.budget import keep_count
 from ..engine.select import select_top_k
 from ..errors import UsageError
-from ..train import ModelShape, get_method, selective_loss, split_causal_lm, step_flops
+from ..train import (
+    ModelShape,
+    causal_lm_loss,
+    get_method,
+    selective_loss,
+    split_causal_lm,
+    step_flops,
+)
 from ..train.loss import resolve_keep
 from .lm_corpus import training_windows
 
@@ -165,14 +172,20 @@ def train_run(model, train_ids: np.ndarray, run: Run, *, block_len: int, batch: 
             g["lr"] = lr_at(spent / budget, lr)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        hidden = body(input_ids=x).last_hidden_state
-        res = selective_loss(hidden, x, method, keep, head=head, reference=ref,
-                             frequencies=frequencies, seed=seed * 1_000_003 + step)
+        if method.drops_samples:  # two passes: the dropped samples skip the training pass
+            res, flops = causal_lm_loss(model, {"input_ids": x, "labels": x}, method, keep,
+                                        frequencies=frequencies, seed=seed * 1_000_003 + step)
+            cost = flops.total
+        else:
+            hidden = body(input_ids=x).last_hidden_state
+            res = selective_loss(hidden, x, method, keep, head=head, reference=ref,
+                                 frequencies=frequencies, seed=seed * 1_000_003 + step)
+            cost = step_flops(shape, batch, block_len, res.head_rows, res.scored_rows).total
         res.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         train_s += time.perf_counter() - t0
-        spent += step_flops(shape, batch, block_len, res.head_rows, res.scored_rows).total
+        spent += cost
         tokens += res.kept
         labelled += res.labelled
         step += 1

@@ -92,10 +92,13 @@ def markdown(results: dict) -> str:
         f"**The LM head is {100 * meta['head_share']:.0f}% of a full-token step's FLOPs at this "
         "size**, so running it only on the kept rows saves far more here than in a larger "
         "model, where the body dominates.", "",
-        f"Reference ({meta['reference']}): per-token losses on {meta['reference_windows']} "
-        f"training blocks, computed once: {meta['reference_flops']:.3g} FLOPs "
-        f"({meta['reference_flops'] / meta['budget_flops']:.2f}× the budget), not charged to "
-        "the excess runs. Held out: "
+        (f"Reference ({meta['reference']}): per-token losses on {meta['reference_windows']} "
+         f"training blocks, computed once: {meta['reference_flops']:.3g} FLOPs "
+         f"({meta['reference_flops'] / meta['budget_flops']:.2f}× the budget), not charged to "
+         "the excess runs. " if meta["reference_windows"] else
+         f"Reference ({meta['reference']}): used only to mark the informative held-out tokens "
+         "(no excess run here). ")
+        + "Held out: "
         f"{meta['eval_windows']} blocks per split; informative tokens = the "
         f"{100 * cfg['informative']:.0f}% with the highest reference loss. Accuracy: next-token "
         "top-1. Ratios (×) are to the full run of the same seed; time = training seconds "
