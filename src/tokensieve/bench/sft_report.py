@@ -44,7 +44,8 @@ def _cell(row: dict, key: str, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
     if key not in row:
         return "–"
     s = fmt.format(scale * row[key])
-    return s + (" ± " + fmt.format(scale * row[key + "_sd"]) if row["seeds"] > 1 else "")
+    sd = fmt.replace("+", "").format(scale * row[key + "_sd"])
+    return s + (" ± " + sd if row["seeds"] > 1 else "")
 
 
 def targets(rows: list[dict]) -> list[str]:
