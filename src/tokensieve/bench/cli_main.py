@@ -32,3 +32,23 @@ def read_results(path: Path, flag: str = "--merge") -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"{flag} {path}: not a results file ({exc}).") from None
+
+
+def check_common(args) -> None:
+    """The checks every training benchmark's ``--threads`` and ``--merge`` need."""
+    if args.threads < 1:
+        raise UsageError(f"threads must be >= 1, got {args.threads}.")
+    if args.merge is not None and not args.merge.is_file():
+        raise UsageError(f"--merge {args.merge}: no such results file.")
+
+
+def write_files(results: dict, out: Path, markdown, picture) -> list[Path]:
+    """``results.json``, ``report.md`` (``markdown(results)``) and the picture
+    ``picture(results, out)`` draws, in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "results.json", out / "report.md"]
+    files[0].write_text(json.dumps(results, indent=1))
+    files[1].write_text(markdown(results))
+    files.append(picture(results, out))
+    return files

@@ -52,7 +52,7 @@ from ..errors import UsageError
 from ..train import causal_lm_loss, get_method, token_frequencies
 from ..train.loss import resolve_keep
 from ..train.select import check_fraction, random_scores
-from .cli_main import read_results, run_cli
+from .cli_main import check_common, read_results, run_cli
 from .sft_data import END, SFTExample, accuracy
 from .train_lm import lr_at
 
@@ -347,10 +347,7 @@ def parse(argv):
                     batch=a.batch, lr=a.lr, seeds=a.seeds, seed=a.seed)
     if a.quick:
         cfg.runs, cfg.train_examples, cfg.held_out = list(QUICK_RUNS), 48, 40
-    if a.threads < 1:
-        raise UsageError(f"threads must be >= 1, got {a.threads}.")
-    if a.merge is not None and not a.merge.is_file():
-        raise UsageError(f"--merge {a.merge}: no such results file.")
+    check_common(a)
     cfg.check()
     return a, cfg
 

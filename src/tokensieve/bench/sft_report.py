@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from .cli_main import write_files
 
 FULL = "all"
 COLUMNS = ("run", "seeds", "examples", "answer tokens ×", "trained tokens ×", "FLOPs ×",
@@ -149,10 +150,4 @@ def plot(results: dict, out: Path) -> Path:
 
 def write_report(results: dict, out: Path) -> list[Path]:
     """results.json, report.md and accuracy.png in ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "results.json", out / "report.md"]
-    files[0].write_text(json.dumps(results, indent=1))
-    files[1].write_text(markdown(results))
-    files.append(plot(results, out))
-    return files
+    return write_files(results, out, markdown, plot)

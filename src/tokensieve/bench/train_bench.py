@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..train import ModelShape, get_method, step_flops, token_frequencies
-from .cli_main import read_results, run_cli
+from .cli_main import check_common, read_results, run_cli
 from .lm_corpus import TokenSplit, eval_blocks, training_windows
 from .train_lm import ModelSize, Run, build_model, evaluate, informative_mask, train_run
 from .train_ref import ReferenceLosses, stream_key
@@ -347,10 +347,7 @@ def parse(argv):
         cfg.runs, cfg.size, cfg.steps, cfg.batch, cfg.block_len = (list(QUICK_RUNS), QUICK_SIZE,
                                                                    12, 4, 64)
         cfg.evals, cfg.eval_blocks = 3, 8
-    if a.threads < 1:
-        raise UsageError(f"threads must be >= 1, got {a.threads}.")
-    if a.merge is not None and not a.merge.is_file():
-        raise UsageError(f"--merge {a.merge}: no such results file.")
+    check_common(a)
     cfg.check()
     return a, cfg
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from .cli_main import write_files
 
 COLUMNS = ("run", "seeds", "steps", "tokens ×", "FLOPs ×", "time ×", "dev loss",
            "dev loss (informative)", "dev accuracy %", "test loss", "test loss (informative)",
@@ -184,10 +185,4 @@ def plot_curves(results: dict, out: Path) -> Path:
 
 def write_report(results: dict, out: Path) -> list[Path]:
     """results.json, report.md and curves.png in ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "results.json", out / "report.md"]
-    files[0].write_text(json.dumps(results, indent=1))
-    files[1].write_text(markdown(results))
-    files.append(plot_curves(results, out))
-    return files
+    return write_files(results, out, markdown, plot_curves)
