@@ -121,6 +121,10 @@ def test_report_files_have_the_expected_columns(bench, tmp_path):
     full = next(line for line in rows if line.startswith("| all |"))
     assert "| 1.00 ± 0.00 | 1.000 ± 0.000 | 1.00 ± 0.00 |" in full   # ratios to itself
     assert "LM head is" in md
+    assert "not charged to the excess runs" in md                # an excess run: its reference
+    no_ref = {**results, "meta": {**results["meta"], "reference_windows": 0,
+                                  "reference_flops": 0}}
+    assert "used only to mark the informative held-out tokens" in markdown(no_ref)
 
 
 def test_more_seeds_can_be_merged_into_an_earlier_report(bench):
