@@ -263,3 +263,50 @@ def test_alignment_loss_is_added_to_the_training_loss_and_favours_the_own_phrase
         plain = batch_loss(model, feats, batch[0], batch[1], batch[3], batch[2])
         both = batch_loss(model, feats, batch[0], batch[1], batch[3], batch[2], aux=aux)
     assert seen and float(both) == pytest.approx(float(plain) + seen[0], rel=1e-5)
+
+
+def test_the_reading_stage_trains_only_the_adapters_on_phrase_embedding_tokens(processor,
+                                                                              monkeypatch):
+    """``--read-steps``: the adapters learn on the answer loss with every visual token set to
+    its cell's phrase embedding (no features, no projector); the projector stays as it was."""
+    from test_vlm_small import _fake_pools
+
+    from tokensieve.bench import vlm_train as T
+    from tokensieve.bench.vlm_align import AlignmentTargets
+    from tokensieve.bench.vlm_data import build
+    from tokensieve.models.lora import add_lora
+
+    model = _tiny_vlm(processor)
+    add_lora(model.model.language_model, 2)
+    data = build("train", n_single=2, n_grid=2, seed=0, pools=_fake_pools())
+    goal = AlignmentTargets(model, processor.tokenizer, data)
+    cfg = T.TrainConfig(batch_size=4, lr=1e-2, warmup=1, steps=50, autocast="none",
+                        lora_rank=2, read_steps=2)
+    seen = []
+    real = T.batch_loss
+
+    def spy(model_, features, *args, projected=False, **kw):
+        seen.append((features.clone(), projected))
+        return real(model_, features, *args, projected=projected, **kw)
+    monkeypatch.setattr(T, "batch_loss", spy)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = T.read_stage(model, processor, data, cfg, progress=False)
+    assert out["steps"] == 2 and len(out["loss_curve"]) == 1 and len(seen) == 2
+    images = T.batch_indices(0, 4, 4, cfg.seed)  # one image per row, in the step's order
+    first, projected = seen[0]
+    assert projected
+    assert torch.equal(first, goal.targets[goal.labels[torch.as_tensor(images)]])
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed)
+    assert any("lora_B" in k for k in changed)
+
+
+def test_read_steps_need_adapters_and_change_the_run_key():
+    from tokensieve.bench.vlm_train import TrainConfig
+    from tokensieve.errors import UsageError
+
+    with pytest.raises(UsageError, match="--read-steps trains the language model's adapters"):
+        TrainConfig(read_steps=10).check()
+    a, b = TrainConfig(lora_rank=8), TrainConfig(lora_rank=8, read_steps=10)
+    assert a.run_key("k") != b.run_key("k")

@@ -68,6 +68,7 @@ class TrainConfig:
     questions: str = "one"
     init: str | None = None
     align_weight: float = 0.0
+    read_steps: int = 0
 
     def check(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -91,6 +92,11 @@ class TrainConfig:
             raise UsageError(f"--lora-rank must be 0 (no LoRA) .. 256, got {self.lora_rank}")
         if not 0.0 <= self.align_weight <= 100.0:
             raise UsageError(f"--align-weight must be 0..100, got {self.align_weight}")
+        if not 0 <= self.read_steps <= MAX_STEPS:
+            raise UsageError(f"--read-steps must be 0..{MAX_STEPS}, got {self.read_steps}")
+        if self.read_steps and not self.lora_rank:
+            raise UsageError("--read-steps trains the language model's adapters: give "
+                             "--lora-rank too")
         if self.questions not in vlm_data.QUESTION_SETS:
             raise UsageError(f"--questions must be one of {', '.join(vlm_data.QUESTION_SETS)}"
                              f", not {self.questions!r}")
@@ -109,6 +115,8 @@ class TrainConfig:
             keep.update(questions=self.questions)
         if self.align_weight:
             keep.update(align_weight=self.align_weight)
+        if self.read_steps:
+            keep.update(read_steps=self.read_steps)
         if self.init is not None:
             keep.update(init=hashlib.sha256(Path(self.init).read_bytes()).hexdigest()[:16])
         blob = json.dumps({"data": data_key, "batching": "packed images", **keep},
@@ -284,15 +292,18 @@ def match_output_scale(model, sample) -> float:
     return factor
 
 
-def batch_loss(model, features, ids, mask, labels, position_ids=None, aux=None):
+def batch_loss(model, features, ids, mask, labels, position_ids=None, aux=None,
+               projected: bool = False):
     """The answer-token loss with ``features`` (B x 256 x D, the tower's) projected into the
     ``<image>`` positions; ``aux(projected)`` is added when given (a loss on the projector's
-    output, e.g. the alignment loss)."""
+    output, e.g. the alignment loss). ``projected=True``: ``features`` already are the visual
+    tokens (the reading stage's phrase embeddings) and skip the projector."""
     import torch
 
     embeds = model.get_input_embeddings()(ids)
-    image = model.model.multi_modal_projector(
-        torch.as_tensor(features).to(embeds.device, torch.float32))
+    image = torch.as_tensor(features).to(embeds.device, torch.float32)
+    if not projected:
+        image = model.model.multi_modal_projector(image)
     extra = aux(image) if aux is not None else 0.0
     where = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
     if int(where[..., 0].sum()) != image.shape[0] * image.shape[1]:
@@ -345,6 +356,7 @@ class TrainState:
     examples: int = 0
     losses: list[float] = field(default_factory=list)
     align: dict = field(default_factory=dict)
+    read: dict = field(default_factory=dict)
 
 
 def questions_by_image(data: vlm_data.VLMData) -> list[list[vlm_data.Example]]:
@@ -358,13 +370,15 @@ def questions_by_image(data: vlm_data.VLMData) -> list[list[vlm_data.Example]]:
 def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainConfig,
                 state: TrainState, optimizer, *, until: int, deadline: float | None = None,
                 on_step=None, progress: bool = True, standardize=None,
-                align=None) -> TrainState:
+                align=None, tokens=None) -> TrainState:
     """Run steps ``state.step`` .. ``until`` - 1 (or to ``deadline``, a ``time.monotonic``
     value), updating the projector (and LoRA adapters, if any); ``on_step(state)`` after each
     step. A step takes ``cfg.batch_size`` images with all their questions, packed one row per
     image; ``standardize`` = (mean, std) applied to the features first; ``align`` (a
     :class:`~.vlm_align.AlignmentTargets`) adds ``cfg.align_weight`` x its loss on the
-    projected tokens, so they keep naming their cell (where and what) while the LM learns."""
+    projected tokens, so they keep naming their cell (where and what) while the LM learns.
+    ``tokens(images)``, when given, supplies the visual tokens themselves (the reading stage:
+    no features, no projector)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -386,22 +400,25 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
         images = batch_indices(state.step, cfg.batch_size, len(by_image), cfg.seed)
         groups = [[encode(processor, e.question, e.answer) for e in by_image[i]] for i in images]
         ids, mask, pos, labels = pack(groups, pad, sdpa)
-        feats = torch.from_numpy(np.stack([np.asarray(features[by_image[i][0].image],
-                                                      dtype=np.float32) for i in images]))
-        if standardize is not None:
+        which = [by_image[i][0].image for i in images]
+        if tokens is not None:
+            feats = tokens(which)
+        else:
+            feats = torch.from_numpy(np.stack([np.asarray(features[j], dtype=np.float32)
+                                               for j in which]))
+        if standardize is not None and tokens is None:
             feats = (feats - standardize[0]) / standardize[1]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(state.step, cfg) * group.get("scale", 1.0)
         aux = None
-        if align is not None and cfg.align_weight:
-            which = [by_image[i][0].image for i in images]
+        if align is not None and cfg.align_weight and tokens is None:
 
             def aux(projected, which=which):
                 return cfg.align_weight * align.loss(projected, which)[0]
         with ctx:
             loss = batch_loss(model, feats, ids.to(model.device),
                               mask.to(model.device), labels.to(model.device),
-                              pos.to(model.device), aux=aux)
+                              pos.to(model.device), aux=aux, projected=tokens is not None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -416,6 +433,35 @@ def train_steps(model, processor, data: vlm_data.VLMData, features, cfg: TrainCo
             on_step(state)
     bar.close()
     return state
+
+
+def read_stage(model, processor, data: vlm_data.VLMData, cfg: TrainConfig, *,
+                deadline: float | None = None, progress: bool = True) -> dict:
+    """The reading stage: ``cfg.read_steps`` steps that train only the LoRA adapters (at
+    ``cfg.lr``) on the answer loss with each visual token set to its cell's phrase embedding
+    (:class:`~.vlm_align.AlignmentTargets`: "top left sneaker" for a grid's quadrant), so the
+    language model learns to read where and what a token says before the projector has to
+    write it. Returns {"steps", "lr", "seconds", "loss_curve"}."""
+    import dataclasses
+
+    import torch
+
+    from .vlm_align import AlignmentTargets
+
+    goal = AlignmentTargets(model, processor.tokenizer, data)
+
+    def tokens(images):
+        return goal.targets[goal.labels[torch.as_tensor(images, dtype=torch.long)]]
+
+    optimizer = torch.optim.AdamW(list(_lora_params(model).values()), lr=cfg.lr,
+                                  weight_decay=0.0)
+    rcfg = dataclasses.replace(cfg, steps=cfg.read_steps, align_weight=0.0,
+                               warmup=min(cfg.warmup, max(1, cfg.read_steps // 10)))
+    state = train_steps(model, processor, data, None, rcfg, TrainState(), optimizer,
+                        until=cfg.read_steps, deadline=deadline, progress=progress,
+                        tokens=tokens)
+    return {"steps": state.step, "lr": cfg.lr, "seconds": round(state.seconds, 1),
+            "loss_curve": loss_curve(state.losses, cfg.log_every)}
 
 
 def loss_curve(losses: list[float], every: int) -> list[list[float]]:
@@ -559,7 +605,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
     state = TrainState()
     if cfg.resume and ck_path.is_file():
         state = _load_checkpoint(ck_path, model, optimizer)
-    elif cfg.align_epochs:
+    else:
+        if cfg.read_steps:
+            state.read = read_stage(model, processor, data, cfg, deadline=deadline,
+                                    progress=progress)
+            _save_checkpoint(ck_path, model, optimizer, state)
+    if not state.step and not state.align and cfg.align_epochs:
         from .vlm_align import align
 
         t1 = time.monotonic()
@@ -599,6 +650,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
         "torch": torch.__version__, "threads": cfg.threads,
         "loss_curve": loss_curve(state.losses, cfg.log_every),
         "checkpoint": ck_path.name, "align": state.align,
+        **({"read": state.read} if state.read else {}),
     }
     if cfg.init is not None:
         record["config"]["init"] = Path(cfg.init).name

@@ -85,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
                       resume=not args.fresh, autocast=args.autocast,
                       lora_rank=args.lora_rank, standardize=not args.no_standardize,
                       align_epochs=args.align_epochs, questions=args.questions,
-                      init=args.init, align_weight=args.align_weight,
+                      init=args.init, align_weight=args.align_weight, read_steps=args.read_steps,
                       **({"out": args.out} if args.out else {}))
     record = train(cfg, progress=not args.quiet)
     curve = record["loss_curve"]
@@ -166,6 +166,10 @@ def add(sub) -> None:
     t.add_argument("--align-weight", type=float, default=0.0, help="keep the alignment loss "
                    "on during training at this weight (default 0: off), so tokens keep naming "
                    "their cell's place and content")
+    t.add_argument("--read-steps", type=int, default=0, help="first teach the language "
+                   "model's adapters to read visual tokens for this many steps, on the "
+                   "phrase embeddings the alignment aims at instead of projected features "
+                   "(no tower, no projector; needs --lora-rank; default 0: none)")
     t.add_argument("--questions", choices=["one", "all"], default="one", help="questions "
                    "per grid: one of each type (default) or all of them (each corner, each "
                    "unique class, each count group; same images)")
