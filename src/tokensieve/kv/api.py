@@ -19,6 +19,9 @@ from .cache import CompressedCache, CompressedLayer
 from .hooks import CompressionHooks
 from .plan import Plan
 
+DEFAULT_CHUNK = 1024   # tokens per chunk of Session.prefill
+MIN_CHUNK = 16
+
 
 def check_model(model) -> None:
     """Refuse architectures whose attention the hooks do not understand, by name."""
@@ -46,8 +49,70 @@ class Session:
         self.last_cache = CompressedCache(self.model.config, self.plan)
         return self.last_cache
 
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, chunk: int = DEFAULT_CHUNK,
+                attention_mask: torch.Tensor | None = None) -> CompressedCache:
+        """Read a long context in chunks of about ``chunk`` tokens, compressing after each
+        one to the plan's share of everything read so far, so the cache never holds more
+        than the budget plus one chunk (the one-shot prefill holds the whole context until
+        its forward ends). Returns the cache; pass it to ``generate`` (with the context's
+        ids followed by the question's) inside the same block. Chunk ends never cut a
+        ``whole`` span or a unit. Rows of a batch must have no padding."""
+        ids = _check_chunked(self.model, input_ids, chunk, self.plan, attention_mask)
+        cache = self.new_cache()
+        cache.chunking, cache.context_tokens = True, ids.shape[1]
+        try:
+            for a, b in chunk_bounds(ids.shape[1], chunk, self.plan):
+                self.model(input_ids=ids[:, a:b], past_key_values=cache, use_cache=True,
+                           logits_to_keep=1)
+        finally:
+            cache.chunking, cache.tail = False, None
+        return cache
+
 
 _ACTIVE = "_tokensieve_kv_active"
+
+
+def chunk_bounds(n: int, chunk: int, plan: Plan) -> list[tuple[int, int]]:
+    """(start, end) of the chunks of a context of ``n`` tokens: about ``chunk`` tokens each,
+    an end moved forward past any ``whole`` span or unit it would cut (and, without units, to
+    a multiple of the ``information`` policy's fixed unit size)."""
+    spans = sorted((*plan.whole, *plan.units))
+    step = getattr(plan.policy, "chunk", 1) if not plan.units else 1
+    out, start = [], 0
+    while start < n:
+        end = min(n, start + max(chunk, step) // max(1, step) * max(1, step))
+        moved = True
+        while moved and end < n:
+            moved = False
+            for a, b in spans:
+                if a < end < b:
+                    end, moved = b, True
+        out.append((start, min(end, n)))
+        start = min(end, n)
+    return out
+
+
+def _check_chunked(model, input_ids, chunk, plan: Plan, attention_mask=None) -> torch.Tensor:
+    """The ids of a chunked prefill, or a one-line error naming what is wrong."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < MIN_CHUNK:
+        raise UsageError(f"chunk must be a whole number of tokens >= {MIN_CHUNK}, "
+                         f"got {chunk!r}.")
+    if plan.policy.deferred:
+        raise UsageError(f"the {plan.policy.name!r} policy allocates one pool over the whole "
+                         "context at once, so it cannot compress chunk by chunk; use "
+                         "'information' (the default) or a per-layer policy such as 'snapkv'.")
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        raise InputError("prefill takes input_ids as a (batch, tokens) LongTensor, e.g. "
+                         "tokenizer(text, return_tensors='pt')['input_ids'].")
+    if input_ids.shape[1] == 0:
+        raise InputError("The context is empty (0 tokens): there is no KV cache to compress.")
+    if attention_mask is not None and not bool(torch.as_tensor(attention_mask).bool().all()):
+        raise InputError("chunked prefill takes rows without padding (a padded row would "
+                         "count its padding as context); prefill rows of different lengths "
+                         "one at a time.")
+    plan.check_context(torch.full((input_ids.shape[0],), input_ids.shape[1]))
+    return input_ids.to(next(model.parameters()).device)
 PLAN_OPTIONS = ("sinks", "recent", "window", "protect", "whole", "units", "max_size", "seed")
 
 
@@ -186,11 +251,14 @@ def _full_bytes(model, n_tokens: int) -> int:
 @torch.no_grad()
 def answer(model, tokenizer, context: str, questions: list[str], *, policy="default",
            keep: float = 0.5, max_new_tokens: int = 32, query_aware: bool = False,
-           whole_numbers: bool = True, ratio=None, **options) -> Answers:
+           whole_numbers: bool = True, ratio=None, chunk: int | None = None,
+           **options) -> Answers:
     """Compress ``context`` once (without seeing the questions) and answer every question
     from a copy of that compressed cache, greedily. ``query_aware=True`` instead compresses
     context + question together for each question (reported separately in benchmarks).
-    ``whole_numbers`` keeps multi-token numbers and IDs whole (or drops them whole)."""
+    ``whole_numbers`` keeps multi-token numbers and IDs whole (or drops them whole).
+    ``chunk``: read the context in chunks of this many tokens, compressing after each
+    (:meth:`Session.prefill`: the cache never holds more than the budget plus one chunk)."""
     _refuse_ratio(ratio)
     keep = check_keep(keep)
     check_model(model)
@@ -199,6 +267,9 @@ def answer(model, tokenizer, context: str, questions: list[str], *, policy="defa
         raise UsageError(f"unknown option(s) {', '.join(unknown)} for kv.answer; the compression "
                          f"options are: {', '.join(PLAN_OPTIONS)}.")
     Plan.build(policy, keep, **dict(options))  # bad options fail before any model call
+    if chunk is not None and query_aware:
+        raise UsageError("chunk= reads the context before any question; with query_aware=True "
+                         "the question is part of what is compressed. Drop one of the two.")
     if not isinstance(context, str) or not context.strip():
         raise InputError("The context is empty: give the text whose KV cache should be compressed.")
     if isinstance(questions, str):
@@ -233,8 +304,11 @@ def answer(model, tokenizer, context: str, questions: list[str], *, policy="defa
     else:
         with compress(model, policy, keep, **options) as session:
             t0 = time.perf_counter()
-            model(input_ids=torch.tensor([ctx_ids], device=device), use_cache=True,
-                  logits_to_keep=1)  # only the cache is wanted, not T x vocab logits
+            if chunk is not None:
+                session.prefill(torch.tensor([ctx_ids], device=device), chunk=chunk)
+            else:
+                model(input_ids=torch.tensor([ctx_ids], device=device), use_cache=True,
+                      logits_to_keep=1)  # only the cache is wanted, not T x vocab logits
             timing["prefill"] += time.perf_counter() - t0
             base = session.last_cache
             stored = base.nbytes()

@@ -307,6 +307,9 @@ class CompressedCache(Cache):
         self.shared: dict = {}          # policy state shared across layers (ChunkKV reuse)
         self.n_real = self.row_start = None
         self.surprisal = None           # (B, T) the context's surprisal ('information')
+        self.chunking = False           # Session.prefill: each forward is one more chunk
+        self.context_tokens = None      # the whole context's length while chunking
+        self.tail = None                # (hidden, id) of the last chunk's last token
         self.peak_bytes = 0             # most bytes held at once: KV + scoring state (hooks)
 
     # batch-axis operations must move the per-row bookkeeping with the rows

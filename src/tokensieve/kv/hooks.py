@@ -13,6 +13,7 @@ phase it belongs to:
 
 from __future__ import annotations
 
+import torch
 from transformers.cache_utils import Cache
 
 from ..errors import InputError, UsageError
@@ -23,7 +24,13 @@ from .cache import CompressedCache, CompressedLayer
 from .decode import evict_decode, slide
 from .masks import layer_mask, shared_mask_fits
 from .pool import finish_global
-from .prefill import check_sliding_window, compress_prefill, select_by_surprisal
+from .prefill import (
+    check_sliding_window,
+    compress_chunk,
+    compress_prefill,
+    select_by_surprisal,
+    select_chunk_by_surprisal,
+)
 
 
 class CompressionHooks:
@@ -79,7 +86,7 @@ class CompressionHooks:
 
     def _watch(self, cache, kwargs, args) -> None:
         """Remember the token ids of a prefill whose policy scores by surprisal."""
-        if not isinstance(cache, CompressedCache) or cache.prefilled:
+        if not isinstance(cache, CompressedCache) or (cache.prefilled and not cache.chunking):
             return
         if cache.plan is not None and cache.plan.policy.needs_surprisal:
             ids = kwargs.get("input_ids", args[0] if args else None)
@@ -130,7 +137,7 @@ class CompressionHooks:
             return None
         plan = cache.plan
         layer: CompressedLayer = cache.layers[module.layer_idx]
-        if not cache.prefilled:  # this layer not yet evicted: the most the prefill holds
+        if not cache.prefilled or cache.chunking:  # not yet evicted: the most a prefill holds
             cache.note_peak()
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         q = hidden.shape[1]
@@ -140,6 +147,9 @@ class CompressionHooks:
         if prefill and q > 1:
             compress_prefill(module, kwargs, cache, layer, hidden, self.num_layers)
             cache.note_peak()   # what this layer left pending is held from now on
+        elif cache.chunking and cache.prefilled and plan.keep < 1:
+            compress_chunk(module, kwargs, cache, layer, hidden, self.num_layers)
+            cache.note_peak()
         elif plan.max_size is not None and layer.stored_length() > plan.max_size:
             evict_decode(module, kwargs, cache, layer, hidden, self.num_layers)
         if layer.sliding_window:
@@ -154,12 +164,24 @@ def finish_surprisal(model, cache: CompressedCache) -> None:
         raise UsageError("the 'information' KV policy needs the model's final hidden states "
                          "for the context; this model's decoder has no final 'norm' module "
                          "to read them from. Choose another policy.")
-    valid = next(iter(cache.pending.values()))[0].valid       # the same on every layer
+    later_chunk = cache.chunking and cache.prefilled
+    valid = None if later_chunk else next(iter(cache.pending.values()))[0].valid  # all layers
     vocab = model.get_output_embeddings().weight.shape[0]
-    rows = min(int(valid.sum()), _chunk_rows(vocab))
+    rows = min(ids.numel() if later_chunk else int(valid.sum()), _chunk_rows(vocab))
     cache.note_peak(rows * vocab * 4)                     # + one float32 chunk of logits
     del cache.shared["final_hidden"], cache.shared["input_ids"]
+    if later_chunk:   # one more chunk: its first token is predicted from the last one
+        last_hidden, last_id = cache.tail
+        surprisal = token_surprisal(model, torch.cat([last_hidden, hidden], 1),
+                                    torch.cat([last_id, ids], 1))[:, 1:]
+        cache.tail = (hidden[:, -1:].clone(), ids[:, -1:].clone())
+        del hidden
+        cache.surprisal = torch.cat([cache.surprisal, surprisal], 1)
+        select_chunk_by_surprisal(cache)
+        return
     surprisal = token_surprisal(model, hidden, ids, valid)
+    if cache.chunking:
+        cache.tail = (hidden[:, -1:].clone(), ids[:, -1:].clone())
     del hidden
     cache.surprisal = surprisal
     select_by_surprisal(cache, surprisal)

@@ -47,7 +47,9 @@ def compress_prefill(module, kwargs, cache: CompressedCache, layer: CompressedLa
         valid = allowed(mask[:, 0, -1, :]).clone()
     n_real = valid.sum(-1)
     if module.layer_idx == cache.compressible_layers()[0]:
-        plan.check_context(n_real)
+        whole = n_real if cache.context_tokens is None else \
+            torch.full_like(n_real, cache.context_tokens)
+        plan.check_context(whole)
     cache.n_real, cache.row_start = n_real, valid.shape[1] - n_real
     if plan.keep >= 1:
         return  # nothing removed: the cache stays exactly what the model wrote
@@ -94,4 +96,48 @@ def select_by_surprisal(cache: CompressedCache, surprisal: torch.Tensor) -> None
         share_units(x, plan, slots)
         counts = plan.keep_counts(cache.n_real, order.index(i), len(order))
         # ties (the tokens of one unit) go to the later token: a cut unit keeps its end
+        cache.layers[i].retain(plan.select(x, counts, slots=slots, prefer="late"))
+
+
+def stored_slots(cache: CompressedCache, layer: CompressedLayer):
+    """(keys, values, positions, valid (B, H, S), Slots) of a stored layer."""
+    keys, values, positions = layer.dense_view()
+    valid = layer.slot_valid()
+    b, h, s = positions.shape
+    valid = torch.ones(b, h, s, dtype=torch.bool, device=keys.device) if valid is None \
+        else valid.expand(b, h, s)
+    row_start = cache.row_start if cache.row_start is not None else \
+        torch.zeros(b, dtype=torch.long, device=keys.device)
+    slots = Slots.stored(valid, positions, row_start.to(keys.device), layer.seen)
+    return keys, values, positions, valid, slots
+
+
+def compress_chunk(module, kwargs, cache: CompressedCache, layer: CompressedLayer,
+                   hidden: torch.Tensor, num_layers: int) -> None:
+    """Chunked prefill (:meth:`~.api.Session.prefill`): after one more chunk of the context,
+    keep the plan's share of every token seen so far, chosen from the entries kept before
+    and the chunk's. Surprisal-scored policies wait for the chunk's forward to end (its
+    surprisal comes from the final hidden states), as at prefill."""
+    plan = cache.plan
+    keys, values, positions, valid, slots = stored_slots(cache, layer)
+    x = layer_inputs(module, kwargs, cache, hidden, keys, values, valid, num_layers)
+    if plan.policy.needs_surprisal:
+        release(x, plan.policy.held_window(plan.window))
+        cache.pending[module.layer_idx] = (x, slots, positions)
+        return
+    order = cache.compressible_layers()
+    counts = plan.keep_counts(slots.seen, order.index(module.layer_idx), len(order))
+    layer.retain(plan.select(x, counts, slots=slots, prefer="late"))
+
+
+def select_chunk_by_surprisal(cache: CompressedCache) -> None:
+    """Evict every pending layer of a chunk by the surprisal of all tokens seen so far."""
+    plan = cache.plan
+    order = cache.compressible_layers()
+    known = cache.surprisal
+    for i, (x, slots, positions) in cache.pending.items():
+        pos = positions[:, 0].clamp(0, known.shape[1] - 1)
+        x.shared["surprisal"] = known.gather(-1, pos).masked_fill(~x.valid[:, 0], 0)
+        share_units(x, plan, slots)
+        counts = plan.keep_counts(slots.seen, order.index(i), len(order))
         cache.layers[i].retain(plan.select(x, counts, slots=slots, prefer="late"))
