@@ -267,8 +267,9 @@ def test_alignment_loss_is_added_to_the_training_loss_and_favours_the_own_phrase
 
 def test_the_reading_stage_trains_only_the_adapters_on_phrase_embedding_tokens(processor,
                                                                               monkeypatch):
-    """``--read-steps``: the adapters learn on the answer loss with every visual token set to
-    its cell's phrase embedding (no features, no projector); the projector stays as it was."""
+    """``--read-steps``: the adapters learn on the answer loss of the grids' questions with
+    every visual token set to its cell's phrase embedding (no features, no projector); the
+    projector stays as it was."""
     from test_vlm_small import _fake_pools
 
     from tokensieve.bench import vlm_train as T
@@ -292,7 +293,8 @@ def test_the_reading_stage_trains_only_the_adapters_on_phrase_embedding_tokens(p
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = T.read_stage(model, processor, data, cfg, progress=False)
     assert out["steps"] == 2 and len(out["loss_curve"]) == 1 and len(seen) == 2
-    images = T.batch_indices(0, 4, 4, cfg.seed)  # one image per row, in the step's order
+    grids = [i for i, lay in enumerate(data.layouts) if len(lay) == 4]   # it reads grids only
+    images = [grids[i] for i in T.batch_indices(0, 4, len(grids), cfg.seed)]  # rows in order
     first, projected = seen[0]
     assert projected
     assert torch.equal(first, goal.targets[goal.labels[torch.as_tensor(images)]])

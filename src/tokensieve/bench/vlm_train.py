@@ -441,7 +441,8 @@ def read_stage(model, processor, data: vlm_data.VLMData, cfg: TrainConfig, *,
     ``cfg.lr``) on the answer loss with each visual token set to its cell's phrase embedding
     (:class:`~.vlm_align.AlignmentTargets`: "top left sneaker" for a grid's quadrant), so the
     language model learns to read where and what a token says before the projector has to
-    write it. Returns {"steps", "lr", "seconds", "loss_curve"}."""
+    write it. It reads the grids only (a single image's tokens are its word: nothing to
+    learn there). Returns {"steps", "lr", "seconds", "loss_curve"}."""
     import dataclasses
 
     import torch
@@ -449,6 +450,8 @@ def read_stage(model, processor, data: vlm_data.VLMData, cfg: TrainConfig, *,
     from .vlm_align import AlignmentTargets
 
     goal = AlignmentTargets(model, processor.tokenizer, data)
+    grids = dataclasses.replace(data, examples=[e for e in data.examples
+                                                if len(data.layouts[e.image]) == 4])
 
     def tokens(images):
         return goal.targets[goal.labels[torch.as_tensor(images, dtype=torch.long)]]
@@ -457,9 +460,9 @@ def read_stage(model, processor, data: vlm_data.VLMData, cfg: TrainConfig, *,
                                   weight_decay=0.0)
     rcfg = dataclasses.replace(cfg, steps=cfg.read_steps, align_weight=0.0,
                                warmup=min(cfg.warmup, max(1, cfg.read_steps // 10)))
-    state = train_steps(model, processor, data, None, rcfg, TrainState(), optimizer,
-                        until=cfg.read_steps, deadline=deadline, progress=progress,
-                        tokens=tokens)
+    state = train_steps(model, processor, grids if grids.examples else data, None, rcfg,
+                        TrainState(), optimizer, until=cfg.read_steps, deadline=deadline,
+                        progress=progress, tokens=tokens)
     return {"steps": state.step, "lr": cfg.lr, "seconds": round(state.seconds, 1),
             "loss_curve": loss_curve(state.losses, cfg.log_every)}
 
