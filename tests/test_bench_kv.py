@@ -32,3 +32,27 @@ def test_bench_kv_runs_end_to_end(tmp_path):
     run_bench(["passkey"], [256], 1, [0.5], ["tokensieve:default", "tokensieve:random"],
               out, fidelity_length=192)
     assert (out / "records.jsonl").read_text().count("\n") == lines
+
+
+def test_a_chunked_method_passes_its_chunk_to_kv_answer(monkeypatch):
+    """``tokensieve:<policy>/c<N>`` runs kv.answer with chunk=N (chunked prefill)."""
+    from types import SimpleNamespace
+
+    from tokensieve.bench import kv_bench
+
+    seen = []
+
+    def fake_answer(model, tok, context, questions, **kw):
+        seen.append(kw)
+        return SimpleNamespace(answers=["x"], stored_bytes=1, prefill_seconds=0.0,
+                               decode_seconds=0.0)
+    monkeypatch.setattr(kv_bench.kv, "answer", fake_answer)
+    item = SimpleNamespace(context="c", questions=["q"], max_new_tokens=4)
+    kv_bench.run_method(None, None, item, "tokensieve:information:attention=0.3/c512", 0.25)
+    kv_bench.run_method(None, None, item, "tokensieve:default+q", 0.25)
+    assert (seen[0]["policy"], seen[0]["chunk"], seen[0]["query_aware"]) == \
+        ("information:attention=0.3", 512, False)
+    assert (seen[1]["policy"], seen[1]["chunk"], seen[1]["query_aware"]) == \
+        ("default", None, True)
+    with pytest.raises(SystemExit, match="bad chunk"):
+        kv_bench.run_method(None, None, item, "tokensieve:default/cX", 0.25)

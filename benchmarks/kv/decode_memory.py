@@ -27,6 +27,11 @@ per 16k configuration there). KV bytes scale exactly with the number of layers; 
 the prefill peak (activations, attention scoring) is per layer and does not. The context is
 CPython's pydoc text (real prose, the KV benchmark's fidelity text).
 
+A method written ``METHOD/cN`` reads the context with chunked prefill
+(``Session.prefill(ids, chunk=N)``: compress after each chunk of N tokens, so the cache
+holds at most the budget plus one chunk); its decode steps start from the context's last
+token.
+
 ``--src LABEL=PATH`` runs every configuration again with another copy of the library on
 PYTHONPATH (e.g. ``git archive <commit> src`` unpacked somewhere), as extra rows labelled
 LABEL; ``--skip-current`` leaves out the rows of the library this script imports.
@@ -133,7 +138,7 @@ def child(cfg: dict) -> dict:
     text = pydoc_text()[: cfg["length"] * 8]
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"][: cfg["length"]]])
     assert ids.shape[1] == cfg["length"], ids.shape
-    method = cfg["method"]
+    method, _, chunk = cfg["method"].partition("/c")
     peak = Peak()
     row = dict(cfg, model=model_name, dtype=str(model.dtype).removeprefix("torch."),
                layers=model.config.num_hidden_layers, rss_method=peak.method,
@@ -155,14 +160,19 @@ def child(cfg: dict) -> dict:
         try:
             base = peak.start()
             t0 = time.perf_counter()
-            out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            if chunk:
+                cache = session.prefill(ids, chunk=int(chunk))
+                out = None
+            else:
+                out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             row["prefill_s"] = time.perf_counter() - t0
             row["prefill_peak_rss"] = peak.stop() - base
-            cache = out.past_key_values if block is None else session.last_cache
+            if out is not None:
+                cache = out.past_key_values if block is None else session.last_cache
             row["kv_after_prefill"] = kv_bytes(cache)
             row["kv_peak_prefill"] = (cache.peak_bytes if block is not None
                                       else row["kv_after_prefill"])
-            nxt = out.logits[:, -1:].argmax(-1)
+            nxt = ids[:, -1:] if out is None else out.logits[:, -1:].argmax(-1)
             del out
             base2 = peak.start()
             row["rss_after_prefill"] = base2 - base

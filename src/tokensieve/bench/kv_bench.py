@@ -107,9 +107,9 @@ def run_full(model, tok, item: KVItem) -> dict:
 
 
 def run_tokensieve(model, tok, item: KVItem, policy: str, keep: float,
-                   query_aware: bool = False) -> dict:
+                   query_aware: bool = False, chunk: int | None = None) -> dict:
     res = kv.answer(model, tok, item.context, item.questions, policy=policy, keep=keep,
-                    max_new_tokens=item.max_new_tokens, query_aware=query_aware)
+                    max_new_tokens=item.max_new_tokens, query_aware=query_aware, chunk=chunk)
     return {"answers": res.answers, "stored_bytes": res.stored_bytes,
             "prefill_seconds": res.prefill_seconds, "decode_seconds": res.decode_seconds}
 
@@ -132,11 +132,14 @@ def run_method(model, tok, item: KVItem, method: str, keep: float) -> dict:
         return run_full(model, tok, item)
     if family == "tokensieve":
         aware = name.endswith("+q")
-        return run_tokensieve(model, tok, item, name.removesuffix("+q"), keep, aware)
+        name, _, chunk = name.removesuffix("+q").partition("/c")  # policy/c512: chunked prefill
+        if chunk and not chunk.isdigit():
+            raise SystemExit(f"bad chunk in {method!r}: write tokensieve:<policy>/c<tokens>")
+        return run_tokensieve(model, tok, item, name, keep, aware, int(chunk) if chunk else None)
     if family == "kvpress":
         return run_kvpress(model, tok, item, name, keep)
-    raise SystemExit(f"unknown method {method!r}: use full, tokensieve:<policy>[+q] or "
-                     f"kvpress:<press>")
+    raise SystemExit(f"unknown method {method!r}: use full, tokensieve:<policy>[+q], "
+                     f"tokensieve:<policy>/c<chunk tokens> or kvpress:<press>")
 
 
 def kvpress_prefill(model, press_name: str, keep: float, ctx: torch.Tensor):
