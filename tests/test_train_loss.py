@@ -89,6 +89,24 @@ def test_gradients_and_head_rows_only_at_selected_tokens():
     assert torch.equal(nonzero, expected)
 
 
+@pytest.mark.parametrize("method", ["eslm", "qtuning:samples=0.5", "random"])
+def test_select_only_gives_the_same_selection_and_loss_without_running_the_head_again(method):
+    """A first (selection) pass: a method that scored the losses reuses them for the kept
+    tokens; one that did not (random) still runs the head on its kept rows."""
+    hidden, labels = hidden_batch()
+    full_head, sel_head = CountingHead(), CountingHead()
+    sel_head.weight.data.copy_(full_head.weight.data)
+    with torch.no_grad():
+        full = selective_loss(hidden, labels, method, 0.4, head=full_head)
+        sel = selective_loss(hidden, labels, method, 0.4, head=sel_head, select_only=True)
+    assert torch.equal(full.mask, sel.mask) and full.kept == sel.kept
+    assert math.isclose(full.loss.item(), sel.loss.item(), rel_tol=1e-5)
+    scores = method != "random"
+    assert sel.head_rows == (0 if scores else sel.kept) and full.head_rows == full.kept
+    assert sum(n for n, _ in sel_head.calls) == sum(n for n, _ in full_head.calls) - \
+        (full.kept if scores else 0)
+
+
 @pytest.mark.parametrize("method", ["random", "all"])
 def test_random_and_all_never_score(method):
     hidden, labels = hidden_batch()

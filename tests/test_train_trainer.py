@@ -89,7 +89,8 @@ def test_trainer_refuses_bad_settings(tmp_path):
 def test_qtuning_step_skips_the_samples_it_drops():
     """qtuning drops whole samples: the step trains only the kept ones (a no-grad selection
     pass on the whole batch, then forward + backward of the kept samples), with the same
-    loss and gradients as the one-pass loss over the whole batch, and counts both passes."""
+    loss and gradients as the one-pass loss over the whole batch, and counts both passes
+    (the first only scores and selects: its kept tokens' losses come from the scoring)."""
     from tokensieve.train import selective_loss
     from tokensieve.train.model import split_causal_lm
 
@@ -118,7 +119,7 @@ def test_qtuning_step_skips_the_samples_it_drops():
     second = step_flops(shape, k, 16, head_rows=res.kept)
     assert flops.body_forward == first.body_forward + second.body_forward
     assert flops.body_backward == second.body_backward < first.body_backward
-    assert flops.scoring == first.scoring + first.head_forward
+    assert flops.scoring == first.scoring   # the first pass only selects: no kept-row head
     assert flops.head_forward == second.head_forward
     # no gradients wanted: one pass, as before
     with torch.no_grad():

@@ -126,7 +126,7 @@ def _frequency(frequencies, targets, vocab):
 def selective_loss(logits_or_hidden: torch.Tensor, labels: torch.Tensor,
                    method: str | TrainMethod = "eslm", keep: float | None = None, *,
                    head=None, reference=None, frequencies=None, seed: int = 0,
-                   chunk_rows: int | None = None) -> SelectiveLoss:
+                   chunk_rows: int | None = None, select_only: bool = False) -> SelectiveLoss:
     """The loss over the labelled tokens ``method`` selects at ``keep``.
 
     ``logits_or_hidden``: logits (B, T, V), or hidden states (B, T, H) with ``head`` (the
@@ -138,6 +138,9 @@ def selective_loss(logits_or_hidden: torch.Tensor, labels: torch.Tensor,
     ``reference`` (excess): the reference model's logits (B, T, V') or per-token losses
     (B, T) aligned with labels. ``frequencies`` (pdl): corpus counts per token id (V,).
     ``seed``: for ``random``. ``chunk_rows``: rows per chunk of the no-grad scoring pass.
+    ``select_only``: only the selection is wanted (a first pass): a method that scored the
+    tokens' losses takes the kept ones from that scoring instead of running the head again
+    (the value is the same, without a graph; ``head_rows`` is 0).
 
     ``keep=1.0`` with ``all`` or ``eslm`` is the ordinary causal-LM loss.
     """
@@ -167,11 +170,15 @@ def selective_loss(logits_or_hidden: torch.Tensor, labels: torch.Tensor,
     if "frequency" in m.needs:
         sig.frequency = _frequency(frequencies, targets, vocab)
     sel = m.select(sig, keep)
-    kept_rows = rows[sel.keep]
-    logits = h(kept_rows) if hidden_mode else kept_rows
-    if hidden_mode:
-        _check_targets(targets, logits.shape[-1])
-    ce = F.cross_entropy(logits.float(), targets[sel.keep], reduction="none")
+    reuse = select_only and hidden_mode and sig.loss is not None
+    if reuse:
+        ce = sig.loss[sel.keep].float()
+    else:
+        kept_rows = rows[sel.keep]
+        logits = h(kept_rows) if hidden_mode else kept_rows
+        if hidden_mode:
+            _check_targets(targets, logits.shape[-1])
+        ce = F.cross_entropy(logits.float(), targets[sel.keep], reduction="none")
     if sel.weights is None:
         loss = ce.mean()
     else:
@@ -185,7 +192,7 @@ def selective_loss(logits_or_hidden: torch.Tensor, labels: torch.Tensor,
         weights[sig.sample, sig.position] = sel.weights.float()
     kept = int(sel.keep.sum())
     return SelectiveLoss(loss=loss, mask=mask, weights=weights, kept=kept, labelled=sig.n,
-                         head_rows=kept if hidden_mode else 0, scored_rows=scored,
+                         head_rows=kept if hidden_mode and not reuse else 0, scored_rows=scored,
                          method=m.name, info=sel.info)
 
 

@@ -52,7 +52,7 @@ def _hidden(body, batch) -> torch.Tensor:
 
 def causal_lm_loss(model, batch: dict, method: str | TrainMethod = "eslm",
                    keep: float | None = None, *, reference_model=None, frequencies=None,
-                   seed: int = 0, chunk_rows: int | None = None
+                   seed: int = 0, chunk_rows: int | None = None, select_only: bool = False
                    ) -> tuple[SelectiveLoss, StepFlops | None]:
     """The selective loss of ``model`` on ``batch`` (``input_ids``, ``labels``, optional
     ``attention_mask`` / ``position_ids``) and the FLOPs of the step (forward, backward, the
@@ -90,7 +90,7 @@ def causal_lm_loss(model, batch: dict, method: str | TrainMethod = "eslm",
         ref_shape = model_shape(reference_model)
     res = selective_loss(_hidden(body, batch), batch["labels"], m, keep, head=head,
                          reference=reference, frequencies=frequencies, seed=seed,
-                         chunk_rows=chunk_rows)
+                         chunk_rows=chunk_rows, select_only=select_only)
     shape = model_shape(model)
     flops = None
     if shape is not None:
@@ -105,7 +105,7 @@ def _without_dropped(model, batch: dict, m: TrainMethod, keep, **kw
     """Two passes: select on the whole batch without gradients, then train only the samples
     with a kept token, each on its kept tokens (the same tokens, the same loss value)."""
     with torch.no_grad():
-        first, f1 = causal_lm_loss(model, batch, m, keep, **kw)
+        first, f1 = causal_lm_loss(model, batch, m, keep, select_only=True, **kw)
     device = first.mask.device
     rows = first.mask.any(dim=1).nonzero().squeeze(-1)
     sub = {k: v.to(device)[rows] if torch.is_tensor(v) and v.dim() and
