@@ -158,3 +158,38 @@ def test_bad_chunked_prefills_are_refused_in_one_line(kwargs, error, message):
     with kv.compress(model, kwargs.get("policy", "information"), keep=0.5) as s:
         with pytest.raises(error, match=message):
             s.prefill(ids, chunk=kwargs["chunk"], attention_mask=mask)
+
+
+def test_sliding_window_layers_and_a_decode_cap_after_chunks():
+    """Gemma 3 mixes sliding-window layers (left as they are) with full ones (compressed
+    chunk by chunk); ``max_size`` then caps generation as after a one-shot prefill."""
+    from tokensieve.kv.cache import CompressedLayer
+
+    model = tiny_model("gemma3")
+    ids = random_ids(200, seed=11)
+    with kv.compress(model, keep=0.25, max_size=40) as s, torch.no_grad():
+        cache = s.prefill(ids[:, :190], chunk=64)   # generate needs a token after it
+        full = [la for la in cache.layers if isinstance(la, CompressedLayer)]
+        assert len(full) == 2
+        for layer in full:
+            assert [len(h) for h in _kept(layer)] == [s.plan.budget(190)] * 2
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                             max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert out.shape[1] == 208
+    for layer in full:
+        assert all(len(h) <= 40 for h in _kept(layer))
+
+
+def test_the_same_entries_with_one_and_two_threads():
+    model = tiny_model("llama")
+    ids = random_ids(300, seed=12)
+    threads = torch.get_num_threads()
+    kept = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            _, cache = _prefill(model, ids, keep=0.25, chunk=64)
+            kept.append([_kept(la) for la in cache.layers])
+    finally:
+        torch.set_num_threads(threads)
+    assert kept[0] == kept[1]

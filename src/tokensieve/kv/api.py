@@ -55,9 +55,9 @@ class Session:
         """Read a long context in chunks of about ``chunk`` tokens, compressing after each
         one to the plan's share of everything read so far, so the cache never holds more
         than the budget plus one chunk (the one-shot prefill holds the whole context until
-        its forward ends). Returns the cache; pass it to ``generate`` (with the context's
-        ids followed by the question's) inside the same block. Chunk ends never cut a
-        ``whole`` span or a unit. Rows of a batch must have no padding."""
+        its forward ends). Returns the cache; pass it to ``generate`` inside the same block
+        with the context's ids followed by at least one more (the question's). Chunk ends
+        never cut a ``whole`` span or a unit. Rows of a batch must have no padding."""
         ids = _check_chunked(self.model, input_ids, chunk, self.plan, attention_mask)
         cache = self.new_cache()
         cache.chunking, cache.context_tokens = True, ids.shape[1]
