@@ -317,6 +317,8 @@ def test_projector_round_trip_and_wrong_file(tiny_vlm, tmp_path):
     (["--batch-size", "100000"], "--batch-size must be"), (["--single", "0", "--grids", "0"],
                                                            "at least one image"),
     (["--init", "/nonexistent/p.safetensors"], "--init /nonexistent/p.safetensors: no such"),
+    (["--steps", "10", "--stop-after", "20"], "--stop-after must be 1..--steps (10)"),
+    (["--read-steps", "5", "--lora-rank", "0"], "--read-steps trains the language model's"),
 ])
 def test_vlm_train_rejects_bad_settings_in_one_line(argv, message, capsys):
     from tokensieve.cli import main

@@ -69,6 +69,7 @@ class TrainConfig:
     init: str | None = None
     align_weight: float = 0.0
     read_steps: int = 0
+    stop_after: int | None = None
 
     def check(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -94,6 +95,9 @@ class TrainConfig:
             raise UsageError(f"--align-weight must be 0..100, got {self.align_weight}")
         if not 0 <= self.read_steps <= MAX_STEPS:
             raise UsageError(f"--read-steps must be 0..{MAX_STEPS}, got {self.read_steps}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
+            raise UsageError(f"--stop-after must be 1..--steps ({self.steps}), got "
+                             f"{self.stop_after}")
         if self.read_steps and not self.lora_rank:
             raise UsageError("--read-steps trains the language model's adapters: give "
                              "--lora-rank too")
@@ -632,8 +636,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
         from .vlm_align import AlignmentTargets
 
         goal = AlignmentTargets(model, processor.tokenizer, data)
+    until = cfg.steps if cfg.stop_after is None else cfg.stop_after
     state = train_steps(model, processor, data, features, cfg, state, optimizer,
-                        until=cfg.steps, deadline=deadline, on_step=on_step, progress=progress,
+                        until=until, deadline=deadline, on_step=on_step, progress=progress,
                         standardize=stats, align=goal)
     _save_checkpoint(ck_path, model, optimizer, state)
     out = Path(cfg.out)
@@ -643,7 +648,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, model=None, processor=None
                  "(trained) + SmolLM2-135M-Instruct ("
                  + (f"LoRA rank {cfg.lora_rank} on q/v/o, merged at load)" if cfg.lora_rank
                     else "frozen)"),
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "resume")},
+        "config": {k: v for k, v in asdict(cfg).items()
+                   if k not in ("out", "resume") and (k != "stop_after" or v is not None)},
         "steps_done": state.step, "finished": state.step >= cfg.steps,
         "images_seen": state.step * cfg.batch_size, "questions_seen": state.examples,
         "data": {"split": "train", "key": data.key(), **data.counts(), "spec": data.spec},

@@ -86,6 +86,7 @@ def _train(args: argparse.Namespace) -> int:
                       lora_rank=args.lora_rank, standardize=not args.no_standardize,
                       align_epochs=args.align_epochs, questions=args.questions,
                       init=args.init, align_weight=args.align_weight, read_steps=args.read_steps,
+                      stop_after=args.stop_after,
                       **({"out": args.out} if args.out else {}))
     record = train(cfg, progress=not args.quiet)
     curve = record["loss_curve"]
@@ -146,6 +147,9 @@ def add(sub) -> None:
     t.add_argument("--steps", type=int, default=420, help="total optimiser steps (default "
                    "420); a rerun resumes from the matching checkpoint. The defaults are the "
                    "shipped model's recipe")
+    t.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after "
+                   "step N of the --steps schedule (the learning rate still follows --steps), "
+                   "e.g. to reproduce a run a time limit stopped")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--warmup", type=int, default=20)
