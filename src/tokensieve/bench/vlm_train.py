@@ -100,7 +100,7 @@ class TrainConfig:
                              f"{self.stop_after}")
         if self.read_steps and not self.lora_rank:
             raise UsageError("--read-steps trains the language model's adapters: give "
-                             "--lora-rank too")
+                             "--lora-rank too (or --read-steps 0)")
         if self.questions not in vlm_data.QUESTION_SETS:
             raise UsageError(f"--questions must be one of {', '.join(vlm_data.QUESTION_SETS)}"
                              f", not {self.questions!r}")

@@ -144,8 +144,8 @@ def add(sub) -> None:
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_ask)
     t = vsub.add_parser("train", help="train the small VLM's projector on CPU (resumable)")
-    t.add_argument("--steps", type=int, default=420, help="total optimiser steps (default "
-                   "420); a rerun resumes from the matching checkpoint. The defaults are the "
+    t.add_argument("--steps", type=int, default=200, help="total optimiser steps (default "
+                   "200); a rerun resumes from the matching checkpoint. The defaults are the "
                    "shipped model's recipe")
     t.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after "
                    "step N of the --steps schedule (the learning rate still follows --steps), "
@@ -167,15 +167,15 @@ def add(sub) -> None:
     t.add_argument("--align-epochs", type=int, default=2, help="first fit the projector so "
                    "each visual token lands on its cell's word embedding, for this many "
                    "epochs (no language-model forward; default 2, 0: none)")
-    t.add_argument("--align-weight", type=float, default=0.0, help="keep the alignment loss "
-                   "on during training at this weight (default 0: off), so tokens keep naming "
-                   "their cell's place and content")
-    t.add_argument("--read-steps", type=int, default=0, help="first teach the language "
+    t.add_argument("--align-weight", type=float, default=1.0, help="keep the alignment loss "
+                   "on during training at this weight (default 1; 0: off), so tokens keep "
+                   "naming their cell's place and content")
+    t.add_argument("--read-steps", type=int, default=160, help="first teach the language "
                    "model's adapters to read visual tokens for this many steps, on the "
                    "phrase embeddings the alignment aims at instead of projected features "
-                   "(no tower, no projector; needs --lora-rank; default 0: none)")
-    t.add_argument("--questions", choices=["one", "all"], default="one", help="questions "
-                   "per grid: one of each type (default) or all of them (each corner, each "
+                   "(no tower, no projector; needs --lora-rank; default 160, 0: none)")
+    t.add_argument("--questions", choices=["one", "all"], default="all", help="questions "
+                   "per grid: one of each type or all of them (default) (each corner, each "
                    "unique class, each count group; same images)")
     t.add_argument("--init", default=None, metavar="FILE", help="start from this projector "
                    ".safetensors (and its LoRA adapters) instead of a fresh projector")
