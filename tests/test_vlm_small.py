@@ -390,8 +390,11 @@ def test_the_shipped_small_vlm_loads_and_answers():
 
     assert PROJECTOR_FILE.stat().st_size < 8 << 20  # projector + LoRA adapters, float32
     record = training_record()
-    curve = [loss for _, loss in record["loss_curve"]]
-    assert record["steps_done"] > 0 and curve[-1] < curve[0]
+    # the first stage's loss fell (the reading stage's when there is one: the main stage's
+    # logged loss adds the alignment term, which rises as the projector leaves its targets)
+    first = record.get("read", {}).get("loss_curve") or record["loss_curve"]
+    curve = [loss for _, loss in first]
+    assert record["steps_done"] > 0 and record["finished"] and curve[-1] < 0.5 * curve[0]
     model, processor = load_small_vlm()
     from safetensors.torch import load_file
 
