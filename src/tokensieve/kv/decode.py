@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 
 from .cache import CompressedCache, CompressedLayer
-from .plan import Slots
-from .prefill import layer_inputs, share_units
+from .prefill import layer_inputs, share_units, stored_slots
 
 
 def evict_decode(module, kwargs, cache: CompressedCache, layer: CompressedLayer,
@@ -16,16 +15,10 @@ def evict_decode(module, kwargs, cache: CompressedCache, layer: CompressedLayer,
     spans, sinks and the newest tokens are forced, whole spans stay whole, ties go to
     the newer entry."""
     plan = cache.plan
-    keys, values, positions = layer.dense_view()
-    valid = layer.slot_valid()
-    b, h, s = positions.shape
-    valid = torch.ones(b, h, s, dtype=torch.bool, device=keys.device) if valid is None \
-        else valid.expand(b, h, s)
+    keys, values, positions, valid, slots = stored_slots(cache, layer)
+    b = positions.shape[0]
     x = layer_inputs(module, kwargs, cache, hidden, keys, values, valid, num_layers)
     counts = torch.full((b,), plan.max_size, dtype=torch.long, device=keys.device)
-    row_start = cache.row_start if cache.row_start is not None else \
-        torch.zeros(b, dtype=torch.long, device=keys.device)
-    slots = Slots.stored(valid, positions, row_start.to(keys.device), layer.seen)
     if plan.policy.needs_surprisal:  # the prefill's surprisal; newer tokens: row median
         known = cache.surprisal
         known = known if known is not None else torch.zeros(b, 1, device=keys.device)
