@@ -78,10 +78,11 @@ def chunk_bounds(n: int, chunk: int, plan: Plan) -> list[tuple[int, int]]:
     an end moved forward past any ``whole`` span or unit it would cut (and, without units, to
     a multiple of the ``information`` policy's fixed unit size)."""
     spans = sorted((*plan.whole, *plan.units))
-    step = getattr(plan.policy, "chunk", 1) if not plan.units else 1
+    step = max(1, getattr(plan.policy, "chunk", 1) if not plan.units else 1)
+    size = max(1, chunk // step) * step
     out, start = [], 0
     while start < n:
-        end = min(n, start + max(chunk, step) // max(1, step) * max(1, step))
+        end = min(n, start + size)
         moved = True
         while moved and end < n:
             moved = False
