@@ -26,7 +26,7 @@ def test_question_free_default_is_deterministic(report_text):
 
 
 @pytest.mark.parametrize("method", ["surprisal", "question-surprisal", "contrastive", "encoder",
-                                    "bm25", "lexrank", "wordfreq", "random"])
+                                    "bm25", "lexrank", "wordfreq", "learned", "random"])
 def test_every_method_fits_the_budget(report_text, method):
     r = compress(report_text, keep=0.25, question="How many field technicians?", method=method)
     assert r.compressed_tokens <= r.target_tokens

@@ -1,5 +1,5 @@
 """Command line: ``tokensieve compress``, ``compress-dataset``, ``vision``, ``inspect``,
-``vlm``, ``train``, ``bench``, ``serve``, ``models``; one module per verb (``cli/<verb>.py``,
+``vlm``, ``train``, ``text-classifier``, ``bench``, ``serve``, ``models``; one module per verb (``cli/<verb>.py``,
 the inspectors in ``cli/inspect/``), each adding its sub-parser and running it. The CLI is the
 top layer: it imports the library, never the other way; a verb imports what it runs only when
 it runs.
@@ -25,6 +25,7 @@ from . import (  # noqa: E402
     inspect,
     models,
     serve,
+    text_classifier,
     train,
     vision,
     vlm,
@@ -40,7 +41,8 @@ __all__ = ["EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "SERVE_FLAGS", "build_parser
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tokensieve", description="Keep the informative tokens, drop the rest.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for verb in (compress, compress_dataset, vision, vlm, inspect, train, bench, serve, models):
+    for verb in (compress, compress_dataset, vision, vlm, inspect, train, text_classifier, bench,
+                 serve, models):
         verb.add(sub)
     return parser
 

@@ -254,6 +254,22 @@ class WordFrequencyScorer(Scorer):
         return out
 
 
+class LearnedScorer(Scorer):
+    """The learned keep-classifier (:mod:`.classifier`): a head on MiniLM's token states
+    trained on question-aware labels, so it ranks from the text alone, with no question and
+    no causal LM. Words take their best token, longer units the mean."""
+
+    name = "learned"
+
+    def score(self, spans, level, ctx):
+        from .classifier import keep_scores
+
+        if "learned" not in ctx.cache:
+            ctx.cache["learned"] = keep_scores(ctx.text)
+        return ctx.cache["learned"].aggregate(spans, "max" if level in ("token", "word")
+                                              else "mean")
+
+
 class RandomScorer(Scorer):
     """Uniform random scores from the context's seed: the baseline for every benchmark."""
 
@@ -269,5 +285,5 @@ SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls
     for cls in (SurprisalScorer, QuestionAwareScorer, QuestionSurprisalScorer, ContrastiveScorer,
                 EncoderRelevanceScorer, BM25Scorer, LexRankScorer, WordFrequencyScorer,
-                RandomScorer)
+                LearnedScorer, RandomScorer)
 }
