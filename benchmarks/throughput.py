@@ -76,7 +76,8 @@ def main() -> None:
             ("surprisal", None, "word"), ("surprisal", None, "sentence"),
             ("question-aware", QUESTION, "word"), ("contrastive", QUESTION, "word"),
             ("encoder", QUESTION, "sentence"), ("bm25", QUESTION, "sentence"),
-            ("lexrank", None, "sentence"), ("wordfreq", None, "word"), ("random", None, "word")]
+            ("lexrank", None, "sentence"), ("wordfreq", None, "word"), ("learned", None, "auto"),
+            ("learned", None, "word"), ("random", None, "word")]
     for method, question, gran in runs:
         def once(method=method, question=question, gran=gran):
             return compress(text, keep=0.33, question=question, method=method,

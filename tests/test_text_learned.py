@@ -95,3 +95,12 @@ def test_missing_head_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="tokensieve text-classifier train"):
         compress("Some words to compress here, and more words after them.", keep=0.5,
                  method="learned")
+
+
+def test_head_applied_per_batch_equals_head_on_all_states():
+    text = " ".join(f"Order {i}: ship part AB-{i:04d} to Lisbon by Friday." for i in range(80))
+    bundle = classifier.load_head()
+    _, states = classifier.token_states(text, bundle.layers)
+    _, values = classifier.token_states(text, bundle.layers, head=bundle.head)
+    with torch.inference_mode():
+        torch.testing.assert_close(values, bundle.head(states), rtol=1e-4, atol=1e-5)

@@ -45,6 +45,7 @@ TOKENSIEVE = {
                                                           "granularity": "sentence"}, False),
     "ts-wordfreq-word": Method("ts-wordfreq-word", {"method": "wordfreq",
                                                     "granularity": "word"}, False),
+    "tokensieve-words": Method("tokensieve-words", {"finest": "word"}),
     "ts-learned": Method("ts-learned", {"method": "learned"}, False),
     "random-word": Method("random-word", {"method": "random", "granularity": "word"}, False),
     "random-sentence": Method("random-sentence", {"method": "random",

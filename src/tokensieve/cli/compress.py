@@ -73,6 +73,9 @@ def add_compress_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--method", default="default", choices=METHODS, help="scorer (default: "
                    "coarse-to-fine, question-aware when --question is given)")
     c.add_argument("--granularity", default="auto", choices=GRANULARITIES)
+    c.add_argument("--finest", default=None, choices=["sentence", "word"],
+                   help="the finest level --granularity auto goes down to (default: per "
+                   "method; with a question the default stops at whole sentences)")
     c.add_argument("--format", default="text", choices=FORMATS)
     c.add_argument("--protect", action="append", default=[], metavar="REGEX",
                    help="keep every match of REGEX byte for byte (repeatable)")
@@ -97,6 +100,7 @@ def compress_kwargs(args: argparse.Namespace) -> dict:
         "question": args.question,
         "method": args.method,
         "granularity": args.granularity,
+        "finest": args.finest,
         "protect": args.protect,
         "keep_text": args.keep_text,
         "keep_numbers": args.keep_numbers,

@@ -80,17 +80,20 @@ def windows(n: int, window: int = WINDOW, overlap: int = OVERLAP) -> list[tuple[
 
 
 @torch.inference_mode()
-def token_states(text: str, layers: int, *, batch: int = BATCH) -> tuple[np.ndarray, torch.Tensor]:
+def token_states(text: str, layers: int, *, batch: int = BATCH, head=None
+                 ) -> tuple[np.ndarray, torch.Tensor]:
     """(character offsets (T, 2), encoder states (T, D)) of every MiniLM token of ``text``,
-    read in overlapping windows so any length works, linear in the length."""
+    read in overlapping windows so any length works, linear in the length. With ``head``
+    (states -> one value per token) it returns the head's values (T,) instead, applied
+    batch by batch, so a long text never holds all its states in memory."""
     tok, model = truncated_encoder(layers)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     offsets = np.array(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    n, dim = len(ids), model.config.hidden_size
-    states = torch.zeros(n, dim)
+    n = len(ids)
+    out = torch.zeros(n) if head is not None else torch.zeros(n, model.config.hidden_size)
     if n == 0:
-        return offsets, states
+        return offsets, out
     spans = windows(n)
     cls, sep, pad = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
     for b in range(0, len(spans), batch):
@@ -102,9 +105,11 @@ def token_states(text: str, layers: int, *, batch: int = BATCH) -> tuple[np.ndar
             input_ids[r, :e - s + 2] = torch.tensor([cls, *ids[s:e], sep])
             mask[r, :e - s + 2] = 1
         hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        if head is not None:
+            hidden = head(hidden)
         for r, (s, e, first) in enumerate(group):
-            states[first:e] = hidden[r, 1 + first - s:1 + e - s]
-    return offsets, states
+            out[first:e] = hidden[r, 1 + first - s:1 + e - s]
+    return offsets, out
 
 
 @dataclass
@@ -141,6 +146,5 @@ def keep_scores(text: str, head_folder: str | Path | None = None) -> TokenSurpri
     """Per MiniLM token of ``text``: its keep score (same container as token surprisal, so
     the scorers aggregate it over any spans the same way)."""
     bundle = load_head(head_folder)
-    offsets, states = token_states(text, bundle.layers)
-    values = bundle.head(states).double().numpy() if len(offsets) else np.zeros(0)
-    return TokenSurprisal(offsets, values, visible_starts(text, offsets))
+    offsets, values = token_states(text, bundle.layers, head=bundle.head)
+    return TokenSurprisal(offsets, values.double().numpy(), visible_starts(text, offsets))

@@ -93,6 +93,7 @@ def compress(
     device: str = "cpu",
     ratio: float | None = None,
     protect_timeout: float | None = None,
+    finest: str | None = None,
 ) -> CompressionResult:
     """Compress a prompt to at most ``keep`` x its tokens (the fraction kept, as in every
     place of tokensieve) or ``target_tokens``; neither keeps half.
@@ -110,12 +111,16 @@ def compress(
     ``dtype``: the scoring model's precision ('auto' = bfloat16 where the hardware runs it
     fast). ``device``: where the scoring models run: 'cpu' (default), 'cuda', 'cuda:N',
     'mps' or 'auto' (a GPU when there is one); a device this machine lacks is a
-    :class:`UsageError`.
+    :class:`UsageError`. ``finest``: the finest level ``granularity='auto'`` goes down to,
+    'sentence' or 'word' (default None: chosen per method and format, see the README).
     """
     t0 = time.perf_counter()
     if granularity not in GRANULARITIES:
         raise UsageError(f"unknown granularity {granularity!r}; choose one of: "
                          f"{', '.join(GRANULARITIES)}.")
+    if finest not in (None, "sentence", "word"):
+        raise UsageError(f"finest must be 'sentence' or 'word' (or None: automatic), got "
+                         f"{finest!r}.")
     if format not in FORMATS:
         raise UsageError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}.")
     question = decode_text(question, "the question")
@@ -144,7 +149,7 @@ def compress(
         model=model, protect=protect, keep=keep_text, keep_spans=keep_spans,
         keep_numbers=keep_numbers, allow_over=allow_over_budget, protect_timeout=protect_timeout,
         timings={"setup": time.perf_counter() - t0})
-    opts.finest = auto_finest(method, question, format, opts.protects)
+    opts.finest = finest or auto_finest(method, question, format, opts.protects)
     if format == "json":
         result = compress_json(text, budget, ctx, opts)
     else:
