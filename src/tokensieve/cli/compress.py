@@ -85,6 +85,9 @@ def add_compress_options(c: argparse.ArgumentParser) -> None:
                    help="never cut a number: each number or ID (12.5, 2024-01-15, "
                    "Z9K6-4842) with its scale word ($48.2 million) is kept whole or dropped "
                    r"whole (to keep every number: --protect '[-+]?\d+(?:[.,:/-]\d+)*%%?')")
+    c.add_argument("--keep-names", action="store_true",
+                   help="never cut a name: each run of 2-6 capitalised words (Margaret "
+                   "Okonkwo) is kept whole or dropped whole")
     c.add_argument("--allow-over-budget", action="store_true",
                    help="if protected text alone exceeds the budget, keep it and report")
     c.add_argument("--model", default="default", help="scoring LM: 'default' or a local folder")
@@ -104,6 +107,7 @@ def compress_kwargs(args: argparse.Namespace) -> dict:
         "protect": args.protect,
         "keep_text": args.keep_text,
         "keep_numbers": args.keep_numbers,
+        "keep_names": args.keep_names,
         "format": args.format,
         "tokenizer": args.tokenizer,
         "model": args.model,

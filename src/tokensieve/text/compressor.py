@@ -81,6 +81,7 @@ def compress(
     keep_text: Sequence[str] = (),
     keep_spans: Sequence[tuple[int, int]] = (),
     keep_numbers: bool = False,
+    keep_names: bool = False,
     format: str = "text",
     tokenizer: Any = None,
     model: str = "default",
@@ -101,7 +102,9 @@ def compress(
     ``protect``: regexes whose matches are kept byte for byte; ``keep_text``: literal
     strings; ``keep_spans``: (start, end) character spans; ``keep_numbers``: never cut a
     number or ID (12.5, 2024-01-15, Z9K6-4842; with its scale word, "$48.2 million"): each
-    is kept whole or dropped whole, not charged first. ``protect_timeout``: seconds the
+    is kept whole or dropped whole, not charged first; ``keep_names``: the same for names,
+    runs of 2-6 capitalised words ("Margaret Okonkwo"; method 'learned' always does both).
+    ``protect_timeout``: seconds the
     ``protect`` regexes may run over the text, all together (an :class:`InputError` after;
     None: no limit). ``ratio`` is the old name of ``keep`` (same meaning; deprecated).
     Tokens are counted with ``tokenizer`` (a HF tokenizer, a callable or a model name;
@@ -147,7 +150,7 @@ def compress(
     opts = CompressOptions(
         method=method, granularity=granularity, fmt=format, scorers=scorers, counter=counter,
         model=model, protect=protect, keep=keep_text, keep_spans=keep_spans,
-        keep_numbers=keep_numbers, allow_over=allow_over_budget, protect_timeout=protect_timeout,
+        keep_numbers=keep_numbers, keep_names=keep_names, allow_over=allow_over_budget, protect_timeout=protect_timeout,
         timings={"setup": time.perf_counter() - t0})
     opts.finest = finest or auto_finest(method, question, format, opts.protects)
     if format == "json":

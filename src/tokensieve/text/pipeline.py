@@ -15,6 +15,7 @@ from ..errors import InputError, UsageError
 from ..scoring.segment import segment
 from .assemble import assemble, indent_before, separators, squeezed
 from .counting import TokenCounter
+from .names import name_spans
 from .numbers import number_spans
 from .protect import protected_spans, words_touching
 from .scorers import (
@@ -48,6 +49,7 @@ class CompressOptions:
     keep: Sequence[str] = ()
     keep_spans: Sequence[tuple[int, int]] = ()
     keep_numbers: bool = False
+    keep_names: bool = False   # runs of capitalised words kept or dropped whole
     allow_over: bool = False
     protect_timeout: float | None = None  # seconds for the protect regexes, all together
     finest: str = "word"  # the finest level 'auto' goes down to (see auto_finest)
@@ -97,6 +99,8 @@ def auto_finest(method: str, question: str | None, fmt: str, protects: bool) -> 
 
 def levels_for(granularity: str, scorers: dict[str, Scorer], n_docs: int,
                finest: str) -> list[str]:
+    if granularity == "auto" and scorers["word"].auto_levels:
+        return list(scorers["word"].auto_levels)
     if granularity == "auto":
         levels = [lv for lv in ("document", "sentence", "word") if lv in
                   scorers[lv].levels and LEVELS.index(lv) <= LEVELS.index(finest)]
@@ -180,8 +184,11 @@ def prepare_units(text: str, breaks: list[int] | None, opts: CompressOptions) ->
         units = token_units(seg, tok)
     else:
         units = word_units(seg)
-    if opts.keep_numbers:  # a number (with its scale word) is one unit, never cut
+    whole = {kind for lv in levels for kind in opts.scorers[lv].whole}
+    if opts.keep_numbers or "numbers" in whole:  # a number (+ scale word) is one unit
         units = merge_units(units, number_spans(text))
+    if opts.keep_names or "names" in whole:  # a name (a run of capitalised words) is one unit
+        units = merge_units(units, name_spans(text))
     prot = protected_spans(text, opts.protect, opts.keep, opts.keep_spans,
                            timeout=opts.protect_timeout)
     if fmt == "markdown":
