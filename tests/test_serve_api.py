@@ -201,3 +201,19 @@ def test_cli_serve_bad_flag_value_is_one_line(capsys):
     assert main(["serve", "--proxy-keep", "1.5"]) == 2
     err = capsys.readouterr().err
     assert "proxy_keep" in err and "Traceback" not in err
+
+
+@pytest.mark.model
+def test_service_runs_the_learned_method_with_names_whole():
+    text = ("The audit team met Margaret Okonkwo in Porto Alegre on Tuesday and later spoke "
+            "with the New York Stock Exchange about the delayed listing of unit QX-4471.")
+    with TestClient(create_app(ServeConfig(preload=False)), base_url=LOCAL) as client:
+        r = client.post("/v1/compress", json={"text": text, "keep": 0.5, "method": "learned",
+                                              "include_scores": False})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["granularity"] == "word" and out["compressed_tokens"] <= out["target_tokens"]
+        for name in ("Margaret Okonkwo", "Porto Alegre", "New York Stock Exchange"):
+            assert name in out["text"] or not any(w in out["text"] for w in name.split())
+        r = client.post("/v1/compress", json={"text": text, "keep": 0.5, "finest": "token"})
+        assert r.status_code == 422

@@ -47,6 +47,12 @@ TOKENSIEVE = {
                                                     "granularity": "word"}, False),
     "tokensieve-words": Method("tokensieve-words", {"finest": "word"}),
     "ts-learned": Method("ts-learned", {"method": "learned"}, False),
+    # the learned method's unit rules (words, names and numbers whole) on LM surprisal: what
+    # the classifier itself adds
+    "ts-surprisal-whole": Method("ts-surprisal-whole", {"method": "surprisal",
+                                                        "granularity": "word",
+                                                        "keep_names": True,
+                                                        "keep_numbers": True}, False),
     "random-word": Method("random-word", {"method": "random", "granularity": "word"}, False),
     "random-sentence": Method("random-sentence", {"method": "random",
                                                   "granularity": "sentence"}, False),

@@ -60,10 +60,12 @@ class CompressRequest(_Strict):
     question: str | None = None
     method: str = "default"
     granularity: str = "auto"
+    finest: Literal["sentence", "word"] | None = None
     format: Literal["text", "markdown", "json", "code"] = "text"
     protect: list[str] = Field(default_factory=list, max_length=MAX_PATTERNS)
     keep_text: list[str] = Field(default_factory=list, max_length=MAX_PATTERNS)
     keep_numbers: bool = False
+    keep_names: bool = False
     allow_over_budget: bool = False
     seed: int = Field(0, ge=0)
     include_scores: bool = True
