@@ -10,8 +10,8 @@ cache; the metric is the gold answer's NLL per token against the full prompt (Δ
 paired over items), plus the memory actually stored and whether the answer string
 survived the prompt stage.
 
-    .venv/bin/python benchmarks/text_kv_stack.py --seed 1 --items 12 --out benchmarks/results/text-kv-stack-dev
-    .venv/bin/python benchmarks/text_kv_stack.py --seed 0 --items 12 --out benchmarks/results/text-kv-stack
+    .venv/bin/python benchmarks/text_kv_stack.py --seed 1 --items 5 \
+        --out benchmarks/results/text-kv-stack-dev
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ TOKENSIEVE = {
                                                     "granularity": "word"}, False),
     "tokensieve-words": Method("tokensieve-words", {"finest": "word"}),
     "ts-learned": Method("ts-learned", {"method": "learned"}, False),
+    # the question-free default before issue 21: LM surprisal, documents -> sentences -> words
+    "ts-surprisal-auto": Method("ts-surprisal-auto", {"method": "surprisal"}, False),
     # the learned method's unit rules (words, names and numbers whole) on LM surprisal: what
     # the classifier itself adds
     "ts-surprisal-whole": Method("ts-surprisal-whole", {"method": "surprisal",

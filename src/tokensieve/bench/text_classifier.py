@@ -144,7 +144,8 @@ def split_sources(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     sources = sorted({r["source"] for r in rows})
     random.Random(seed).shuffle(sources)
     valid = set(sources[:max(1, int(VALID_SHARE * len(sources)))])
-    return ([r for r in rows if r["source"] not in valid], [r for r in rows if r["source"] in valid])
+    return ([r for r in rows if r["source"] not in valid],
+            [r for r in rows if r["source"] in valid])
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, *, hidden: int, epochs: int, seed: int,

@@ -1,8 +1,8 @@
 """Command line: ``tokensieve compress``, ``compress-dataset``, ``vision``, ``inspect``,
-``vlm``, ``train``, ``text-classifier``, ``bench``, ``serve``, ``models``; one module per verb (``cli/<verb>.py``,
-the inspectors in ``cli/inspect/``), each adding its sub-parser and running it. The CLI is the
-top layer: it imports the library, never the other way; a verb imports what it runs only when
-it runs.
+``vlm``, ``train``, ``text-classifier``, ``bench``, ``serve``, ``models``; one module per verb
+(``cli/<verb>.py``, the inspectors in ``cli/inspect/``), each adding its sub-parser and
+running it. The CLI is the top layer: it imports the library, never the other way; a verb
+imports what it runs only when it runs.
 
 Exit codes: 0 ok, 2 usage error (bad option, missing file), 1 runtime error. Errors are
 one line on stderr; set TOKENSIEVE_DEBUG=1 for a traceback."""

@@ -150,7 +150,8 @@ def compress(
     opts = CompressOptions(
         method=method, granularity=granularity, fmt=format, scorers=scorers, counter=counter,
         model=model, protect=protect, keep=keep_text, keep_spans=keep_spans,
-        keep_numbers=keep_numbers, keep_names=keep_names, allow_over=allow_over_budget, protect_timeout=protect_timeout,
+        keep_numbers=keep_numbers, keep_names=keep_names, allow_over=allow_over_budget,
+        protect_timeout=protect_timeout,
         timings={"setup": time.perf_counter() - t0})
     opts.finest = finest or auto_finest(method, question, format, opts.protects)
     if format == "json":

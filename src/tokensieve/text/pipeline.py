@@ -21,10 +21,10 @@ from .protect import protected_spans, words_touching
 from .scorers import (
     SCORERS,
     EncoderRelevanceScorer,
+    LearnedScorer,
     QuestionAwareScorer,
     Scorer,
     ScoringContext,
-    SurprisalScorer,
 )
 from .structure import code_droppable_lines, markdown_code_blocks, markdown_protected
 from .units import Units, merge_units, token_units, word_units
@@ -68,14 +68,14 @@ class CompressOptions:
 
 def method_scorers(method: str, question: str | None) -> dict[str, Scorer]:
     """The scorer for each level. 'default': with a question, encoder relevance for
-    documents/sentences and question-aware surprisal for words; without one, LM surprisal
-    at every level."""
+    documents/sentences and question-aware surprisal for words; without one, the learned
+    keep-classifier (words, names and numbers whole): on the text benchmark's dev split it
+    kept more answers than LM surprisal, with a smaller answer-loss change, ~10x faster."""
     if method == "default":
         if question:
             rel, fine = EncoderRelevanceScorer(), QuestionAwareScorer()
             return {"document": rel, "sentence": rel, "word": fine, "token": fine}
-        s = SurprisalScorer()
-        return dict.fromkeys(LEVELS, s)
+        return dict.fromkeys(LEVELS, LearnedScorer())
     if not isinstance(method, str) or method not in SCORERS:
         raise UsageError(f"unknown method {method!r}; choose one of: "
                          f"{', '.join(('default', *SCORERS))}.")
@@ -99,8 +99,10 @@ def auto_finest(method: str, question: str | None, fmt: str, protects: bool) -> 
 
 def levels_for(granularity: str, scorers: dict[str, Scorer], n_docs: int,
                finest: str) -> list[str]:
-    if granularity == "auto" and scorers["word"].auto_levels:
-        return list(scorers["word"].auto_levels)
+    own = [lv for lv in scorers["word"].auto_levels or ()
+           if LEVELS.index(lv) <= LEVELS.index(finest)]
+    if granularity == "auto" and own:   # the scorer's own levels, unless too fine (code)
+        return own
     if granularity == "auto":
         levels = [lv for lv in ("document", "sentence", "word") if lv in
                   scorers[lv].levels and LEVELS.index(lv) <= LEVELS.index(finest)]
