@@ -36,7 +36,7 @@ from tokensieve.bench.data import build_tasks
 from tokensieve.bench.metrics import answer_retained
 from tokensieve.kv.api import _full_bytes, chat_parts, number_spans, sentence_spans
 from tokensieve.models import load_causal_lm
-from tokensieve.stack import stage_keeps
+from tokensieve.stack import prompt_target, stage_keeps
 
 TASKS = ["wiki_cloze", "news_cloze", "needle_qa"]
 
@@ -89,8 +89,9 @@ def main() -> None:
                 p, k = stage_keeps(memory, split)
                 text = full_text
                 if p < 1:
-                    text = compress(item.documents, keep=p, question=item.question,
-                                    tokenizer=tok, progress=False).text
+                    target = prompt_target(tok, full_text, item.question, p)
+                    text = compress(item.documents, target_tokens=target,
+                                    question=item.question, tokenizer=tok, progress=False).text
                 nll, stored = answer_nll(model, tok, text, item.question, item.answer, k)
                 rows.append({"task": item.task, "item": item.id, "memory": memory,
                              "split": split, "prompt_keep": round(p, 4), "kv_keep": round(k, 4),

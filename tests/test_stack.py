@@ -35,9 +35,7 @@ def test_answer_stays_within_memory(report_text, split):
     out = stack.answer(lm.model, lm.tokenizer, report_text, "What was the Q3 revenue?",
                        memory=0.25, split=split, max_new_tokens=4)
     assert out.answer.strip()
-    # the chat template's few uncompressed tokens may add a little over the context's share
-    assert out.memory <= 0.25 * 1.06
-    assert out.memory >= 0.2
+    assert 0.2 <= out.memory <= 0.25 + 1e-9   # the chat template's tokens are paid for too
     if split == 0:
         assert out.compressed_tokens == out.prompt_tokens and out.kv_keep == 0.25
     if split == 1:

@@ -51,6 +51,16 @@ def stage_keeps(memory: float, split: float) -> tuple[float, float]:
     return prompt, min(1.0, memory / prompt)
 
 
+def prompt_target(tokenizer, full_text: str, question: str, prompt_keep: float) -> int:
+    """Context tokens the prompt stage may keep: ``prompt_keep`` x the full prompt's cached
+    tokens, less the chat template's tokens around the context, which stay."""
+    from .kv.api import chat_parts
+
+    n_full = len(chat_parts(tokenizer, full_text, question)[0])
+    overhead = n_full - len(tokenizer(full_text, add_special_tokens=False)["input_ids"])
+    return max(1, math.floor(prompt_keep * n_full) - max(0, overhead))
+
+
 def answer(model, tokenizer, context: str | Sequence[str], question: str, *,
            memory: float = 0.25, split: float | None = None, policy: str = "default",
            max_new_tokens: int = 32, **compress_options) -> StackedAnswer:
@@ -67,8 +77,8 @@ def answer(model, tokenizer, context: str | Sequence[str], question: str, *,
     n_full = len(chat_parts(tokenizer, full_text, question)[0])
     text, n_text = full_text, None
     if p < 1:
-        r = compress(context, keep=p, question=question, tokenizer=tokenizer, progress=False,
-                     **compress_options)
+        r = compress(context, target_tokens=prompt_target(tokenizer, full_text, question, p),
+                     question=question, tokenizer=tokenizer, progress=False, **compress_options)
         text, n_text = r.text, r.compressed_tokens
     out = kv.answer(model, tokenizer, text, [question], policy=policy, keep=k,
                     max_new_tokens=max_new_tokens)
