@@ -20,7 +20,7 @@ PACKAGE = "tokensieve"
 TOP, PLACE, BOTTOM = 2, 1, 0
 LAYER = {
     "": TOP, "__main__": TOP,  # the package's facade (tokensieve.compress) and python -m
-    "cli": TOP, "serve": TOP, "dataset": TOP, "adapters": TOP, "bench": TOP,
+    "cli": TOP, "serve": TOP, "dataset": TOP, "adapters": TOP, "bench": TOP, "stack": TOP,
     "text": PLACE, "kv": PLACE, "vision": PLACE, "inspect": PLACE, "vlm": PLACE, "train": PLACE,
     "engine": BOTTOM, "scoring": BOTTOM, "assets": BOTTOM, "models": BOTTOM, "spans": BOTTOM,
     "inputs": BOTTOM, "errors": BOTTOM,
