@@ -51,12 +51,15 @@ def stage_keeps(memory: float, split: float) -> tuple[float, float]:
     return prompt, min(1.0, memory / prompt)
 
 
-def prompt_target(tokenizer, full_text: str, question: str, prompt_keep: float) -> int:
+def prompt_target(tokenizer, full_text: str, question: str, prompt_keep: float,
+                  n_full: int | None = None) -> int:
     """Context tokens the prompt stage may keep: ``prompt_keep`` x the full prompt's cached
-    tokens, less the chat template's tokens around the context, which stay."""
+    tokens (``n_full``, counted here when not given), less the chat template's tokens around
+    the context, which stay."""
     from .kv.api import chat_parts
 
-    n_full = len(chat_parts(tokenizer, full_text, question)[0])
+    if n_full is None:
+        n_full = len(chat_parts(tokenizer, full_text, question)[0])
     overhead = n_full - len(tokenizer(full_text, add_special_tokens=False)["input_ids"])
     return max(1, math.floor(prompt_keep * n_full) - max(0, overhead))
 
@@ -77,8 +80,9 @@ def answer(model, tokenizer, context: str | Sequence[str], question: str, *,
     n_full = len(chat_parts(tokenizer, full_text, question)[0])
     text, n_text = full_text, None
     if p < 1:
-        r = compress(context, target_tokens=prompt_target(tokenizer, full_text, question, p),
-                     question=question, tokenizer=tokenizer, progress=False, **compress_options)
+        target = prompt_target(tokenizer, full_text, question, p, n_full)
+        r = compress(context, target_tokens=target, question=question, tokenizer=tokenizer,
+                     progress=False, **compress_options)
         text, n_text = r.text, r.compressed_tokens
     out = kv.answer(model, tokenizer, text, [question], policy=policy, keep=k,
                     max_new_tokens=max_new_tokens)
