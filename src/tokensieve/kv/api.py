@@ -103,6 +103,10 @@ def _check_chunked(model, input_ids, chunk, plan: Plan, attention_mask=None) -> 
         raise UsageError(f"the {plan.policy.name!r} policy allocates one pool over the whole "
                          "context at once, so it cannot compress chunk by chunk; use "
                          "'information' (the default) or a per-layer policy such as 'snapkv'.")
+    if plan.policy.needs_repeat:
+        raise UsageError(f"the {plan.policy.name!r} KV policy repeats the whole context after "
+                         "its prefill and cannot score it chunk by chunk; prefill in one "
+                         "forward (no chunk=) or choose another policy.")
     if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise InputError("prefill takes input_ids as a (batch, tokens) LongTensor, e.g. "
                          "tokenizer(text, return_tensors='pt')['input_ids'].")

@@ -24,6 +24,7 @@ from .cache import CompressedCache, CompressedLayer
 from .decode import evict_decode, slide
 from .masks import layer_mask, shared_mask_fits
 from .pool import finish_global
+from .reconstruction import finish_repeat
 from .prefill import (
     check_sliding_window,
     compress_chunk,
@@ -88,12 +89,14 @@ class CompressionHooks:
         """Remember the token ids of a prefill whose policy scores by surprisal."""
         if not isinstance(cache, CompressedCache) or (cache.prefilled and not cache.chunking):
             return
-        if cache.plan is not None and cache.plan.policy.needs_surprisal:
+        policy = cache.plan.policy if cache.plan is not None else None
+        if policy is not None and (policy.needs_surprisal or policy.needs_repeat):
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is None:
-                raise InputError("the 'information' KV policy scores token ids by surprisal; "
-                                 "call the model with input_ids, not inputs_embeds.")
-            self._running = cache
+                raise InputError(f"the {policy.name!r} KV policy reads the context's token "
+                                 "ids; call the model with input_ids, not inputs_embeds.")
+            if policy.needs_surprisal:   # its final hidden states are read too
+                self._running = cache
             cache.shared["input_ids"] = ids
 
     def _norm_post(self, module, args, output):
@@ -108,6 +111,8 @@ class CompressionHooks:
         if isinstance(cache, CompressedCache) and cache.pending:
             if cache.plan.policy.needs_surprisal:
                 finish_surprisal(self.model, cache)
+            elif cache.plan.policy.needs_repeat:
+                finish_repeat(self.model, self.modules, cache)
             else:
                 finish_global(cache)
             cache.pending = {}

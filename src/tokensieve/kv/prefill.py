@@ -54,7 +54,7 @@ def compress_prefill(module, kwargs, cache: CompressedCache, layer: CompressedLa
     if plan.keep >= 1:
         return  # nothing removed: the cache stays exactly what the model wrote
     x = layer_inputs(module, kwargs, cache, hidden, layer.keys, layer.values, valid, num_layers)
-    if plan.policy.needs_surprisal:  # scored once the forward has produced the output
+    if plan.policy.needs_surprisal or plan.policy.needs_repeat:  # scored after the forward
         release(x, plan.policy.held_window(plan.window))
         cache.pending[module.layer_idx] = (x, None, None)
         return
@@ -119,6 +119,10 @@ def compress_chunk(module, kwargs, cache: CompressedCache, layer: CompressedLaye
     and the chunk's. Surprisal-scored policies wait for the chunk's forward to end (its
     surprisal comes from the final hidden states), as at prefill."""
     plan = cache.plan
+    if plan.policy.needs_repeat:
+        raise UsageError(f"the {plan.policy.name!r} KV policy repeats the whole context after "
+                         "its prefill and cannot score it chunk by chunk; prefill in one "
+                         "forward (no chunk=) or choose another policy.")
     keys, values, positions, valid, slots = stored_slots(cache, layer)
     x = layer_inputs(module, kwargs, cache, hidden, keys, values, valid, num_layers)
     if plan.policy.needs_surprisal:

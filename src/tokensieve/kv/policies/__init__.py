@@ -8,11 +8,13 @@ from .adaptive import AdaKV, ChunkKV, GlobalPool, PyramidKV
 from .attention_based import H2O, TOVA, VATP, SnapKV
 from .base import Policy
 from .information import Information
+from .reconstruct import Reconstruct
 from .simple import KeyNorm, RandomPolicy, StreamingLLM
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (StreamingLLM, H2O, SnapKV, TOVA, KeyNorm, VATP, ChunkKV,
-                              PyramidKV, GlobalPool, AdaKV, Information, RandomPolicy)
+                              PyramidKV, GlobalPool, AdaKV, Information, Reconstruct,
+                              RandomPolicy)
 }
 DEFAULT_POLICY = "information"
 

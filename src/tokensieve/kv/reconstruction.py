@@ -1,0 +1,138 @@
+"""The repeat pass of the ``reconstruct`` policy: after the prefill, feed the context again
+(teacher-forced, in chunks) on top of its full cache and record, for every stored entry, the
+most attention a repeating query gives it; then evict every pending layer by that score.
+
+The pass runs the model's own decoder with the compression hooks paused, on a plain
+transformers cache rebuilt from the context's entries for each chunk (a chunk sees the whole
+context and its own earlier tokens). Attention is recomputed per KV head and in query chunks
+from the layer's own query projection (``project_queries``), so the full attention matrix of a
+chunk is never held: at most ``LayerInputs.chunk_elements`` probabilities at once. While
+scoring, the pass holds a second copy of the context's KV plus one chunk."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from ..errors import UsageError
+from .attention import LayerInputs, project_queries
+from .cache import CompressedCache
+
+
+def _chunk_scores(module, hidden, cos, sin, keys: torch.Tensor, t: int, ok: torch.Tensor,
+                  q_ok: torch.Tensor, reduce: str) -> torch.Tensor:
+    """(B, H_kv, t): per context entry, the max (or summed) attention of the chunk's valid
+    queries over the ``t`` context keys and the chunk's own (causal) keys. ``ok`` (B, t + c)
+    marks valid keys, ``q_ok`` (B, c) valid queries."""
+    q = project_queries(module, hidden, cos, sin)                   # (B, Hq, c, D)
+    b, _, c, _ = q.shape
+    h = keys.shape[1]
+    g = q.shape[1] // h
+    n = keys.shape[2]                                                # t + c
+    step = max(1, min(c, LayerInputs.chunk_elements // max(1, b * g * n)))
+    key_pos = torch.arange(n, device=q.device)
+    out = torch.zeros(b, h, t, dtype=torch.float32, device=q.device)
+    for j in range(h):
+        k = keys[:, j].float().transpose(-1, -2)[:, None]           # (B, 1, D, n)
+        for a in range(0, c, step):
+            m = min(step, c - a)
+            logits = torch.matmul(q[:, j * g:(j + 1) * g, a:a + m].float(), k)
+            logits.mul_(module.scaling)                              # (B, g, m, n)
+            q_pos = t + torch.arange(a, a + m, device=q.device)[:, None]
+            allowed = (key_pos[None, :] <= q_pos)[None] & ok[:, None, :]   # (B, m, n)
+            logits.masked_fill_(~allowed[:, None], float("-inf"))
+            probs = torch.softmax(logits, dim=-1).nan_to_num_(nan=0.0)[..., :t]
+            probs = probs * q_ok[:, None, a:a + m, None]             # padded queries count 0
+            del logits
+            if reduce == "max":
+                out[:, j] = torch.maximum(out[:, j], probs.amax(dim=(1, 2)))
+            else:
+                out[:, j] += probs.sum(dim=(1, 2))
+    return out
+
+
+@torch.no_grad()
+def repeat_scores(model, modules, cache: CompressedCache, ids: torch.Tensor, valid: torch.Tensor,
+                  chunk: int, reduce: str) -> dict[int, torch.Tensor]:
+    """{layer: (B, H_kv, T) score} of every pending layer from one repeat pass of ``ids``."""
+    b, t = ids.shape
+    pending = cache.pending
+    captured: dict[int, tuple] = {}
+    scores = {i: None for i in pending}
+    context = {}
+    for i, layer in enumerate(cache.layers):
+        if i in pending:
+            x = pending[i][0]
+            context[i] = (x.keys, x.values)
+        else:
+            context[i] = (layer.keys, layer.values)
+
+    def pre(module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        captured[module.layer_idx] = (hidden, *kwargs["position_embeddings"])
+
+    handles = []
+    try:
+        for m in modules:
+            if m.layer_idx in pending:
+                handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+        decoder = model.get_decoder()
+        n_real = valid.sum(-1)
+        row_start = t - n_real                      # left padding: real tokens come last
+        for a in range(0, int(n_real.max()), chunk):
+            # chunk k of every row = its real tokens [a, a + c), padded on the right
+            c = min(chunk, int(n_real.max()) - a)
+            step = torch.arange(a, a + c, device=ids.device)[None]
+            idx = row_start[:, None] + step
+            q_ok = idx < t
+            c_ids = ids.gather(1, idx.clamp_max(t - 1))
+            past = DynamicCache(config=model.config)
+            for i, (k, v) in context.items():
+                past.update(k, v, i)
+            key_ok = torch.cat([valid, q_ok], 1)
+            pos = n_real[:, None] + step            # positions counted from the first real token
+            captured.clear()
+            layer_scores = {}
+
+            def post(module, args, kwargs, output, _past=past, key_ok=key_ok, q_ok=q_ok):
+                i = module.layer_idx
+                hidden, cos, sin = captured.pop(i)
+                layer_scores[i] = _chunk_scores(module, hidden, cos, sin, _past.layers[i].keys,
+                                                t, key_ok, q_ok, reduce)
+            post_handles = [m.register_forward_hook(post, with_kwargs=True)
+                            for m in modules if m.layer_idx in pending]
+            try:
+                decoder(input_ids=c_ids, attention_mask=key_ok.long(), position_ids=pos,
+                        past_key_values=past, use_cache=True)
+            finally:
+                for h in post_handles:
+                    h.remove()
+            cache.note_peak(sum(la.keys.nbytes + la.values.nbytes for la in past.layers
+                                if getattr(la, "keys", None) is not None))
+            del past
+            for i, s in layer_scores.items():
+                prev = scores[i]
+                scores[i] = s if prev is None else (torch.maximum(prev, s) if reduce == "max"
+                                                    else prev + s)
+    finally:
+        for h in handles:
+            h.remove()
+    return scores
+
+
+def finish_repeat(model, modules, cache: CompressedCache) -> None:
+    """Score the pending layers by the repeat pass, then evict each to the plan's share."""
+    ids = cache.shared.pop("input_ids", None)
+    if ids is None:
+        raise UsageError("the 'reconstruct' KV policy repeats the context's token ids; call "
+                         "the model with input_ids, not inputs_embeds.")
+    plan = cache.plan
+    policy = plan.policy
+    x0 = next(iter(cache.pending.values()))[0]
+    valid = x0.valid if x0.valid.dim() == 2 else x0.valid.any(1)
+    scores = repeat_scores(model, modules, cache, ids, valid, policy.repeat_chunk,
+                           policy.reduce)
+    order = cache.compressible_layers()
+    for i, (x, _, _) in cache.pending.items():
+        counts = plan.keep_counts(cache.n_real, order.index(i), len(order))
+        cache.layers[i].retain(plan.select(x, counts, scores[i]))
