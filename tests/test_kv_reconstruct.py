@@ -47,7 +47,8 @@ def _scores(model, ids, chunk, **options):
 
     rec.repeat_scores = spy
     try:
-        with kv.compress(model, f"reconstruct:chunk={chunk}", keep=0.25, **options) as s, torch.no_grad():
+        policy = f"reconstruct:chunk={chunk}"
+        with kv.compress(model, policy, keep=0.25, **options) as s, torch.no_grad():
             model(ids, use_cache=True)
     finally:
         rec.repeat_scores = real

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache
 
 SOURCES = ("essay", "wiki", "news", "speech", "docs")
 TASKS = tuple(f"facts_{s}" for s in SOURCES)
@@ -84,7 +84,7 @@ def _load(source: str) -> list[tuple[str, str]]:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
 
 
-@lru_cache(maxsize=None)
+@cache
 def sentences(source: str, split: str) -> tuple[str, ...]:
     """The sentences of the split's documents (id order), whitespace collapsed."""
     if source not in SOURCES:

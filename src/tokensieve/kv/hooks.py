@@ -24,7 +24,6 @@ from .cache import CompressedCache, CompressedLayer
 from .decode import evict_decode, slide
 from .masks import layer_mask, shared_mask_fits
 from .pool import finish_global
-from .reconstruction import finish_repeat
 from .prefill import (
     check_sliding_window,
     compress_chunk,
@@ -32,6 +31,7 @@ from .prefill import (
     select_by_surprisal,
     select_chunk_by_surprisal,
 )
+from .reconstruction import finish_repeat
 
 
 class CompressionHooks:

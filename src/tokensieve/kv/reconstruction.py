@@ -94,7 +94,8 @@ def repeat_scores(model, modules, cache: CompressedCache, ids: torch.Tensor, val
             captured.clear()
             layer_scores = {}
 
-            def post(module, args, kwargs, output, _past=past, key_ok=key_ok, q_ok=q_ok):
+            def post(module, args, kwargs, output, _past=past, key_ok=key_ok, q_ok=q_ok,
+                     layer_scores=layer_scores):
                 i = module.layer_idx
                 hidden, cos, sin = captured.pop(i)
                 layer_scores[i] = _chunk_scores(module, hidden, cos, sin, _past.layers[i].keys,
