@@ -251,7 +251,9 @@ def evaluate(run: Run, model, tok, item: KVItem, method: str, keep: float) -> di
     try:
         with PeakRSS() as mem:
             res = run_method(model, tok, item, method, keep)
-        row.update(res, peak_mb=mem.mb, score=item.score_answers(res["answers"]))
+        row.update(res, peak_mb=mem.mb, score=item.score_answers(res["answers"]),
+                   question_scores=item.question_scores(res["answers"]),
+                   kinds=item.meta.get("kinds"))
     except Exception as exc:  # a tool that fails on an item is reported, not hidden
         row.update(error=f"{type(exc).__name__}: {exc}"[:300], score=0.0)
     return run.add(row)

@@ -10,8 +10,9 @@ four different kinds drawn from:
 - ``amount``: a sum of money ("$4.7 million", "£860");
 - ``phrase``: a three-word inscription.
 
-The questions are worded unlike the fact's sentence ("Which code unlocks the Fennmere
-boathouse?" for 'Staff enter "QX7-19B4" on the keypad to get into the Fennmere boathouse.').
+The questions are worded apart from the fact's sentence where the model still answers
+("Which code opens the Fennmere boathouse?" for 'The Fennmere boathouse can only be opened
+with the code "QX7-19B4".'; see ``TEMPLATES`` for what SmolLM2-135M could not answer).
 A harness compresses the context once and asks the four questions one after the other from
 that one cache (the multi-turn use of a question-agnostic cache); an answer scores 1 when it
 contains every answer string (case-insensitive), else 0.
@@ -116,12 +117,15 @@ def _place(rng) -> str:
     return _invented(rng, _PLACE_ENDS)
 
 
-# per kind: (needle, question) templates, one drawn per fact; fields filled by _fields
+# per kind: (needle, question) templates, one drawn per fact. Chosen on the dev split (1k
+# tokens, 30 items, the full cache): kept where SmolLM2-135M answers from the full cache.
+# Paraphrased questions that it could not answer were dropped: "Who is the {role}?" after
+# "Since last spring, {name} has served as the {role}." (0 of 5), "What is the full name of
+# the {role}?" (1 of 6), "In which month and year did the {what} start welcoming visitors?"
+# (0 of 3), "which words are carved above" (0 of 4).
 TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
     "code": (
         ('The access code for the {thing} is "{code}".',
-         "According to the text, what is the access code for the {thing}?"),
-        ('To get into the {thing}, staff use the access code "{code}".',
          "According to the text, what is the access code for the {thing}?"),
         ('The {thing} can only be opened with the code "{code}".',
          "Which code opens the {thing}?"),
@@ -129,30 +133,20 @@ TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
     "name": (
         ("The {role} is a person named {name}.",
          "According to the text, the {role} is a person named what?"),
-        ("Since last spring, {name} has served as the {role}.",
-         "According to the text, who is the {role}?"),
-        ("Everyone in town knows {name}, who works as the {role}.",
-         "What is the full name of the {role}?"),
     ),
     "date": (
         ("The {what} first opened to the public on {day} {month} {year}.",
          "According to the text, when did the {what} open?"),
         ("Crowds gathered on {month} {day}, {year}, when the {what} was opened.",
          "According to the text, on what date was the {what} opened?"),
-        ("The {what} first opened to the public on {day} {month} {year}.",
-         "In which month and year did the {what} start welcoming visitors?"),
     ),
     "amount": (
         ("Repairing the {repair} cost the council {shown}.",
          "According to the text, how much did repairing the {repair} cost?"),
         ("The council paid {shown} to restore the {repair}.",
          "According to the text, how much did the council pay to restore the {repair}?"),
-        ("The council paid {shown} to restore the {repair}.",
-         "What was the price of the work on the {repair}?"),
     ),
     "phrase": (
-        ('Above the {where} are carved the words "{phrase}".',
-         "According to the text, which words are carved above the {where}?"),
         ('Visitors to the {where} can read the inscription "{phrase}".',
          "According to the text, what inscription can visitors to the {where} read?"),
         ('Above the {where} are carved the words "{phrase}".',

@@ -55,12 +55,22 @@ def aggregate(rows: list[dict]) -> dict:
                          if r.get(key) and r["item"] in full and full[r["item"]].get(key))
 
         kept = ratio_to_full("stored_bytes")
+        # paired with the full cache on the same items: the difference and its spread
+        diffs = [r["score"] - full[r["item"]]["score"] for r in rs if r["item"] in full]
+        by_kind: dict[str, list[float]] = defaultdict(list)
+        for r in rs:
+            for kind, s in zip(r.get("kinds") or (), r.get("question_scores") or (),
+                               strict=False):
+                by_kind[kind].append(s)
         f = fid.get((method, keep), {})
         summary.append({
             "method": method, "keep": keep, "n": len(rs), "errors": len(rs) - len(ok),
             "error_example": next((r["error"] for r in rs if r.get("error")), None),
             "score": score, "sem": sem, "per_task": per_task, "per_task_sem": per_task_sem,
             "items_per_task": n_task, "per_length": per_len,
+            "vs_full": _mean(diffs), "vs_full_sem": _sem(diffs),
+            "per_kind": {k: _mean(v) for k, v in sorted(by_kind.items())},
+            "questions_per_kind": {k: len(v) for k, v in sorted(by_kind.items())},
             "of_full": score / full_mean if score is not None and full_mean else None,
             "kv_kept": kept,
             "budget_error": None if kept is None or method == "full"
@@ -99,18 +109,30 @@ def markdown(agg: dict, meta: dict) -> str:
         f"{meta.get('fidelity_context')} tokens of pydoc text (128 continuation tokens). "
         f"tokensieve's `default` is `{meta.get('default_policy')}`.",
         "",
-        "| keep | method | " + " | ".join(tasks) + " | mean ± s.e. | of full | kept | ×prefill "
-        "| ×decode | KL | top-1 | errors |",
-        "|---:|---|" + "---:|" * (len(tasks) + 8),
+        "| keep | method | " + " | ".join(tasks) + " | mean ± s.e. | of full | − full ± paired "
+        "s.e. | kept | ×prefill | ×decode | KL | top-1 | errors |",
+        "|---:|---|" + "---:|" * (len(tasks) + 9),
     ]
     for s in agg["summary"]:
         cells = [_f(s["per_task"].get(t)) for t in tasks]
         lines.append(
             f"| {s['keep']:g} | {s['method']} | " + " | ".join(cells) +
             f" | **{_f(s['score'])}** ± {_f(s.get('sem'))} | {_f(s.get('of_full'), pct=True)} "
+            f"| {_f(s.get('vs_full'))} ± {_f(s.get('vs_full_sem'))} "
             f"| {_f(s['kv_kept'], 3)} | {_f(s['x_prefill'])} | "
             f"{_f(s['x_decode'])} | {_f(s['kl'], 3)} | "
             f"{_f(s['top1'])} | {s['errors'] or ''} |")
+    kinds = sorted({k for s in agg["summary"] for k in s.get("per_kind") or {}})
+    if kinds:
+        lines += ["", "Accuracy per kind of fact (questions of the `facts_*` tasks; each "
+                  "answered from the one compressed cache):", "",
+                  "| keep | method | " + " | ".join(kinds) + " |",
+                  "|---:|---|" + "---:|" * len(kinds)]
+        for s in agg["summary"]:
+            if s.get("per_kind"):
+                cells = [f"{_f(s['per_kind'].get(k))} ({s['questions_per_kind'].get(k, 0)})"
+                         for k in kinds]
+                lines.append(f"| {s['keep']:g} | {s['method']} | " + " | ".join(cells) + " |")
     errs = [s for s in agg["summary"] if s["errors"] or s.get("fidelity_error")]
     if errs:
         lines += ["", "Errors (a failed run scores 0):", ""]

@@ -132,6 +132,11 @@ class KVItem:
         """The score of one output to ``question``."""
         return SCORERS[self.task](output, self.answers)
 
+    def question_scores(self, outputs: Sequence[str]) -> list[float]:
+        """The score of each output against its own question's answers."""
+        scorer = SCORERS[self.task]
+        return [scorer(o, a) for o, a in zip(outputs, self.answers_per_question, strict=True)]
+
     def score_answers(self, outputs: Sequence[str]) -> float:
         """The mean score of one output per question of ``questions``, each against its own
         answers."""
