@@ -142,3 +142,20 @@ def test_same_selection_with_one_and_two_threads():
     finally:
         torch.set_num_threads(before)
     assert kept[0] == kept[1]
+
+
+def test_units_mode_keeps_whole_units_the_same_on_every_head():
+    model = tiny_model("llama")
+    ids = random_ids(96, seed=4)
+    units = [(i, i + 8) for i in range(0, 96, 8)]
+    with kv.compress(model, "reconstruct:units=true", keep=0.25, units=units, sinks=0,
+                     recent=0) as s, torch.no_grad():
+        model(ids, use_cache=True)
+    for layer in s.last_cache.layers:
+        _, _, pos = layer.dense_view()
+        heads = [sorted(pos[0, h].tolist()) for h in range(pos.shape[1])]
+        assert all(h == heads[0] for h in heads)
+        kept = set(heads[0])
+        assert len(kept) == 24
+        whole = [u for u in units if set(range(*u)) <= kept]
+        assert len(whole) == 3 and sum(8 for _ in whole) == len(kept)

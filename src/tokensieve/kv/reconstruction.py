@@ -15,8 +15,11 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import UsageError
+from ..scoring.units import unit_reduce
 from .attention import LayerInputs, project_queries
 from .cache import CompressedCache
+from .plan import Slots
+from .prefill import share_units
 
 
 def _chunk_scores(module, hidden, cos, sin, keys: torch.Tensor, t: int, ok: torch.Tensor,
@@ -136,4 +139,16 @@ def finish_repeat(model, modules, cache: CompressedCache) -> None:
     order = cache.compressible_layers()
     for i, (x, _, _) in cache.pending.items():
         counts = plan.keep_counts(cache.n_real, order.index(i), len(order))
-        cache.layers[i].retain(plan.select(x, counts, scores[i]))
+        if not policy.units:
+            cache.layers[i].retain(plan.select(x, counts, scores[i]))
+            continue
+        slots = Slots.prefill(x.valid)
+        share_units(x, plan, slots)
+        units = x.shared["units"]
+        if units is None:   # chunks of the row's real tokens
+            rank = x.shared["rank"]
+            units = torch.where(rank >= 0, rank // policy.unit_chunk, -1)
+        s = unit_reduce(scores[i].mean(1), units, "mean")
+        s = s[:, None, :].expand(-1, scores[i].shape[1], -1)
+        # ties (the tokens of one unit) go to the later token: a cut unit keeps its end
+        cache.layers[i].retain(plan.select(x, counts, s, slots=slots, prefer="late"))

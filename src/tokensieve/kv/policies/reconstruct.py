@@ -17,13 +17,17 @@ from .base import Policy
 class Reconstruct(Policy):
     """Per head, the entries the repeat pass attends to most (``reduce``: the max, as in
     KVzip, or the mean over repeating queries). ``chunk``: repeat tokens per forward.
+    ``units=True``: the score averaged over the layer's heads and over each unit (sentences
+    from ``kv.answer`` or ``units=``, else chunks of 16 tokens), so every head of a layer
+    keeps the same whole units, as ``information`` does.
     During generation (``max_size``) newer entries are scored TOVA-style by the attention of
     the last ``window`` queries, as no repeat pass is run there."""
 
     name = "reconstruct"
     needs_repeat = True
 
-    def __init__(self, chunk: int = 512, reduce: str = "max", window: int = 8):
+    def __init__(self, chunk: int = 512, reduce: str = "max", window: int = 8,
+                 units: bool = False, unit_chunk: int = 16):
         if reduce not in ("max", "mean"):
             raise TypeError(f"reduce must be max or mean, got {reduce!r}")
         if int(chunk) < 16:
@@ -31,12 +35,11 @@ class Reconstruct(Policy):
                             f"got {chunk!r}")
         # not called ``chunk``: that attribute sets the unit size of chunked prefill
         self.repeat_chunk, self.reduce, self.window = int(chunk), reduce, window
+        self.units, self.unit_chunk = bool(units), int(unit_chunk)
 
     def held_window(self, plan_window: int) -> int:
         return 0
 
     def score(self, x: LayerInputs) -> torch.Tensor:
-        scores = x.shared.get(("reconstruct", x.layer_idx))
-        if scores is not None:
-            return scores
+        """Decode-time eviction only (the prefill is scored by the repeat pass)."""
         return x.window_attention(self.window, reduce="mean")
