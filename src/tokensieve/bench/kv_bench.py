@@ -31,7 +31,7 @@ from .kv_tasks import TASKS, KVItem, make_tasks
 KEEPS = (0.5, 0.25)
 TS_POLICIES = tuple(kv.POLICIES)
 KVPRESS = ("streaming_llm", "snapkv", "tova", "knorm", "expected_attention", "pyramidkv",
-           "chunkkv", "adakv", "observed_attention", "random")
+           "chunkkv", "adakv", "observed_attention", "random", "keydiff", "kvzip")
 QUICK = {"tasks": ["code_essay", "multifact"], "lengths": [1024], "items": 2,
          "keeps": [0.25],
          "methods": ["tokensieve:default", "kvpress:tova", "kvpress:snapkv",

@@ -30,6 +30,9 @@ Presses (``KVPRESS_PRESSES``; settings as in kvpress's evaluation registry):
 - ``streaming_llm``, ``snapkv``, ``tova``, ``knorm``, ``expected_attention``, ``random``
   (seed 0), ``chunkkv`` (ChunkKV around SnapKV, chunks of 20 as kvpress's registry does) and
   ``adakv`` (AdaKV around ExpectedAttention): run as they are with SDPA attention.
+- ``keydiff`` (KeyDiff) and ``kvzip`` (KVzip: the context is replayed after a "Repeat the
+  previous context exactly." prompt, in chunks, and scored by the replay's attention; kvpress
+  loads the tokenizer from ``model.config.name_or_path``, the local model folder here).
 - ``observed_attention``: needs the attention weights, which SDPA does not return (with SDPA it
   fails with ``AssertionError: Set attn_implementation="eager" to use this hook``); it is run
   with the model switched to eager attention for the call, as kvpress's evaluation does.
@@ -72,6 +75,10 @@ _PRESS_SPECS: dict[str, tuple[str, dict, str | None]] = {
     "random": ("RandomPress", {"seed": 0}, None),
     "chunkkv": ("ChunkKVPress", {"chunk_length": 20}, "SnapKVPress"),
     "adakv": ("AdaKVPress", {}, "ExpectedAttentionPress"),
+    # issue 22's anchors: KeyDiff (key similarity) and KVzip (context reconstruction; it
+    # loads the tokenizer from model.config.name_or_path, a local folder here)
+    "keydiff": ("KeyDiffPress", {}, None),
+    "kvzip": ("KVzipPress", {}, None),
 }
 
 
