@@ -159,3 +159,34 @@ def test_units_mode_keeps_whole_units_the_same_on_every_head():
         assert len(kept) == 24
         whole = [u for u in units if set(range(*u)) <= kept]
         assert len(whole) == 3 and sum(8 for _ in whole) == len(kept)
+
+
+def test_global_pool_spreads_one_budget_over_layers_and_heads():
+    model = tiny_model("llama")
+    ids = random_ids(120, seed=12)
+    policy = "reconstruct:pool=global,local=true,chunk=40"
+    kept = []
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with kv.compress(model, policy, keep=0.25, recent=4) as s, torch.no_grad():
+                model(ids, use_cache=True)
+            kept.append([layer.entries() for layer in s.last_cache.layers])
+            heads = [[len(set(p.tolist())) for p in layer.dense_view()[2][0]]
+                     for layer in s.last_cache.layers]
+    finally:
+        torch.set_num_threads(before)
+    assert kept[0] == kept[1]
+    budget = s.plan.budget(120) * 2 * len(kept[0])
+    assert sum(kept[0]) <= budget and sum(kept[0]) >= 0.97 * budget
+    assert len(set(kept[0])) > 1                        # layers keep different numbers
+    assert any(len(set(h)) > 1 for h in heads)          # and heads within a layer too
+
+
+def test_bad_reconstruct_settings():
+    model = tiny_model("llama")
+    for bad in ("reconstruct:pool=all", "reconstruct:reduce=sum",
+                "reconstruct:pool=global,units=true"):
+        with pytest.raises(UsageError):
+            kv.compress(model, bad, keep=0.5).__enter__()

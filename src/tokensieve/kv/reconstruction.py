@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from ..engine.select import quantise
 from ..errors import UsageError
 from ..scoring.units import unit_reduce
 from .attention import LayerInputs, project_queries
@@ -25,8 +26,9 @@ from .prefill import share_units
 def _chunk_scores(module, hidden, cos, sin, keys: torch.Tensor, t: int, ok: torch.Tensor,
                   q_ok: torch.Tensor, reduce: str) -> torch.Tensor:
     """(B, H_kv, t): per context entry, the max (or summed) attention of the chunk's valid
-    queries over the ``t`` context keys and the chunk's own (causal) keys. ``ok`` (B, t + c)
-    marks valid keys, ``q_ok`` (B, c) valid queries."""
+    queries over the context keys and the chunk's own (causal) keys. ``ok`` (B, t + c)
+    marks the keys the softmax runs over (valid, and inside the scoring window), ``q_ok``
+    (B, c) valid queries."""
     q = project_queries(module, hidden, cos, sin)                   # (B, Hq, c, D)
     b, _, c, _ = q.shape
     h = keys.shape[1]
@@ -56,8 +58,11 @@ def _chunk_scores(module, hidden, cos, sin, keys: torch.Tensor, t: int, ok: torc
 
 @torch.no_grad()
 def repeat_scores(model, modules, cache: CompressedCache, ids: torch.Tensor, valid: torch.Tensor,
-                  chunk: int, reduce: str) -> dict[int, torch.Tensor]:
-    """{layer: (B, H_kv, T) score} of every pending layer from one repeat pass of ``ids``."""
+                  chunk: int, reduce: str, local_sinks: int | None = None
+                  ) -> dict[int, torch.Tensor]:
+    """{layer: (B, H_kv, T) score} of every pending layer from one repeat pass of ``ids``.
+    ``local_sinks``: normalise over the first that many real entries, the span the chunk
+    repeats and the chunk (None: over the whole context)."""
     b, t = ids.shape
     pending = cache.pending
     captured: dict[int, tuple] = {}
@@ -93,16 +98,21 @@ def repeat_scores(model, modules, cache: CompressedCache, ids: torch.Tensor, val
             for i, (k, v) in context.items():
                 past.update(k, v, i)
             key_ok = torch.cat([valid, q_ok], 1)
+            scored = key_ok
+            if local_sinks is not None:   # KVzip's window: sinks, the span repeated, the chunk
+                rank = valid.long().cumsum(-1) - 1                       # (B, t) real rank
+                window = valid & ((rank < local_sinks) | ((rank >= a) & (rank < a + c)))
+                scored = torch.cat([window, q_ok], 1)
             pos = n_real[:, None] + step            # positions counted from the first real token
             captured.clear()
             layer_scores = {}
 
-            def post(module, args, kwargs, output, _past=past, key_ok=key_ok, q_ok=q_ok,
+            def post(module, args, kwargs, output, _past=past, scored=scored, q_ok=q_ok,
                      layer_scores=layer_scores):
                 i = module.layer_idx
                 hidden, cos, sin = captured.pop(i)
                 layer_scores[i] = _chunk_scores(module, hidden, cos, sin, _past.layers[i].keys,
-                                                t, key_ok, q_ok, reduce)
+                                                t, scored, q_ok, reduce)
             post_handles = [m.register_forward_hook(post, with_kwargs=True)
                             for m in modules if m.layer_idx in pending]
             try:
@@ -135,10 +145,13 @@ def finish_repeat(model, modules, cache: CompressedCache) -> None:
     x0 = next(iter(cache.pending.values()))[0]
     valid = x0.valid if x0.valid.dim() == 2 else x0.valid.any(1)
     scores = repeat_scores(model, modules, cache, ids, valid, policy.repeat_chunk,
-                           policy.reduce)
+                           policy.reduce, policy.sinks if policy.local else None)
     order = cache.compressible_layers()
+    shares = _global_shares(plan, scores, valid, cache.n_real) if policy.pool == "global" \
+        else None
     for i, (x, _, _) in cache.pending.items():
-        counts = plan.keep_counts(cache.n_real, order.index(i), len(order))
+        counts = plan.keep_counts(cache.n_real, order.index(i), len(order)) if shares is None \
+            else shares[i]
         if not policy.units:
             cache.layers[i].retain(plan.select(x, counts, scores[i]))
             continue
@@ -152,3 +165,23 @@ def finish_repeat(model, modules, cache: CompressedCache) -> None:
         s = s[:, None, :].expand(-1, scores[i].shape[1], -1)
         # ties (the tokens of one unit) go to the later token: a cut unit keeps its end
         cache.layers[i].retain(plan.select(x, counts, s, slots=slots, prefer="late"))
+
+
+def _global_shares(plan, scores: dict[int, torch.Tensor], valid: torch.Tensor,
+                   n_real: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Entries per head each layer keeps when one pool (budget x layers x heads) goes to the
+    top scores over every layer and head: a layer's share is weighted by how many of the
+    pool's top scores it holds (every layer keeps at least sinks + recent per head)."""
+    layers = sorted(scores)
+    held = {i: torch.zeros_like(n_real, dtype=torch.float32) for i in layers}
+    for row in range(n_real.shape[0]):
+        stack = torch.stack([scores[i][row] for i in layers])             # (L, H, T)
+        stack = stack.masked_fill(~valid[row][None, None], float("-inf"))
+        k = plan.budget(int(n_real[row])) * stack.shape[1] * len(layers)
+        # a stable sort of quantised scores: the same top set whatever the thread count
+        top = torch.sort(quantise(stack.flatten()), descending=True, stable=True).indices[:k]
+        per_layer = torch.bincount(top // (stack.shape[1] * stack.shape[2]),
+                                   minlength=len(layers))
+        for j, i in enumerate(layers):
+            held[i][row] = float(per_layer[j]) + 1e-6
+    return plan.allocate_layers(held, n_real)
