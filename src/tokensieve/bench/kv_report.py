@@ -58,7 +58,11 @@ def aggregate(rows: list[dict]) -> dict:
         # paired with the full cache on the same items: the difference and its spread
         diffs = [r["score"] - full[r["item"]]["score"] for r in rs if r["item"] in full]
         by_kind: dict[str, list[float]] = defaultdict(list)
+        by_turn: dict[int, list[float]] = defaultdict(list)   # k-th question from one cache
         for r in rs:
+            if r.get("kinds"):
+                for k, s in enumerate(r.get("question_scores") or (), 1):
+                    by_turn[k].append(s)
             for kind, s in zip(r.get("kinds") or (), r.get("question_scores") or (),
                                strict=False):
                 by_kind[kind].append(s)
@@ -71,6 +75,7 @@ def aggregate(rows: list[dict]) -> dict:
             "vs_full": _mean(diffs), "vs_full_sem": _sem(diffs),
             "per_kind": {k: _mean(v) for k, v in sorted(by_kind.items())},
             "questions_per_kind": {k: len(v) for k, v in sorted(by_kind.items())},
+            "per_turn": {k: _mean(v) for k, v in sorted(by_turn.items())},
             "of_full": score / full_mean if score is not None and full_mean else None,
             "kv_kept": kept,
             "budget_error": None if kept is None or method == "full"
@@ -124,15 +129,18 @@ def markdown(agg: dict, meta: dict) -> str:
             f"{_f(s['top1'])} | {s['errors'] or ''} |")
     kinds = sorted({k for s in agg["summary"] for k in s.get("per_kind") or {}})
     if kinds:
-        lines += ["", "Accuracy per kind of fact (questions of the `facts_*` tasks; each "
-                  "answered from the one compressed cache):", "",
-                  "| keep | method | " + " | ".join(kinds) + " |",
-                  "|---:|---|" + "---:|" * len(kinds)]
+        lines += ["", "Accuracy per kind of fact (questions of the `facts_*` tasks, count in "
+                  "brackets) and by the question's turn: the four questions of an item are "
+                  "asked one after the other from the one compressed cache:", "",
+                  "| keep | method | " + " | ".join(kinds) + " | 1st | 2nd | 3rd | 4th question |",
+                  "|---:|---|" + "---:|" * (len(kinds) + 4)]
         for s in agg["summary"]:
             if s.get("per_kind"):
                 cells = [f"{_f(s['per_kind'].get(k))} ({s['questions_per_kind'].get(k, 0)})"
                          for k in kinds]
-                lines.append(f"| {s['keep']:g} | {s['method']} | " + " | ".join(cells) + " |")
+                turns = [_f(s["per_turn"].get(k)) for k in range(1, 5)]
+                lines.append(f"| {s['keep']:g} | {s['method']} | " + " | ".join(cells + turns)
+                             + " |")
     errs = [s for s in agg["summary"] if s["errors"] or s.get("fidelity_error")]
     if errs:
         lines += ["", "Errors (a failed run scores 0):", ""]
