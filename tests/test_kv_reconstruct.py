@@ -11,9 +11,11 @@ from tokensieve import kv
 from tokensieve.errors import UsageError
 
 
-def _reference(model, ids: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+def _reference(model, ids: torch.Tensor, chunk: int, local: int | None = None
+               ) -> list[torch.Tensor]:
     """Per layer (1, H_kv, T): the max eager attention any repeat query of a chunk gives
-    each context entry, each chunk fed right after the context."""
+    each context entry, each chunk fed right after the context. ``local``: renormalised
+    over the first ``local`` entries, the span the chunk repeats and the chunk itself."""
     t = ids.shape[1]
     kv_heads = model.config.num_key_value_heads
     g = model.config.num_attention_heads // kv_heads
@@ -28,14 +30,22 @@ def _reference(model, ids: torch.Tensor, chunk: int) -> list[torch.Tensor]:
                         output_attentions=True).attentions
         per_layer = []
         for layer in att:                               # (1, Hq, t + c, t + c)
-            rows = layer[:, :, t:, :t]                   # repeat queries over context keys
+            rows = layer[:, :, t:]                       # repeat queries over every key
+            if local is not None:
+                inside = torch.zeros(rows.shape[-1], dtype=torch.bool)
+                inside[:local] = True
+                inside[a:a + part.shape[1]] = True
+                inside[t:] = True
+                rows = rows * inside
+                rows = rows / rows.sum(-1, keepdim=True)
+            rows = rows[..., :t]
             per_layer.append(rows.reshape(1, kv_heads, g, -1, t).amax(dim=(2, 3)))
         best = per_layer if best is None else [torch.maximum(x, y)
                                                for x, y in zip(best, per_layer, strict=True)]
     return best
 
 
-def _scores(model, ids, chunk, **options):
+def _scores(model, ids, chunk, settings="", **options):
     """(scores the repeat pass computed per layer, the compressed cache)."""
     import tokensieve.kv.reconstruction as rec
 
@@ -47,7 +57,7 @@ def _scores(model, ids, chunk, **options):
 
     rec.repeat_scores = spy
     try:
-        policy = f"reconstruct:chunk={chunk}"
+        policy = f"reconstruct:chunk={chunk}{settings}"
         with kv.compress(model, policy, keep=0.25, **options) as s, torch.no_grad():
             model(ids, use_cache=True)
     finally:
@@ -55,13 +65,13 @@ def _scores(model, ids, chunk, **options):
     return got, s.last_cache
 
 
-@pytest.mark.parametrize("chunk", [64, 24])
-def test_repeat_scores_equal_the_models_own_attention(chunk):
+@pytest.mark.parametrize(("chunk", "local"), [(64, None), (24, None), (24, 4), (16, 2)])
+def test_repeat_scores_equal_the_models_own_attention(chunk, local):
     model = tiny_model("llama", "eager")
     try:
         ids = random_ids(48, seed=3)
-        got, _ = _scores(model, ids, chunk)
-        ref = _reference(model, ids, chunk)
+        got, _ = _scores(model, ids, chunk, "" if local is None else f",local=true,sinks={local}")
+        ref = _reference(model, ids, chunk, local)
         for i, r in enumerate(ref):
             assert torch.allclose(got[i], r, atol=1e-5), i
     finally:

@@ -23,30 +23,32 @@ from .plan import Slots
 from .prefill import share_units
 
 
-def _chunk_scores(module, hidden, cos, sin, keys: torch.Tensor, t: int, ok: torch.Tensor,
-                  q_ok: torch.Tensor, reduce: str) -> torch.Tensor:
-    """(B, H_kv, t): per context entry, the max (or summed) attention of the chunk's valid
-    queries over the context keys and the chunk's own (causal) keys. ``ok`` (B, t + c)
-    marks the keys the softmax runs over (valid, and inside the scoring window), ``q_ok``
-    (B, c) valid queries."""
+def _chunk_scores(module, hidden, cos, sin, ctx_keys: torch.Tensor, own_keys: torch.Tensor,
+                  ctx_ok: torch.Tensor, q_ok: torch.Tensor, reduce: str) -> torch.Tensor:
+    """(B, H_kv, n): per scored context entry, the max (or summed) attention of the chunk's
+    valid queries, the softmax running over the ``n`` context keys ``ctx_keys`` (B, H_kv, n,
+    D) that ``ctx_ok`` (B, n) allows and the chunk's own keys ``own_keys`` (B, H_kv, c, D),
+    causally; ``q_ok`` (B, c) marks valid queries (and keys) of the chunk."""
     q = project_queries(module, hidden, cos, sin)                   # (B, Hq, c, D)
     b, _, c, _ = q.shape
-    h = keys.shape[1]
+    h, n = ctx_keys.shape[1], ctx_keys.shape[2]
     g = q.shape[1] // h
-    n = keys.shape[2]                                                # t + c
-    step = max(1, min(c, LayerInputs.chunk_elements // max(1, b * g * n)))
-    key_pos = torch.arange(n, device=q.device)
-    out = torch.zeros(b, h, t, dtype=torch.float32, device=q.device)
+    keys = torch.cat([ctx_keys, own_keys], 2)
+    ok = torch.cat([ctx_ok, q_ok], 1)                                # (B, n + c)
+    step = max(1, min(c, LayerInputs.chunk_elements // max(1, b * g * (n + c))))
+    own_pos = torch.arange(c, device=q.device)
+    out = torch.zeros(b, h, n, dtype=torch.float32, device=q.device)
     for j in range(h):
-        k = keys[:, j].float().transpose(-1, -2)[:, None]           # (B, 1, D, n)
+        k = keys[:, j].float().transpose(-1, -2)[:, None]           # (B, 1, D, n + c)
         for a in range(0, c, step):
             m = min(step, c - a)
             logits = torch.matmul(q[:, j * g:(j + 1) * g, a:a + m].float(), k)
-            logits.mul_(module.scaling)                              # (B, g, m, n)
-            q_pos = t + torch.arange(a, a + m, device=q.device)[:, None]
-            allowed = (key_pos[None, :] <= q_pos)[None] & ok[:, None, :]   # (B, m, n)
+            logits.mul_(module.scaling)                              # (B, g, m, n + c)
+            causal = own_pos[None, :] <= torch.arange(a, a + m, device=q.device)[:, None]
+            allowed = torch.cat([torch.ones(m, n, dtype=torch.bool, device=q.device),
+                                 causal], 1)[None] & ok[:, None, :]  # (B, m, n + c)
             logits.masked_fill_(~allowed[:, None], float("-inf"))
-            probs = torch.softmax(logits, dim=-1).nan_to_num_(nan=0.0)[..., :t]
+            probs = torch.softmax(logits, dim=-1).nan_to_num_(nan=0.0)[..., :n]
             probs = probs * q_ok[:, None, a:a + m, None]             # padded queries count 0
             del logits
             if reduce == "max":
@@ -103,16 +105,21 @@ def repeat_scores(model, modules, cache: CompressedCache, ids: torch.Tensor, val
                 rank = valid.long().cumsum(-1) - 1                       # (B, t) real rank
                 window = valid & ((rank < local_sinks) | ((rank >= a) & (rank < a + c)))
                 scored = torch.cat([window, q_ok], 1)
+            scored = scored[:, :t]
+            cols = scored.any(0).nonzero().flatten()   # context columns any row scores over
             pos = n_real[:, None] + step            # positions counted from the first real token
             captured.clear()
             layer_scores = {}
 
             def post(module, args, kwargs, output, _past=past, scored=scored, q_ok=q_ok,
-                     layer_scores=layer_scores):
+                     layer_scores=layer_scores, cols=cols):
                 i = module.layer_idx
                 hidden, cos, sin = captured.pop(i)
-                layer_scores[i] = _chunk_scores(module, hidden, cos, sin, _past.layers[i].keys,
-                                                t, scored, q_ok, reduce)
+                keys = _past.layers[i].keys
+                part = _chunk_scores(module, hidden, cos, sin, keys[:, :, cols], keys[:, :, t:],
+                                     scored[:, cols], q_ok, reduce)
+                full = torch.zeros(part.shape[0], part.shape[1], t, device=part.device)
+                layer_scores[i] = full.index_copy_(2, cols, part)
             post_handles = [m.register_forward_hook(post, with_kwargs=True)
                             for m in modules if m.layer_idx in pending]
             try:
