@@ -1,30 +1,20 @@
 """The ``facts_<source>`` KV tasks: four facts of different kinds hidden in real prose of five
 sources, asked in other words, with dev / test halves that share no document."""
 
-import re
 
 import pytest
+from task_tokenizer import task_tokenizer
 
 pytest.importorskip("wonderwords", reason="kv_tasks draws its words from wonderwords 3.0.1")
 
 from tokensieve.bench import kv_prose  # noqa: E402
 from tokensieve.bench.kv_tasks import make_item, make_tasks  # noqa: E402
-from tokensieve.errors import ModelNotFoundError, TokensieveError  # noqa: E402
-
-
-class WordTokenizer:
-    def encode(self, text, add_special_tokens=False):
-        return re.findall(r"\w+|[^\w\s]", text)
+from tokensieve.errors import TokensieveError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokensieve.models import load_tokenizer
-
-    try:
-        return load_tokenizer("default")
-    except ModelNotFoundError:
-        return WordTokenizer()
+    return task_tokenizer()
 
 
 @pytest.fixture(scope="module")

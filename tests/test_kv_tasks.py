@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import asdict
 
 import pytest
+from task_tokenizer import task_tokenizer
 
 pytest.importorskip("wonderwords", reason="kv_tasks draws its words from wonderwords 3.0.1")
 
@@ -17,7 +18,7 @@ from tokensieve.bench.kv_tasks import (  # noqa: E402
     make_item,
     make_tasks,
 )
-from tokensieve.errors import ModelNotFoundError, TokensieveError  # noqa: E402
+from tokensieve.errors import TokensieveError  # noqa: E402
 
 LENGTHS = (1024, 2048, 4096)
 LOCAL_TASKS = tuple(t for t in TASKS if t not in ESSAY_TASKS and t not in kv_tasks.FACT_TASKS)
@@ -25,21 +26,9 @@ PROSE_TASKS = ("code_essay", "name_essay", "multifact")
 CODE = re.compile(r"^[A-Z0-9]+(?:-[A-Z0-9]+)+$")
 
 
-class WordTokenizer:
-    """Stand-in when the embedded SmolLM2 is not installed: words and punctuation."""
-
-    def encode(self, text, add_special_tokens=False):
-        return re.findall(r"\w+|[^\w\s]", text)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokensieve.models import load_tokenizer
-
-    try:
-        return load_tokenizer("default")
-    except ModelNotFoundError:
-        return WordTokenizer()
+    return task_tokenizer()
 
 
 @pytest.fixture(scope="module")
