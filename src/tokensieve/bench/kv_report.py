@@ -110,8 +110,9 @@ def markdown(agg: dict, meta: dict) -> str:
         f"`kept` = stored KV bytes / full cache; `×prefill`, "
         f"`×decode` = time over the no-compression run on the same item (query-aware `+q` "
         f"rows prefill inside decode); "
-        f"KL / top-1 = teacher-forced fidelity vs the full cache on "
-        f"{meta.get('fidelity_context')} tokens of pydoc text (128 continuation tokens). "
+        + (f"KL / top-1 = teacher-forced fidelity vs the full cache on "
+           f"{meta.get('fidelity_context')} tokens of pydoc text (128 continuation tokens). "
+           if meta.get("fidelity_context") else "KL / top-1 not run (fidelity length 0). ") +
         f"tokensieve's `default` is `{meta.get('default_policy')}`.",
         "",
         "| keep | method | " + " | ".join(tasks) + " | mean ± s.e. | of full | − full ± paired "
@@ -127,6 +128,12 @@ def markdown(agg: dict, meta: dict) -> str:
             f"| {_f(s['kv_kept'], 3)} | {_f(s['x_prefill'])} | "
             f"{_f(s['x_decode'])} | {_f(s['kl'], 3)} | "
             f"{_f(s['top1'])} | {s['errors'] or ''} |")
+    masked = [s["method"] for s in agg["summary"] if s["method"] != "full"
+              and s.get("kv_kept") is not None and s["kv_kept"] > s["keep"] + 0.1]
+    if masked:
+        lines += ["", f"{', '.join(sorted(set(masked)))}: `kept` is above `keep` because the "
+                  "cache is not shrunk; the evicted entries are masked in attention instead "
+                  "(kvpress's AdaKV and KVzip work this way), so no memory is saved."]
     kinds = sorted({k for s in agg["summary"] for k in s.get("per_kind") or {}})
     if kinds:
         lines += ["", "Accuracy per kind of fact (questions of the `facts_*` tasks, count in "
