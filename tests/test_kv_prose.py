@@ -8,7 +8,7 @@ from task_tokenizer import task_tokenizer
 pytest.importorskip("wonderwords", reason="kv_tasks draws its words from wonderwords 3.0.1")
 
 from tokensieve.bench import kv_prose  # noqa: E402
-from tokensieve.bench.kv_tasks import make_item, make_tasks  # noqa: E402
+from tokensieve.bench.kv_tasks import INVENTIONS, make_item, make_tasks  # noqa: E402
 from tokensieve.errors import TokensieveError  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def test_every_template_fills_and_differs_from_its_question():
     rng = random.Random(0)
     for kind, options in kv_prose.TEMPLATES.items():
         for k in range(len(options)):
-            needle, question, answers, used = kv_prose.make_fact(rng, kind, k)
+            needle, question, answers, used = kv_prose.make_fact(rng, kind, INVENTIONS, k)
             assert used == k and "{" not in needle + question
             assert all(a in needle for a in answers) and answers
             assert needle != question

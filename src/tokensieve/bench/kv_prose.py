@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 SOURCES = ("essay", "wiki", "news", "speech", "docs")
@@ -111,10 +112,16 @@ def sentences(source: str, split: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- facts
 
 
-def _place(rng) -> str:
-    from .kv_tasks import _PLACE_ENDS, _invented
+@dataclass(frozen=True)
+class Inventions:
+    """How invented values are drawn (``kv_tasks`` supplies its own, so both task families
+    invent codes, names and places alike): ``code(rng)``, ``person(rng)``, ``place(rng)``
+    and ``word_lists()`` -> (nouns, adjectives, words)."""
 
-    return _invented(rng, _PLACE_ENDS)
+    code: Callable
+    person: Callable
+    place: Callable
+    word_lists: Callable
 
 
 # per kind: (needle, question) templates, one drawn per fact. Chosen on the dev split (1k
@@ -155,36 +162,35 @@ TEMPLATES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def _fields(rng, kind: str) -> tuple[dict, list[str]]:
+def _fields(rng, kind: str, inv: Inventions) -> tuple[dict, list[str]]:
     """The invented values of one fact and the strings a correct answer contains."""
-    from .kv_tasks import _code, _person, _word_lists
-
     if kind == "code":
-        code = _code(rng)
-        return {"thing": f"{_place(rng)} {rng.choice(_OBJECTS)}", "code": code}, [code]
+        code = inv.code(rng)
+        return {"thing": f"{inv.place(rng)} {rng.choice(_OBJECTS)}", "code": code}, [code]
     if kind == "name":
-        name = _person(rng)
-        return {"role": rng.choice(_ROLES).format(place=_place(rng)), "name": name}, [name]
+        name = inv.person(rng)
+        return {"role": rng.choice(_ROLES).format(place=inv.place(rng)), "name": name}, [name]
     if kind == "date":
         month, year = rng.choice(MONTHS), rng.randint(1850, 2019)
-        return ({"what": f"{_place(rng)} {rng.choice(_OPENINGS)}", "day": rng.randint(1, 28),
+        return ({"what": f"{inv.place(rng)} {rng.choice(_OPENINGS)}", "day": rng.randint(1, 28),
                  "month": month, "year": year}, [month, str(year)])
     if kind == "amount":
-        repair = rng.choice(_REPAIRS).format(place=_place(rng))
+        repair = rng.choice(_REPAIRS).format(place=inv.place(rng))
         if rng.random() < 0.5:
             amount = f"{rng.randint(11, 99) / 10:.1f} million"
             return {"repair": repair, "shown": f"${amount}"}, [amount]
         amount = str(rng.randint(120, 990))
         return {"repair": repair, "shown": f"£{amount}"}, [amount]
-    nouns, adjs, _ = _word_lists()
+    nouns, adjs, _ = inv.word_lists()
     words = [rng.choice(adjs), rng.choice(nouns), rng.choice(nouns)]
-    where = rng.choice(_CARVED).format(place=_place(rng))
+    where = rng.choice(_CARVED).format(place=inv.place(rng))
     return {"where": where, "phrase": " ".join(words)}, words
 
 
-def make_fact(rng, kind: str, template: int | None = None) -> tuple[str, str, list[str], int]:
+def make_fact(rng, kind: str, inv: Inventions, template: int | None = None
+              ) -> tuple[str, str, list[str], int]:
     """(needle, question, answers, template index) of one fact of ``kind``."""
-    fields, answers = _fields(rng, kind)
+    fields, answers = _fields(rng, kind, inv)
     options = TEMPLATES[kind]
     k = rng.randrange(len(options)) if template is None else template
     needle, question = options[k]
@@ -197,18 +203,17 @@ def score_every(output: str, answers: Sequence[str]) -> float:
     return float(bool(answers) and all(a.lower() in low for a in answers))
 
 
-def make_parts(task: str, rng, count, target: int, seed: int) -> dict:
+def make_parts(task: str, rng, count, target: int, seed: int, fill: Callable,
+               inv: Inventions) -> dict:
     """The fields of one ``facts_<source>`` item (see the module docstring)."""
-    from .kv_tasks import _essay_fill
-
     source = task.removeprefix("facts_")
     split = "dev" if seed % 2 else "test"
     kinds = rng.sample(KINDS, N_FACTS)
-    facts = [make_fact(rng, k) for k in kinds]
+    facts = [make_fact(rng, k, inv) for k in kinds]
     quarters = list(range(N_FACTS))
     rng.shuffle(quarters)
     depths = [(q + 0.1 + 0.8 * rng.random()) / N_FACTS for q in quarters]
-    text, tokens = _essay_fill(rng, count, target, PREAMBLE,
+    text, tokens = fill(rng, count, target, PREAMBLE,
                                [(d, f[0]) for d, f in zip(depths, facts, strict=True)],
                                sentences=sentences(source, split))
     questions = [f[1] for f in facts]

@@ -491,6 +491,11 @@ def _person(rng) -> str:
     return f"{rng.choice(_FIRST_NAMES)} {_invented(rng, _SURNAME_ENDS)}"
 
 
+INVENTIONS = kv_prose.Inventions(code=_code, person=_person,
+                                 place=lambda rng: _invented(rng, _PLACE_ENDS),
+                                 word_lists=lambda: _word_lists())
+
+
 def _one_fact(rng, count, target: int, needle: str, question: str, answer: str) -> dict:
     """One needle sentence at a random depth of the essay filler (depth drawn here)."""
     depth = rng.random()
@@ -571,7 +576,7 @@ def make_item(tokenizer, task: str, length: int, index: int = 0, seed: int = 0,
     elif task == "name_essay":
         parts = _name_essay(rng, count, length)
     elif task in kv_prose.TASKS:
-        parts = kv_prose.make_parts(task, rng, count, length, seed)
+        parts = kv_prose.make_parts(task, rng, count, length, seed, _essay_fill, INVENTIONS)
     else:
         parts = _multifact(rng, count, length)
     return KVItem(task=task, length=length, index=index, max_new_tokens=MAX_NEW_TOKENS[task],
