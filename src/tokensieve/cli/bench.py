@@ -1,5 +1,5 @@
-"""``tokensieve bench text|kv|vision|vlm|train|sft ...``: hands the rest of the line to the
-benchmark."""
+"""``tokensieve bench text|kv|vision|vlm|vlm-layers|train|sft ...``: hands the rest of the
+line to the benchmark."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.vision_bench import main as bench_vision
 
         return bench_vision(args.rest)
+    if args.target == "vlm-layers":
+        from ..bench.vlm_layers import main as bench_vlm_layers
+
+        return bench_vlm_layers(args.rest)
     if args.target == "vlm":
         from ..bench.vlm_bench import main as bench_vlm
 
@@ -33,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add(sub) -> None:
-    b = sub.add_parser("bench", help="run a benchmark (text, kv, vision, vlm, train or sft); see "
-                       "tokensieve bench kv --help", add_help=False)
-    b.add_argument("target", choices=["text", "kv", "vision", "vlm", "train", "sft"])
+    b = sub.add_parser("bench", help="run a benchmark (text, kv, vision, vlm, vlm-layers, "
+                       "train or sft); see tokensieve bench kv --help", add_help=False)
+    b.add_argument("target",
+                   choices=["text", "kv", "vision", "vlm", "vlm-layers", "train", "sft"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=run)
