@@ -25,7 +25,7 @@ def test_relative_accuracy_and_paired_standard_error():
 
 
 def test_configs_cover_every_cell_once_unpruned_first():
-    cells = configs(["a", "b"], ["f"], [0.25, 0.125], layer=2)
+    cells = configs(["a", "b"], ["f"], [0.25, 0.125], layers=2)
     assert cells[0]["name"] == "unpruned" and cells[0]["stage"] is None
     assert len(cells) == 1 + 2 * (2 + 1)
     inside = [c for c in cells if c["stage"] == "inside"]
@@ -63,3 +63,31 @@ def test_markdown_orders_methods_and_reports_speed_ratios():
     assert md.index("| mmtok | before | 100.0 ± 0.0") < md.index("| random | before | 50.0 ± 10.0")
     assert "| 1 | random@0.25 | 0.250 | 4.00 | 1.000 | 2.00 | 0.25 |" in md
     assert "| single | 2 | 100.0% | 50.0% |" in md
+
+
+def test_aware_against_the_best_agnostic_cell_on_corner_questions():
+    from tokensieve.bench.vlm_report import aware_vs_agnostic
+
+    qtypes = ["single", "corner_what", "corner_what", "corner_which", "count"]
+    rows = [{"name": "fastv@L21", "method": "fastv", "keep": 0.125, "question_aware": True,
+             "correct": [0, 1, 1, 1, 0]},
+            {"name": "grid", "method": "grid", "keep": 0.125, "question_aware": False,
+             "correct": [1, 1, 0, 0, 1]},
+            {"name": "random", "method": "random", "keep": 0.125, "question_aware": False,
+             "correct": [1, 0, 0, 0, 1]},
+            {"name": "todre", "method": "todre", "keep": 0.25, "question_aware": True,
+             "correct": [1, 1, 1, 1, 1]}]
+    for r in rows:
+        r.update(relative={"all": 100.0}, se={"all": 0.0}, stage="before")
+    results = {"meta": {"qtypes": qtypes, "keeps": [0.125]}, "rows": rows}
+    (c,) = aware_vs_agnostic(results, 0.125)                 # one aware cell at this keep
+    assert (c["aware"], c["agnostic"], c["n"]) == ("fastv@L21", "grid", 3)
+    assert c["aware_acc"] == pytest.approx(1.0) and c["agnostic_acc"] == pytest.approx(1 / 3)
+    d = np.array([0, 1, 1], float)                            # corner questions only
+    assert c["lead"] == pytest.approx(100 * d.mean())
+    assert c["se"] == pytest.approx(100 * d.std(ddof=1) / math.sqrt(3))
+    assert aware_vs_agnostic({"meta": {"keeps": [0.125]}, "rows": rows}, 0.125) == []
+    md = markdown({**results, "meta": {**results["meta"], "split": "dev", "questions": 5,
+                   "single": 1, "grids": 1, "threads": 1, "seconds": 1.0, "layer": [2, 21],
+                   "counts": {"all": 5}, "unpruned": {"all": 0.6}, "chance": {}}, "speed": {}})
+    assert "| 0.125 | fastv@L21 | 100.0% | grid | 33.3% | +66.7" in md and "2, 21" in md

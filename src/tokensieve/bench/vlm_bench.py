@@ -45,14 +45,16 @@ QUICK_BEFORE = ("visionzip", "todre", "mmtok", "random")
 QUICK_INSIDE = ("fastv",)
 
 
-def configs(before, inside, keeps, layer: int) -> list[dict]:
-    """Every (stage, method, keep) cell of the run, the unpruned model first."""
+def configs(before, inside, keeps, layers) -> list[dict]:
+    """Every (stage, method, keep) cell of the run, the unpruned model first; inside methods
+    once per layer in ``layers`` (an int or a list)."""
+    layers = [layers] if isinstance(layers, int) else list(layers)
     out = [{"name": "unpruned", "stage": None, "method": None, "keep": 1.0, "layer": None}]
     for keep in keeps:
         out += [{"name": f"{m}", "stage": "before", "method": m, "keep": keep, "layer": None}
                 for m in before]
         out += [{"name": f"{m}@L{layer}", "stage": "inside", "method": m, "keep": keep,
-                 "layer": layer} for m in inside]
+                 "layer": layer} for layer in layers for m in inside]
     return out
 
 
@@ -150,7 +152,8 @@ def parse(argv):
     p.add_argument("--before", nargs="*", default=list(BEFORE), help="methods before the LLM")
     p.add_argument("--inside", nargs="*", default=list(INSIDE), help="methods inside the LLM")
     p.add_argument("--keeps", type=float, nargs="+", default=list(KEEPS))
-    p.add_argument("--layer", type=int, default=2, help="the inside stage's layer")
+    p.add_argument("--layer", type=int, nargs="+", default=[2],
+                   help="the inside stage's layer (several: each inside method at each)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--speed-methods", nargs="*",
                    default=[vlm.DEFAULT_METHOD, "visionzip", "random"],
@@ -210,7 +213,8 @@ def _run(a) -> int:
             print(f"tokensieve: skipping {cfg['name']} @ {cfg['keep']}: {exc}", file=sys.stderr)
             continue
         got = correct(data, preds)
-        row = dict(cfg, accuracy={}, relative={}, se={})
+        row = dict(cfg, accuracy={}, relative={}, se={}, correct=got.astype(int).tolist(),
+                   question_aware=bool(vlm.get_method(cfg["method"]).question_aware))
         for g, sel in groups.items():
             if sel.any():
                 row["accuracy"][g] = float(got[sel].mean())
@@ -234,6 +238,7 @@ def _run(a) -> int:
     meta = {
         "split": a.split, "single": a.single, "grids": a.grids, "questions": len(qtypes),
         "counts": counts, "chance": chance, "unpruned": base_acc, "keeps": a.keeps,
+        "qtypes": qtypes, "unpruned_correct": base.astype(int).tolist(),
         "layer": a.layer, "batch": a.batch, "reps": a.reps, "new_tokens": a.new_tokens,
         "threads": a.threads, "seed": a.seed, "seconds": round(time.time() - t_start, 1),
         "python": platform.python_version(), "torch": torch.__version__,

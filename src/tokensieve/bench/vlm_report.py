@@ -16,6 +16,61 @@ def _cell(row: dict, group: str) -> str:
     return f"{r:.1f} ± {se:.1f}"
 
 
+def _layers(layer) -> str:
+    return str(layer) if isinstance(layer, int) else ", ".join(str(k) for k in layer)
+
+
+def aware_vs_agnostic(results: dict, keep: float, group: str = "corner") -> list[dict]:
+    """At ``keep``, on the questions of ``group``: each question-aware cell against the best
+    question-agnostic cell there (by accuracy), the aware one's lead in points with the
+    paired standard error of the per-question difference; best lead first. Empty without
+    per-question results of both kinds."""
+    qtypes = results["meta"].get("qtypes")
+    rows = [r for r in results["rows"] if r["keep"] == keep and "correct" in r]
+    sel = np.array([group == "all" or q == group or (group == "corner" and
+                    q.startswith("corner")) for q in qtypes or []], dtype=bool)
+    if not sel.any():
+        return []
+
+    def acc(r) -> float:
+        return float(np.asarray(r["correct"])[sel].mean())
+
+    agnostic = max((r for r in rows if not r["question_aware"]), key=acc, default=None)
+    if agnostic is None:
+        return []
+    out = []
+    for r in rows:
+        if not r["question_aware"]:
+            continue
+        d = (np.asarray(r["correct"]) - np.asarray(agnostic["correct"]))[sel].astype(float)
+        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out.append({"aware": r.get("name") or r["method"], "aware_acc": acc(r),
+                    "agnostic": agnostic.get("name") or agnostic["method"],
+                    "agnostic_acc": acc(agnostic), "lead": 100 * float(d.mean()),
+                    "se": 100 * se, "n": int(sel.sum())})
+    return sorted(out, key=lambda c: -c["lead"])
+
+
+def aware_section(results: dict) -> list[str]:
+    """The issue's question-awareness check: each aware cell against the best agnostic one
+    on corner questions."""
+    lines = []
+    for keep in results["meta"]["keeps"]:
+        for c in aware_vs_agnostic(results, keep):
+            ratio = c["lead"] / c["se"] if c["se"] > 0 else float("nan")
+            lines.append(f"| {keep:g} | {c['aware']} | {100 * c['aware_acc']:.1f}% | "
+                         f"{c['agnostic']} | {100 * c['agnostic_acc']:.1f}% | "
+                         f"{c['lead']:+.1f} ± {c['se']:.1f} | {ratio:.1f} |")
+    if not lines:
+        return []
+    return ["## Question-aware against question-agnostic (corner questions)", "",
+            "Each question-aware cell against the best question-agnostic cell at its budget "
+            "(chosen here, so the agnostic side is favoured), accuracy on corner questions; "
+            "lead in points ± the paired standard error of the per-question difference.", "",
+            "| keep | aware | accuracy | best agnostic | accuracy | lead | lead / s.e. |",
+            "|---:|---|---:|---|---:|---:|---:|", *lines, ""]
+
+
 def markdown(results: dict) -> str:
     meta, rows = results["meta"], results["rows"]
     groups = [g for g in ("all", "single", "corner", "corner_what", "corner_which", "count")
@@ -23,7 +78,7 @@ def markdown(results: dict) -> str:
     out = [f"# VLM benchmark (small VLM, split {meta['split']})", "",
            f"{meta['questions']} questions ({meta['single']} single images, {meta['grids']} "
            f"2x2 grids); {meta['threads']} threads, {meta['seconds']:.0f} s in all; inside "
-           f"stage after decoder layer {meta['layer']}.", "",
+           f"stage after decoder layer {_layers(meta['layer'])} (`@Lk`).", "",
            "## The unpruned model", "", "| type | n | accuracy | chance |", "|---|---:|---:|---:|"]
     for g in groups:
         out.append(f"| {g} | {meta['counts'][g]} | {100 * meta['unpruned'][g]:.1f}% | "
@@ -38,9 +93,10 @@ def markdown(results: dict) -> str:
         out += [f"### keep {keep:g}", "", "| method | stage | " + " | ".join(groups) + " |",
                 "|---|---|" + "---:|" * len(groups)]
         for r in sorted(cells, key=lambda r: -r["relative"].get("all", 0)):
-            out.append(f"| {r['method']} | {r['stage']} | "
+            out.append(f"| {r.get('name') or r['method']} | {r['stage']} | "
                        + " | ".join(_cell(r, g) for g in groups) + " |")
         out.append("")
+    out += aware_section(results)
     out += ["## Speed (ratios to the unpruned model, same run, median of reps)", "",
             "| batch | cell | prefill s | prefill x | generate s | generate x | KV MB |",
             "|---:|---|---:|---:|---:|---:|---:|"]
