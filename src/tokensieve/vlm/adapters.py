@@ -32,7 +32,7 @@ class Adapter:
     the pruned call); ``provides``: optional ``Visual`` fields it can fill."""
 
     image_kwargs: tuple[str, ...] = ("pixel_values",)
-    provides: frozenset[str] = frozenset({"text"})
+    provides: frozenset[str] = frozenset({"text", "probe"})
 
     def __init__(self, model):
         self.model = model
@@ -81,7 +81,7 @@ class Llava(Adapter):
         except UsageError:
             self.cls = None  # a tower tokensieve.vision does not know: no attention
         extra = {"attention"} | ({"cls_attention"} if self.cls else set())
-        self.provides = frozenset({"text", "grid", "vision", "project"}
+        self.provides = frozenset({"text", "probe", "grid", "vision", "project"}
                                   | (extra if self.cls is not None else set()))
 
     @property
@@ -210,7 +210,7 @@ class Qwen2VL(Adapter):
     merged patch grid in raster order; positions are 3-D (M-RoPE)."""
 
     image_kwargs = ("pixel_values", "image_grid_thw")
-    provides = frozenset({"text", "grid"})
+    provides = frozenset({"text", "probe", "grid"})
 
     def images(self, kw, ids, needs):
         thw = kw.get("image_grid_thw")

@@ -18,7 +18,8 @@ DEFAULT_LAYER = 2   # FastV's k: drop after the third decoder layer
 WHAT = {"text": "the question's text (question_aware=True)", "grid": "a patch grid",
         "vision": "the vision tower's features", "project": "a one-to-one projector",
         "attention": "the vision tower's attention",
-        "cls_attention": "the vision tower's [CLS] attention"}
+        "cls_attention": "the vision tower's [CLS] attention",
+        "probe": "a probe of the language model's attention"}
 
 
 def _check(model, method: VLMMethod, stage: str, layer, question_aware: bool, seed):

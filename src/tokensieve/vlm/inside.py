@@ -28,6 +28,7 @@ from ..engine.budget import check_keep, keep_count
 from ..errors import UsageError
 from .inside_gather import GATHER, gather_rows, merge_into
 from .layer_attention import attention_to
+from .layer_attention import language_model as _language_model
 from .methods import Inside, VLMMethod, get_method
 from .records import ImageRecord
 from .sequence import Kept, as_into, compact, shrink_mask
@@ -61,19 +62,6 @@ class _Prefill:
     memo: dict = field(default_factory=dict)   # id(original kwarg) -> gathered one
     idx: torch.Tensor | None = None       # (B, L') kept positions, once layer k has run
     slot_valid: torch.Tensor | None = None
-
-
-def _language_model(model):
-    """The decoder stack of a VLM (Llava, Qwen2-VL: ``model.model.language_model``;
-    Idefics3: ``model.model.text_model``) or of a plain causal LM (``model.model``)."""
-    for path in ("model.language_model", "model.text_model", "language_model", "model", ""):
-        mod = model
-        for part in filter(None, path.split(".")):
-            mod = getattr(mod, part, None)
-        if isinstance(getattr(mod, "layers", None), torch.nn.ModuleList):
-            return mod
-    raise UsageError(f"{type(model).__name__} has no decoder layers the inside stage knows; "
-                     "use stage='before'.")
 
 
 def _check(model, method, keep, count, layer, image_token_id):

@@ -69,3 +69,16 @@ def attention_to(layer, hidden_in: torch.Tensor, position_embeddings, b: int,
     if not out:
         return torch.zeros(0, len(columns), device=x.device)
     return torch.cat(out)
+
+
+def language_model(model):
+    """The decoder stack of a VLM (Llava, Qwen2-VL: ``model.model.language_model``;
+    Idefics3: ``model.model.text_model``) or of a plain causal LM (``model.model``)."""
+    for path in ("model.language_model", "model.text_model", "language_model", "model", ""):
+        mod = model
+        for part in filter(None, path.split(".")):
+            mod = getattr(mod, part, None)
+        if isinstance(getattr(mod, "layers", None), torch.nn.ModuleList):
+            return mod
+    raise UsageError(f"{type(model).__name__} has no decoder layers the inside stage knows; "
+                     "use stage='before'.")

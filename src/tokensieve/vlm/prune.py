@@ -12,7 +12,9 @@ import torch
 
 from .. import kv
 from ..errors import UsageError
+from .layer_attention import language_model
 from .methods import Visual
+from .probe import Probe
 from .records import ImageRecord
 from .sequence import as_into, compact, merged_features, take
 from .wrapper import Wrapper
@@ -47,6 +49,7 @@ class Before(Wrapper):
         feats = torch.cat([im.features for im in images]).to(embeds.device, embeds.dtype)
         embeds = embeds.masked_scatter(is_image[..., None].expand_as(embeds), feats)
         keep = mask.bool().clone()
+        positions = self.adapter.positions(kw, ids, mask)
         records, at = [], 0
         for im, n in zip(images, sizes, strict=True):
             rows, cols = where[at:at + n].unbind(1)
@@ -54,7 +57,8 @@ class Before(Wrapper):
             row = int(rows[0])
             if bool((rows != row).any()):
                 raise UsageError("an image's tokens span two batch rows; check the prompt.")
-            into, seconds = self._select(im, n, embeds, is_image, mask, row)
+            probe = self._probe(embeds, positions, mask, row, cols)
+            into, seconds = self._select(im, n, embeds, is_image, mask, row, probe)
             fixed = into == torch.arange(n)
             merged = bool(((into >= 0) & ~fixed).any())
             if merged:
@@ -64,7 +68,6 @@ class Before(Wrapper):
                                        into if merged else None,
                                        {"vision": n, "llm": int(fixed.sum())}, seconds))
         kept = compact(keep)
-        positions = self.adapter.positions(kw, ids, mask)
         text = positions if positions.dim() == 2 else positions[-3:].amax(0)  # (B, L); M-RoPE
         kept.next_position = text.masked_fill(~mask.bool(), -1).amax(1) + 1
         if isinstance(cache, kv.CompressedCache) and "input_ids" in cache.shared:
@@ -80,7 +83,16 @@ class Before(Wrapper):
         self.session.record(records, kept.length, kept.width)
         return out
 
-    def _select(self, im, n: int, embeds, is_image, mask, row: int):
+    def _probe(self, embeds, positions, mask, row: int, cols):
+        """The language-model probe of one image (see :mod:`.probe`), for methods that read
+        it on a question-aware call; else ``None``."""
+        if "probe" not in self.method.needs or not self.question_aware:
+            return None
+        rows = slice(row, row + 1)
+        pos = positions[rows] if positions.dim() == 2 else positions[:, rows]
+        return Probe(language_model(self.model), embeds[rows], pos, mask[rows], cols)
+
+    def _select(self, im, n: int, embeds, is_image, mask, row: int, probe=None):
         """(into vector, seconds) of one image. Its ``text``: the input embeddings of the
         row's tokens after its last image (the question)."""
         count = self.target(n)
@@ -91,7 +103,7 @@ class Before(Wrapper):
             text = embeds[row, after]
         v = Visual(features=im.features, count=count, grid=im.grid, text=text,
                    vision=im.vision, attention=im.attention, cls_attention=im.cls_attention,
-                   project=self.adapter.project,
+                   project=self.adapter.project, probe=probe,
                    generator=torch.Generator().manual_seed(self.seed))
         for need in sorted(self.method.needs):
             if getattr(v, need, None) is None:

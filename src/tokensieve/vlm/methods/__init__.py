@@ -9,6 +9,7 @@ from .dart import DART
 from .fastv import FastV
 from .hiprune import HiPrune
 from .mmtok import MMTok
+from .probe import Probe
 from .recover import Recover
 from .simple import RandomTokens, UniformGrid
 from .todre import ToDRE
@@ -18,7 +19,7 @@ from .zeroth import ZerothOrder
 METHODS: dict[str, type[VLMMethod]] = {
     cls.name: cls for cls in (
         # before the LLM
-        VisionZip, VTCCLS, HiPrune, DART, ToDRE, ZerothOrder, VisionDrop, MMTok, Recover,
+        VisionZip, VTCCLS, HiPrune, DART, ToDRE, ZerothOrder, VisionDrop, MMTok, Recover, Probe,
         # inside it
         FastV, TransPrune,
         # baselines

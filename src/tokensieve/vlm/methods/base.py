@@ -40,6 +40,10 @@ class Visual:
     to each visual token averaged over heads, ``None`` for towers without a [CLS] token.
     ``project``: the projector, (M, Dv) -> (M, D), for methods that probe it; ``None`` when
     the model's projector does not map tokens one to one.
+    ``probe``: ``probe(idx, depth) -> (len(idx),)``, the attention the prompt's last token
+    pays to visual tokens ``idx`` at the decoder layer at ``depth`` (0..1) when only those of
+    this image's tokens are in the sequence (:mod:`tokensieve.vlm.probe`); ``None`` when the
+    call is question-agnostic.
     """
 
     features: torch.Tensor
@@ -50,6 +54,7 @@ class Visual:
     attention: list[torch.Tensor] | None = None
     cls_attention: list[torch.Tensor] | None = None
     project: Callable[[torch.Tensor], torch.Tensor] | None = None
+    probe: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
     @property
@@ -91,7 +96,7 @@ class Inside:
 class VLMMethod:
     """Base class. ``stages``: where the method can run ("before", "inside").
     ``needs``: which optional fields of :class:`Visual` it reads ("text", "vision",
-    "attention", "cls_attention", "project", "grid"); the pruner refuses, with a one-line
+    "attention", "cls_attention", "project", "grid", "probe"); the pruner refuses, with a one-line
     error, a model that cannot provide them. ``question_aware``: whether it reads the text."""
 
     name = "base"
