@@ -77,10 +77,13 @@ def test_aware_against_the_best_agnostic_cell_on_corner_questions():
              "correct": [1, 0, 0, 0, 1]},
             {"name": "todre", "method": "todre", "keep": 0.25, "question_aware": True,
              "correct": [1, 1, 1, 1, 1]}]
+    rows.append({"name": "random@L21", "method": "random", "keep": 0.125, "stage": "inside",
+                 "layer": 21, "question_aware": False, "correct": [1, 1, 1, 1, 1]})
     for r in rows:
-        r.update(relative={"all": 100.0}, se={"all": 0.0}, stage="before")
+        r.setdefault("stage", "before")
+        r.update(relative={"all": 100.0}, se={"all": 0.0})
     results = {"meta": {"qtypes": qtypes, "keeps": [0.125]}, "rows": rows}
-    (c,) = aware_vs_agnostic(results, 0.125)                 # one aware cell at this keep
+    (c,) = aware_vs_agnostic(results, 0.125)   # one aware cell here; random@L21 is no peer
     assert (c["aware"], c["agnostic"], c["n"]) == ("fastv@L21", "grid", 3)
     assert c["aware_acc"] == pytest.approx(1.0) and c["agnostic_acc"] == pytest.approx(1 / 3)
     d = np.array([0, 1, 1], float)                            # corner questions only
@@ -91,3 +94,11 @@ def test_aware_against_the_best_agnostic_cell_on_corner_questions():
                    "single": 1, "grids": 1, "threads": 1, "seconds": 1.0, "layer": [2, 21],
                    "counts": {"all": 5}, "unpruned": {"all": 0.6}, "chance": {}}, "speed": {}})
     assert "| 0.125 | fastv@L21 | 100.0% | grid | 33.3% | +66.7" in md and "2, 21" in md
+
+
+def test_report_only_without_results_is_a_one_line_error(tmp_path, capsys):
+    from tokensieve.bench.vlm_bench import main
+
+    assert main(["--report-only", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "results.json does not exist" in err and "\n" not in err

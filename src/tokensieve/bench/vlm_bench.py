@@ -164,6 +164,8 @@ def parse(argv):
     p.add_argument("--pictures", type=int, default=3, help="grids drawn with their kept tokens")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite report.md and the plots from OUT/results.json (no run)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 12 + 8 images, 4 + 1 methods, keep 0.25 / 0.125")
     a = p.parse_args(argv)
@@ -180,10 +182,25 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     torch.set_num_threads(a.threads)
     try:
-        return _run(a)
+        return _report_only(a.out) if a.report_only else _run(a)
     except TokensieveError as exc:
         print(f"tokensieve: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _report_only(out: Path) -> int:
+    """The report of an earlier run, from its results.json (the images rebuilt from its
+    settings)."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist; run the benchmark with --out {out} first.")
+    results = json.loads(path.read_text())
+    meta = results["meta"]
+    data = vlm_data.build(meta["split"], n_single=meta["single"], n_grid=meta["grids"],
+                          seed=meta["seed"])
+    write_report(results, out, data)
+    print(f"wrote {out}/report.md", file=sys.stderr)
+    return 0
 
 
 def _run(a) -> int:

@@ -22,9 +22,10 @@ def _layers(layer) -> str:
 
 def aware_vs_agnostic(results: dict, keep: float, group: str = "corner") -> list[dict]:
     """At ``keep``, on the questions of ``group``: each question-aware cell against the best
-    question-agnostic cell there (by accuracy), the aware one's lead in points with the
-    paired standard error of the per-question difference; best lead first. Empty without
-    per-question results of both kinds."""
+    question-agnostic cell of the same stage and layer (equal compute; chosen by accuracy
+    on these questions, so the agnostic side is favoured), the aware one's lead in points
+    with the paired standard error of the per-question difference; best lead first. Empty
+    without per-question results of both kinds."""
     qtypes = results["meta"].get("qtypes")
     rows = [r for r in results["rows"] if r["keep"] == keep and "correct" in r]
     sel = np.array([group == "all" or q == group or (group == "corner" and
@@ -35,13 +36,15 @@ def aware_vs_agnostic(results: dict, keep: float, group: str = "corner") -> list
     def acc(r) -> float:
         return float(np.asarray(r["correct"])[sel].mean())
 
-    agnostic = max((r for r in rows if not r["question_aware"]), key=acc, default=None)
-    if agnostic is None:
-        return []
     out = []
     for r in rows:
         if not r["question_aware"]:
             continue
+        peers = [o for o in rows if not o["question_aware"] and o["stage"] == r["stage"]
+                 and o.get("layer") == r.get("layer")]
+        if not peers:
+            continue
+        agnostic = max(peers, key=acc)
         d = (np.asarray(r["correct"]) - np.asarray(agnostic["correct"]))[sel].astype(float)
         se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
         out.append({"aware": r.get("name") or r["method"], "aware_acc": acc(r),
@@ -53,7 +56,7 @@ def aware_vs_agnostic(results: dict, keep: float, group: str = "corner") -> list
 
 def aware_section(results: dict) -> list[str]:
     """The issue's question-awareness check: each aware cell against the best agnostic one
-    on corner questions."""
+    of its stage on corner questions."""
     lines = []
     for keep in results["meta"]["keeps"]:
         for c in aware_vs_agnostic(results, keep):
@@ -64,10 +67,12 @@ def aware_section(results: dict) -> list[str]:
     if not lines:
         return []
     return ["## Question-aware against question-agnostic (corner questions)", "",
-            "Each question-aware cell against the best question-agnostic cell at its budget "
-            "(chosen here, so the agnostic side is favoured), accuracy on corner questions; "
-            "lead in points ± the paired standard error of the per-question difference.", "",
-            "| keep | aware | accuracy | best agnostic | accuracy | lead | lead / s.e. |",
+            "Each question-aware cell against the best question-agnostic cell of the same "
+            "stage and layer at its budget (chosen here, so the agnostic side is favoured), "
+            "accuracy on corner questions; lead in points ± the paired standard error of the "
+            "per-question difference.", "",
+            "| keep | aware | accuracy | best agnostic, same stage | accuracy | lead | "
+            "lead / s.e. |",
             "|---:|---|---:|---|---:|---:|---:|", *lines, ""]
 
 
