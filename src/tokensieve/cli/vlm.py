@@ -129,7 +129,7 @@ def add(sub) -> None:
     a.add_argument("image", help="an image file (PNG, JPEG, ...)")
     a.add_argument("--question", required=True, help="the question to answer")
     a.add_argument("--method", default="default", help="VLM method, e.g. default, visionzip, "
-                   "mmtok, 'dart:pivots=4' (see the README)")
+                   "mmtok, probe (question-aware, slower), 'dart:pivots=4' (see the README)")
     ab = a.add_mutually_exclusive_group()
     ab.add_argument("--keep", type=fraction, metavar="FRACTION",
                     help="fraction of visual tokens kept, in (0, 1] (default 0.25)")
