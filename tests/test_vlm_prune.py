@@ -409,13 +409,14 @@ _TEXT = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_attention_
 def test_stacks_with_kv_compress(kind, order):
     """Prune the visual tokens, then compress the KV of what remains: the cache stores
     keep x (L - dropped) entries per layer and head (+ the decoded tokens), in either order,
-    with kv's surprisal policy (it scores the kept ids) and an attention one."""
+    with kv's surprisal policy (it scores the kept ids) and an attention one; ``probe``'s
+    forward through the language model leaves kv's hooks and cache alone."""
     tiny, model, _ = setup(kind)
     inputs = tiny.inputs([(1, 30, 10)])
     text = model.config.text_config
     n = tiny.tokens_per_image
-    for policy in ("default", "snapkv"):
-        blocks = [lambda: vlm.prune(model, "random", keep=0.25),
+    for method, policy in (("random", "default"), ("random", "snapkv"), ("probe", "default")):
+        blocks = [lambda m=method: vlm.prune(model, m, keep=0.25),
                   lambda p=policy: kv.compress(model, p, keep=0.5, sinks=2, recent=4, window=4)]
         if order == "kv_first":
             blocks.reverse()
