@@ -57,6 +57,10 @@ def test_profile_covers_every_layer_and_restores_the_attention_kernel():
         for rows in by_query.values():
             assert [r["layer"] for r in rows] == list(range(layers))
             assert all(0.0 <= r["share"] <= 1.0 and 0.0 <= r["top_hit"] <= 1.0 for r in rows)
+    heads = model.config.text_config.num_attention_heads
+    for rows in (out[q]["last"] for q in out):
+        assert all(0 <= r["best_head"] < heads and 0.0 <= r["best_head_share"] <= 1.0
+                   for r in rows)
     md = markdown({"meta": {"split": "dev", "grids": 3, "count": 32, "threads": 1,
                             "seconds": 1.0}, "layers": out})
     assert "| 0 |" in md and "corner_what" in md

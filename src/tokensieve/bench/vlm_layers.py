@@ -71,6 +71,7 @@ def profile(model, processor, data, count: int, progress: bool = False) -> dict:
     n_tokens = int(model.config.image_seq_length)
     masks = cell_masks(int(round(n_tokens ** 0.5)))
     sums: dict = {}
+    per_head: dict = {}
     examples = [e for e in data.examples if e.qtype in QTYPES]
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")   # attention weights; restored below
@@ -83,21 +84,27 @@ def profile(model, processor, data, count: int, progress: bool = False) -> dict:
             ids = inputs["input_ids"][0]
             visual = (ids == image_id).nonzero().flatten()
             after = torch.arange(int(visual[-1]) + 1, ids.shape[0])
-            for layer, att in enumerate(out.attentions):
-                att = att[0].float().mean(0)
+            for layer, heads in enumerate(out.attentions):
+                att = heads[0].float().mean(0)
                 rows = {"last": att[-1, visual], "text": att[after][:, visual].mean(0)}
                 for query, w in rows.items():
                     key = (ex.qtype, query, layer)
                     sums.setdefault(key, []).append(shares(w, cell, count))
+                last = heads[0, :, -1][:, visual].float()           # (H, N) per head
+                per_head.setdefault((ex.qtype, layer), []).append(
+                    (last[:, cell].sum(1) / last.sum(1)).tolist())
     finally:
         model.set_attn_implementation(previous)
     out: dict = {}
     for (qtype, query, layer), vals in sorted(sums.items()):
         v = np.array(vals)
-        out.setdefault(qtype, {}).setdefault(query, []).append(
-            {"layer": layer, "share": float(v[:, 0].mean()),
-             "share_se": float(v[:, 0].std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
-             "top_hit": float(v[:, 1].mean()), "n": len(v)})
+        row = {"layer": layer, "share": float(v[:, 0].mean()),
+               "share_se": float(v[:, 0].std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
+               "top_hit": float(v[:, 1].mean()), "n": len(v)}
+        if query == "last":   # the head whose mean share is highest at this layer
+            h = np.array(per_head[(qtype, layer)]).mean(0)
+            row.update(best_head=int(h.argmax()), best_head_share=float(h.max()))
+        out.setdefault(qtype, {}).setdefault(query, []).append(row)
     return out
 
 
@@ -107,16 +114,19 @@ def markdown(results: dict) -> str:
            f"{meta['grids']} 2x2 grids; per decoder layer, the share of the prompt's attention "
            "to the visual tokens that falls on the asked cell (25% = spread evenly), ± its "
            f"standard error, and the share of the top {meta['count']} visual tokens inside "
-           f"that cell. `last`: the prompt's last token (FastV's query); `text`: the mean over "
-           f"the text after the image. {meta['threads']} threads, {meta['seconds']:.0f} s.", ""]
+           f"that cell. `last`: the prompt's last token (FastV's query), head mean, and the "
+           f"head with the highest mean share; `text`: the mean over the text after the "
+           f"image. {meta['threads']} threads, {meta['seconds']:.0f} s.", ""]
     for qtype, by_query in results["layers"].items():
         n = by_query["last"][0]["n"]
         out += [f"## {qtype} ({n} questions)", "",
-                "| layer | last: share | last: top in cell | text: share | text: top in cell |",
-                "|---:|---:|---:|---:|---:|"]
+                "| layer | last: share | last: top in cell | last: best head | text: share | "
+                "text: top in cell |", "|---:|---:|---:|---:|---:|---:|"]
         for lo, te in zip(by_query["last"], by_query["text"], strict=True):
+            head = (f"{100 * lo['best_head_share']:.0f}% (head {lo['best_head']})"
+                    if "best_head" in lo else "–")
             out.append(f"| {lo['layer']} | {100 * lo['share']:.0f}% ± {100 * lo['share_se']:.0f}"
-                       f" | {100 * lo['top_hit']:.0f}% | {100 * te['share']:.0f}% ± "
+                       f" | {100 * lo['top_hit']:.0f}% | {head} | {100 * te['share']:.0f}% ± "
                        f"{100 * te['share_se']:.0f} | {100 * te['top_hit']:.0f}% |")
         out.append("")
     return "\n".join(out)
