@@ -440,7 +440,8 @@ def test_qwen2_vl_generate_batch_equals_each_row_alone(beams):
 def test_sampling_runs_and_is_seeded():
     model = tiny_llava()
     ids, mask, _ = batch(ROWS)
-    gen = dict(max_new_tokens=4, do_sample=True, top_k=0, num_return_sequences=2)
+    gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=True, top_k=0,
+               num_return_sequences=2)
     outs = []
     with install_inside(model, "random", keep=0.25, layer=1, image_token_id=IMG) as h:
         for _ in range(2):

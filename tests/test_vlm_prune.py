@@ -423,8 +423,8 @@ def test_stacks_with_kv_compress(kind, order):
                   lambda p=policy: kv.compress(model, p, keep=0.5, sinks=2, recent=4, window=4)]
         if order == "kv_first":
             blocks.reverse()
-        with blocks[0]() as a, blocks[1]() as b:
-            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        with blocks[0]() as a, blocks[1]() as b:   # min_new_tokens: no early EOS
+            out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
         r, s = (a, b) if order == "vlm_first" else (b, a)
         length, width = r.lengths
         assert width == length - (n - keep_count(0.25, n))
@@ -492,7 +492,7 @@ def test_bfloat16_models_prune_and_merge_in_their_dtype(kind):
     model = copy.deepcopy(model).to(torch.bfloat16)
     inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
     with vlm.prune(model, MergeTail(), count=4) as r, seen_by_lm(model) as calls:
-        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert calls[0]["embeds"].dtype == torch.bfloat16 and r.last[0].into is not None
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
     assert calls[0]["embeds"].shape[1] == r.lengths[1] < r.lengths[0]
@@ -539,7 +539,7 @@ def test_the_default_method_runs_on_every_class(kind):
     tiny, model, inputs = setup(kind)
     assert vlm.get_method("default").name == vlm.DEFAULT_METHOD
     with vlm.prune(model, "default", keep=0.25) as r:
-        gen = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        gen = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
     k = keep_count(0.25, tiny.tokens_per_image)
     assert [len(rec.kept) for rec in r.last] == [k] * len(r.last) and len(r.last) == 3
     assert gen.shape[1] == inputs["input_ids"].shape[1] + 2
