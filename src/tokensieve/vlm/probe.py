@@ -45,11 +45,6 @@ class Probe:
     def __init__(self, language_model, embeds, positions, valid, image_cols):
         self.lm, self.embeds, self.positions = language_model, embeds, positions
         self.valid, self.image_cols = valid.bool(), image_cols
-        self.calls = 0
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.lm.layers)
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor, depth: float) -> torch.Tensor:
@@ -58,7 +53,7 @@ class Probe:
         if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n:
             raise UsageError(f"a probe needs visual token indices in [0, {n}), got "
                              f"{idx.numel()} of them")
-        layer = depth_layer(depth, self.n_layers)
+        layer = depth_layer(depth, len(self.lm.layers))
         keep = self.valid.clone()
         drop = torch.ones(n, dtype=torch.bool)
         drop[idx] = False
@@ -73,7 +68,6 @@ class Probe:
         valid = torch.ones(kept.width, dtype=torch.bool, device=embeds.device)
         att = attention_to(self.lm.layers[layer], reached.hidden, reached.position_embeddings,
                            0, valid, last, columns.to(embeds.device))[0]
-        self.calls += 1
         out = torch.empty(idx.numel(), dtype=att.dtype, device=att.device)
         out[idx.argsort()] = att      # back to the caller's order of idx
         return out.cpu()

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 
 from ...engine.diversity import duplication
-from ...errors import UsageError
 from .base import Inside, Visual, VLMMethod, top
-from .relevance import counted
+from .relevance import counted, whole
 
 
 class DART(VLMMethod):
@@ -21,9 +20,7 @@ class DART(VLMMethod):
     stages = frozenset({"before", "inside"})
 
     def __init__(self, pivots: int = 8):
-        if isinstance(pivots, bool) or not isinstance(pivots, int) or pivots < 1:
-            raise UsageError(f"dart: pivots is a whole number >= 1, got {pivots!r}.")
-        self.pivots = pivots
+        self.pivots = whole("dart", "pivots", pivots)
 
     def select(self, v: Visual | Inside) -> torch.Tensor:
         counted(self, v)

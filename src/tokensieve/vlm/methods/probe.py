@@ -19,35 +19,23 @@ import torch
 
 from ...errors import UsageError
 from .base import Visual, VLMMethod, top
-from .relevance import choice, fraction, share_of, visual
-
-
-def _whole(method: str, key: str, value, low: int) -> int:
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        out = low - 1
-    if out < low or str(value).strip() not in (str(out), f"{out}.0"):
-        raise UsageError(f"{method}: {key} must be a whole number >= {low}, got {value!r}.")
-    return out
+from .relevance import fraction, share_of, visual, whole
 
 
 class Probe(VLMMethod):
     """Keep the tokens the language model's deep layers attend to from the prompt's last
     token, scored on a probe of every ``stride``-th row and column (see the module
-    docstring). ``spread="probed"``: the probed tokens first, then the rest of their blocks."""
+    docstring)."""
 
     name = "probe"
     stages = frozenset({"before"})
     needs = frozenset({"probe", "text"})
     question_aware = True
 
-    def __init__(self, depth: float = 0.7, stride: int = 2, share: float = 1.0,
-                 spread: str = "nearest"):
+    def __init__(self, depth: float = 0.7, stride: int = 2, share: float = 1.0):
         self.depth = fraction("probe", "depth", depth)
-        self.stride = _whole("probe", "stride", stride, 1)
+        self.stride = whole("probe", "stride", stride)
         self.share = fraction("probe", "share", share)
-        self.spread = choice("probe", "spread", spread, ("nearest", "probed"))
 
     def probed(self, v: Visual) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices probed, for each token the position in that list of the probed token
@@ -69,12 +57,9 @@ class Probe(VLMMethod):
         if v.probe is None:
             raise UsageError("VLM method 'probe' needs the pruner's language-model probe "
                              "(stage='before' with question_aware=True).")
-        idx, nearest = self.probed(v)
+        idx, block = self.probed(v)
         att = v.probe(idx, self.depth).float()
-        score = att[nearest]
-        if self.spread == "probed":   # the probed tokens first, then their neighbours
-            score = score + (torch.isin(torch.arange(v.n), idx)).float() * (score.max() + 1)
-        # (ties keep the earlier token: within a block, the probed one at its top left)
+        score = att[block]   # ties keep the earlier token: a block's probed one first
         n_rel = share_of(v.count, self.share)
         keep = top(score, n_rel) if n_rel else torch.zeros(v.n, dtype=torch.bool)
         rest = v.count - int(keep.sum())
@@ -85,6 +70,5 @@ class Probe(VLMMethod):
         return keep
 
     def __repr__(self) -> str:
-        return (f"Probe(depth={self.depth}, stride={self.stride}, share={self.share}, "
-                f"spread={self.spread!r})")
+        return f"Probe(depth={self.depth}, stride={self.stride}, share={self.share})"
 

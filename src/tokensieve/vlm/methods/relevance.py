@@ -92,6 +92,13 @@ def non_negative(method: str, key: str, value) -> float:
     return out
 
 
+def whole(method: str, key: str, value, low: int = 1) -> int:
+    """A whole-number setting >= ``low``, else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"{method}: {key} is a whole number >= {low}, got {value!r}.")
+    return value
+
+
 def choice(method: str, key: str, value, options: tuple[str, ...]) -> str:
     """One of ``options``, else a one-line error listing them."""
     if value not in options:
