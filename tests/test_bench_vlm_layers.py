@@ -35,6 +35,7 @@ def test_shares_of_attention_and_of_the_top_tokens():
     assert share == pytest.approx(0.6)
     assert hit == pytest.approx(0.5)                      # top 2: tokens 0 (in) and 1 or 2
     assert shares(w, cell, 1)[1] == 1.0
+    assert shares(w, cell, 99)[1] == pytest.approx(0.5)   # a count above N: every token
 
 
 @pytest.mark.model

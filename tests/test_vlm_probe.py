@@ -161,3 +161,20 @@ def test_probe_leaves_the_cache_and_the_output_as_pruning_alone_would():
     with vlm.prune(model, Fixed(), count=5):
         b = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert torch.equal(a, b)
+
+
+@torch.no_grad()
+def test_probe_keeps_the_same_tokens_on_one_and_two_threads():
+    tiny = build("llava_clip")
+    inputs = tiny.inputs([(1, 3, 5), (1, 2, 6)])
+    before = torch.get_num_threads()
+    kept = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with vlm.prune(tiny.model, "probe", count=5) as r:
+                tiny.model(**inputs)
+            kept.append([rec.kept.tolist() for rec in r.last])
+    finally:
+        torch.set_num_threads(before)
+    assert kept[0] == kept[1] and all(len(k) == 5 for k in kept[0])

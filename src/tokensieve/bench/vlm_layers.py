@@ -60,7 +60,7 @@ def shares(weights: torch.Tensor, cell: torch.Tensor, count: int) -> tuple[float
     weights that lie in ``cell``)."""
     total = float(weights.sum())
     share = float(weights[cell].sum()) / total if total > 0 else float("nan")
-    top = weights.topk(count).indices
+    top = weights.topk(min(count, weights.numel())).indices
     return share, float(cell[top].float().mean())
 
 
