@@ -39,7 +39,7 @@ from .vlm_report import write_report
 
 KEEPS = (0.25, 0.125, 0.0625)
 BEFORE = ("visionzip", "vtc-cls", "hiprune", "dart", "todre", "zeroth", "visiondrop", "mmtok",
-          "recover", "probe", "random", "grid")
+          "recover", "probe", "learned", "random", "grid")
 INSIDE = ("fastv", "transprune", "visiondrop", "random")
 QUICK_BEFORE = ("visionzip", "todre", "mmtok", "random")
 QUICK_INSIDE = ("fastv",)

@@ -1,5 +1,6 @@
 """``tokensieve vlm IMAGE --question Q``: answer with the small VLM, its visual tokens pruned;
-``tokensieve vlm train|eval``: train the small VLM's projector, measure its accuracy."""
+``tokensieve vlm train|eval``: train the small VLM's projector, measure its accuracy;
+``tokensieve vlm train-look``: train the look head of the ``learned`` method."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 from .common import EXIT_OK, fraction
 
-SUBCOMMANDS = ("train", "eval", "ask")
+SUBCOMMANDS = ("train", "eval", "ask", "train-look")
 
 
 def route(argv: list[str]) -> list[str]:
@@ -118,6 +119,39 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_look(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
+    from ..bench.vlm_look import train_look
+    from ..vlm.look_head import DATA_DIR
+    from .common import EXIT_USAGE
+
+    for name in ("single", "grids", "dev_single", "dev_grids", "hidden", "epochs"):
+        if getattr(args, name) < (1 if name in ("hidden", "epochs") else 0):
+            print(f"tokensieve: error: --{name.replace('_', '-')} is too small", file=sys.stderr)
+            return EXIT_USAGE
+    if args.single + args.grids < 1 or not 0.0 < args.depth <= 1.0:
+        print("tokensieve: error: --single + --grids must be >= 1 and --depth in (0, 1]",
+              file=sys.stderr)
+        return EXIT_USAGE
+    torch.set_num_threads(args.threads)
+    model = processor = None
+    if args.model:
+        from ..vlm.load import load
+
+        model, processor = load(args.model)
+    out = args.out or DATA_DIR
+    record = train_look(out, model=model, processor=processor, single=args.single,
+                        grids=args.grids, dev_single=args.dev_single, dev_grids=args.dev_grids,
+                        depth=args.depth, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
+                        seed=args.seed, progress=not args.quiet)
+    print(json.dumps(record["valid"], indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def add(sub) -> None:
     from .common import Parser
 
@@ -199,3 +233,25 @@ def add(sub) -> None:
     e.add_argument("--predictions", action="store_true", help="with --json: every answer")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_eval)
+    k = vsub.add_parser("train-look", help="train the look head of method 'learned': it "
+                        "predicts the attention a deep decoder layer pays to each visual "
+                        "token from the question (targets from the model itself; about 15 "
+                        "min on 2 cores)")
+    k.add_argument("--model", default=None, metavar="FOLDER", help="a local VLM folder "
+                   "(default: the small VLM)")
+    k.add_argument("--single", type=int, default=150, help="train single-image questions")
+    k.add_argument("--grids", type=int, default=150, help="train 2x2 grids (every question)")
+    k.add_argument("--dev-single", type=int, default=60)
+    k.add_argument("--dev-grids", type=int, default=40)
+    k.add_argument("--depth", type=float, default=0.7, help="the decoder layer whose "
+                   "attention is learned, as a fraction of the depth (default 0.7: layer 21 "
+                   "of the small VLM, where it finds the asked corner)")
+    k.add_argument("--hidden", type=int, default=128)
+    k.add_argument("--epochs", type=int, default=30)
+    k.add_argument("--lr", type=float, default=2e-3)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--threads", type=int, default=2)
+    k.add_argument("--out", default=None, help="folder for small_vlm_look_head.safetensors / "
+                   ".json (default: the one tokensieve ships, src/tokensieve/models/data)")
+    k.add_argument("--quiet", action="store_true")
+    k.set_defaults(func=_train_look)

@@ -8,6 +8,7 @@ from .base import Inside, Visual, VLMMethod
 from .dart import DART
 from .fastv import FastV
 from .hiprune import HiPrune
+from .learned import Learned
 from .mmtok import MMTok
 from .probe import Probe
 from .recover import Recover
@@ -20,6 +21,7 @@ METHODS: dict[str, type[VLMMethod]] = {
     cls.name: cls for cls in (
         # before the LLM
         VisionZip, VTCCLS, HiPrune, DART, ToDRE, ZerothOrder, VisionDrop, MMTok, Recover, Probe,
+        Learned,
         # inside it
         FastV, TransPrune,
         # baselines

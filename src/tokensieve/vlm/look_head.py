@@ -1,0 +1,141 @@
+"""A learned guess of where the language model will look (the TokenButler idea, for images).
+
+The small VLM finds the part of an image a question names only deep in its decoder (layers
+21-23 of 30, ``tokensieve bench vlm-layers``); the ``probe`` method asks those layers, which
+costs a partial prefill per image. :class:`LookHead` predicts the same signal — the attention
+the prompt's last token pays to each visual token at a deep layer — from what is known
+before the language model runs: the projected visual tokens, their place in the patch grid,
+and the question's input embeddings. It is a few hundred thousand parameters, trained here
+by distillation from the model's own attention (``tokensieve vlm train-look``), so it runs in
+a millisecond per image.
+
+The head for the project's small VLM ships in ``tokensieve/models/data``
+(``small_vlm_look_head.*``); another model needs its own (``--out`` folder, then
+``learned:head=FOLDER``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModelNotFoundError, UsageError
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "models" / "data"
+HEAD_NAME = "small_vlm_look_head"
+
+_lock = threading.Lock()
+_cache: dict[str, tuple[LookHead, dict]] = {}
+
+
+def coordinates(n: int, grid: tuple[int, int] | None) -> torch.Tensor:
+    """(n, 2) positions in [0, 1]: (row, column) on a patch grid in raster order; without a
+    grid, the token's place in the sequence and 0."""
+    if grid is not None and grid[0] * grid[1] == n:
+        h, w = grid
+        r = torch.arange(h, dtype=torch.float32) / max(h - 1, 1)
+        c = torch.arange(w, dtype=torch.float32) / max(w - 1, 1)
+        return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(n, 2)
+    t = torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
+    return torch.stack([t, torch.zeros(n)], -1)
+
+
+def fourier(coords: torch.Tensor, freqs: int) -> torch.Tensor:
+    """(..., 4 * freqs) sines and cosines of each coordinate at 1..freqs half-turns."""
+    k = torch.arange(1, freqs + 1, dtype=coords.dtype, device=coords.device) * math.pi
+    x = coords[..., :, None] * k                              # (..., 2, freqs)
+    return torch.cat([x.sin(), x.cos()], -1).flatten(-2)
+
+
+def pool_text(text: torch.Tensor) -> torch.Tensor:
+    """(2 * D,): the mean and the max over the question's tokens of their normalised input
+    embeddings (what the head reads of the question)."""
+    t = F.layer_norm(text.float(), text.shape[-1:])
+    return torch.cat([t.mean(0), t.amax(0)])
+
+
+class LookHead(torch.nn.Module):
+    """(visual tokens (N, D), their coordinates (N, 2), pooled question (2D,)) -> (N,)
+    logits of the deep layer's attention: ``heads`` bilinear matches between a visual key
+    (an MLP of the token and its place) and a question query, log-sum-exp over heads, plus
+    a question-free prior per token."""
+
+    def __init__(self, dim: int, hidden: int = 128, heads: int = 4, freqs: int = 4) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise UsageError(f"LookHead: hidden ({hidden}) must be a multiple of heads ({heads}).")
+        self.dim, self.hidden, self.heads, self.freqs = dim, hidden, heads, freqs
+        self.visual = torch.nn.Sequential(torch.nn.Linear(dim + 4 * freqs, hidden),
+                                          torch.nn.GELU(), torch.nn.Linear(hidden, hidden))
+        self.question = torch.nn.Sequential(torch.nn.Linear(2 * dim, hidden), torch.nn.GELU(),
+                                            torch.nn.Linear(hidden, hidden))
+        self.prior = torch.nn.Linear(hidden, 1)
+
+    def config(self) -> dict:
+        return {"dim": self.dim, "hidden": self.hidden, "heads": self.heads,
+                "freqs": self.freqs}
+
+    def forward(self, features: torch.Tensor, coords: torch.Tensor,
+                question: torch.Tensor) -> torch.Tensor:
+        """``features`` (..., N, D), ``coords`` (..., N, 2), ``question`` (..., 2D) ->
+        (..., N) logits."""
+        v = F.layer_norm(features.float(), features.shape[-1:])
+        k = self.visual(torch.cat([v, fourier(coords.float(), self.freqs)], -1))
+        q = self.question(question.float())
+        e = self.hidden // self.heads
+        qh = q.unflatten(-1, (self.heads, e))[..., None, :, :]          # (..., 1, H, e)
+        match = k.unflatten(-1, (self.heads, e)) * qh
+        return torch.logsumexp(match.sum(-1) / math.sqrt(e), -1) + self.prior(k).squeeze(-1)
+
+    @torch.inference_mode()
+    def scores(self, features: torch.Tensor, text: torch.Tensor,
+               grid: tuple[int, int] | None) -> torch.Tensor:
+        """(N,) logits for one image's tokens and its question's embeddings (T, D)."""
+        if features.shape[-1] != self.dim:
+            raise UsageError(f"the look head was trained for {self.dim}-wide visual tokens, "
+                             f"these are {features.shape[-1]}-wide: train one for this model "
+                             "with `tokensieve vlm train-look --model FOLDER --out DIR` and "
+                             "pass learned:head=DIR.")
+        n = features.shape[0]
+        return self(features, coordinates(n, grid), pool_text(text))
+
+
+def save_head(folder: str | Path, head: LookHead, record: dict) -> Path:
+    """Write ``HEAD_NAME.safetensors`` (weights) and ``HEAD_NAME.json`` (config + record)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(folder / f"{HEAD_NAME}.safetensors"))
+    (folder / f"{HEAD_NAME}.json").write_text(
+        json.dumps({**head.config(), **record}, indent=1) + "\n")
+    return folder
+
+
+def load_head(folder: str | Path | None = None) -> tuple[LookHead, dict]:
+    """(head, its record) from ``folder`` (default: the one shipped for the small VLM);
+    cached per folder."""
+    folder = Path(folder).expanduser() if folder else DATA_DIR
+    key = str(folder.resolve())
+    with _lock:
+        if key not in _cache:
+            weights = folder / f"{HEAD_NAME}.safetensors"
+            meta = folder / f"{HEAD_NAME}.json"
+            if not weights.is_file() or not meta.is_file():
+                raise ModelNotFoundError(
+                    f"no look head in {folder} ({HEAD_NAME}.safetensors and .json); train "
+                    "one with: tokensieve vlm train-look --out FOLDER")
+            from safetensors.torch import load_file
+
+            record = json.loads(meta.read_text())
+            head = LookHead(int(record["dim"]), int(record["hidden"]), int(record["heads"]),
+                            int(record["freqs"]))
+            head.load_state_dict(load_file(str(weights)))
+            _cache[key] = (head.eval(), record)
+        return _cache[key]

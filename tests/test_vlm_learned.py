@@ -1,0 +1,175 @@
+"""The look head and the ``learned`` method: coordinates, exact budgets, the shipped head,
+one-line errors, and distillation that really learns where a model looks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from vlm_models import build
+
+from tokensieve import vlm
+from tokensieve.bench.vlm_look import LookSet, _Recorder, fit, kl, validate
+from tokensieve.errors import ModelNotFoundError, UsageError
+from tokensieve.vlm.look_head import (
+    HEAD_NAME,
+    LookHead,
+    coordinates,
+    load_head,
+    pool_text,
+    save_head,
+)
+from tokensieve.vlm.methods import Visual, get_method
+from tokensieve.vlm.methods.learned import Learned, spread
+
+
+def _visual(count, dim=8, n=16, grid=(4, 4), text=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Visual(features=torch.randn(n, dim, generator=g), count=count, grid=grid,
+                  text=torch.randn(text, dim, generator=g) if text else None)
+
+
+def test_coordinates_follow_the_grid_in_raster_order():
+    c = coordinates(6, (2, 3))
+    assert c.tolist() == [[0, 0], [0, .5], [0, 1], [1, 0], [1, .5], [1, 1]]
+    flat = coordinates(5, None)
+    assert flat[:, 0].tolist() == [0, .25, .5, .75, 1] and flat[:, 1].abs().sum() == 0
+    assert coordinates(5, (2, 3)).shape == (5, 2)   # a grid that does not fit is ignored
+
+
+def test_pool_text_is_mean_and_max_of_normalised_tokens():
+    t = torch.tensor([[1., 2., 3.], [3., 2., 1.]])
+    p = pool_text(t)
+    normed = torch.nn.functional.layer_norm(t, (3,))
+    assert torch.allclose(p, torch.cat([normed.mean(0), normed.amax(0)]))
+
+
+@pytest.mark.parametrize("count", [1, 3, 8, 16])
+@pytest.mark.parametrize("share", [1.0, 0.5, 0.0])
+def test_exact_budget_and_share(count, share):
+    torch.manual_seed(0)
+    head = LookHead(8, hidden=16, heads=2)
+    v = _visual(count)
+    keep = Learned(head=head, share=share).select(v)
+    assert keep.dtype == torch.bool and int(keep.sum()) == count
+    if share == 1.0:   # exactly the head's top count
+        top = head.scores(v.features, v.text, v.grid).topk(count).indices
+        assert set(top.tolist()) == set(keep.nonzero().flatten().tolist())
+
+
+def test_the_question_changes_what_is_kept():
+    torch.manual_seed(1)
+    head = LookHead(8, hidden=16, heads=2)
+    a = Learned(head=head).select(_visual(4, seed=0))
+    v = _visual(4, seed=0)
+    v.text = -v.text * 3
+    b = Learned(head=head).select(v)
+    assert not torch.equal(a, b)
+
+
+def test_spread_fills_evenly_among_the_rest():
+    keep = torch.zeros(10, dtype=torch.bool)
+    keep[0] = True
+    out = spread(keep, 4)
+    assert out.nonzero().flatten().tolist() == [0, 1, 5, 9]
+    assert torch.equal(spread(out, 4), out)
+
+
+def test_bad_settings_and_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(UsageError, match="share"):
+        get_method("learned:share=2")
+    with pytest.raises(UsageError, match="question"):
+        Learned(head=LookHead(8, 16, 2)).select(_visual(2, text=0))
+    with pytest.raises(UsageError, match="8-wide.*12-wide.*train-look"):
+        Learned(head=LookHead(8, 16, 2)).select(_visual(2, dim=12))
+    with pytest.raises(ModelNotFoundError, match="train-look"):
+        Learned(head=str(tmp_path)).select(_visual(2))
+    with pytest.raises(UsageError, match="multiple of heads"):
+        LookHead(8, hidden=10, heads=4)
+    with pytest.raises(ModelNotFoundError) as info:
+        Learned(head=str(tmp_path)).select(_visual(2, dim=12))
+    assert "\n" not in str(info.value)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(2)
+    head = LookHead(8, hidden=16, heads=2, freqs=3)
+    save_head(tmp_path, head, {"depth": 0.5})
+    loaded, record = load_head(tmp_path)
+    assert record["depth"] == 0.5 and record["freqs"] == 3
+    v = _visual(5)
+    assert torch.equal(loaded.scores(v.features, v.text, v.grid),
+                       head.eval().scores(v.features, v.text, v.grid))
+    assert torch.equal(Learned(head=str(tmp_path)).select(v), Learned(head=head).select(v))
+
+
+def test_the_shipped_head_fits_the_small_vlm():
+    head, record = load_head()
+    assert head.dim == 576   # SmolLM2-135M's width
+    assert record["model"] == "LlavaForConditionalGeneration" and 0 < record["depth"] <= 1
+    valid = record["valid"]["all"]
+    # on the dev split it holds more of the deep layer's attention than random tokens do
+    assert valid["mass@32"] > 2 * valid["random@32"]
+    meta = json.loads((load_head.__globals__["DATA_DIR"] / f"{HEAD_NAME}.json").read_text())
+    assert meta["dim"] == 576
+
+
+def _synthetic(n_items, seed, n=16, dim=8):
+    """Questions that name a quadrant of a 4x4 grid (one-hot in the text); the target puts
+    its attention on that quadrant."""
+    g = torch.Generator().manual_seed(seed)
+    ds = LookSet()
+    quads = [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    for i in range(n_items):
+        ds.features.append(torch.randn(n, dim, generator=g).half())
+        ds.coords.append(coordinates(n, (4, 4)))
+        q = int(torch.randint(4, (1,), generator=g))
+        text = torch.randn(3, dim, generator=g) * 0.1
+        text[:, q] += 3.0
+        target = torch.full((n,), 0.01)
+        target[quads[q]] = 1.0
+        ds.image.append(i)
+        ds.question.append(pool_text(text))
+        ds.target.append(target / target.sum())
+        ds.qtype.append(f"q{q}")
+    return ds
+
+
+def test_fit_learns_where_the_attention_goes():
+    train, dev = _synthetic(256, 0), _synthetic(64, 1)
+    head, curve = fit(train, hidden=32, heads=2, epochs=40, lr=5e-3, batch=32, progress=False)
+    assert curve[-1][1] < 0.5 * curve[0][1]
+    row = validate(head, dev, counts=(4,))["all"]
+    assert row["random@4"] == 0.25
+    assert row["mass@4"] > 0.8 * row["best@4"]      # finds the named quadrant
+    untrained = validate(LookHead(8, 32, 2), dev, counts=(4,))["all"]
+    assert untrained["mass@4"] < 0.6 * row["mass@4"]
+    assert float(kl(torch.zeros(2, 4), torch.full((2, 4), 0.25))) == pytest.approx(0, abs=1e-6)
+
+
+@torch.no_grad()
+def test_recorder_targets_are_the_probe_of_all_tokens():
+    tiny = build("llava_clip")
+    inputs = tiny.row(tiny.inputs([(1, 3, 5)]), 0)
+    rec = _Recorder(0.5)
+    with vlm.prune(tiny.model, rec, count=1):
+        tiny.model(**inputs)
+    (v, att), = rec.rows
+    assert att.shape == (v.n,) and torch.allclose(att, v.probe(torch.arange(v.n), 0.5).float())
+
+
+@pytest.mark.parametrize("kind", ["llava_clip", "qwen2_vl"])
+@torch.no_grad()
+def test_runs_in_generate_with_a_head_of_the_models_width(kind):
+    tiny = build(kind)
+    model = tiny.model
+    inputs = tiny.inputs([(1, 3, 5), (2, 4, 6)])
+    torch.manual_seed(0)
+    method = Learned(head=LookHead(model.get_input_embeddings().embedding_dim, 16, 2))
+    with vlm.prune(model, method, count=3) as r:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert [len(rec.kept) for rec in r.last] == [3] * len(r.last)
+    with pytest.raises(UsageError, match="question"):
+        with vlm.prune(model, method, count=3, question_aware=False):
+            pass
