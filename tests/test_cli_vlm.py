@@ -34,6 +34,7 @@ def test_answers_with_the_budget_and_draws_the_kept_tokens(square, tmp_path, cap
                "--method", "random", "--png", str(png), "--json", "--threads", "1"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["answer"] and out["visual_tokens"] == 256 and out["kept"] == 16
+    assert out["method"] == out["ran"] == "random"
     kept = out["kept_indices"]
     assert len(kept) == 16 and kept == sorted(set(kept))
     img = np.asarray(Image.open(png)).astype(float)
@@ -44,6 +45,13 @@ def test_answers_with_the_budget_and_draws_the_kept_tokens(square, tmp_path, cap
     on[kept] = True
     assert np.allclose(bright[on], full[on], atol=1) and np.allclose(bright[~on], 0.25 * full[~on],
                                                                      atol=1)
+
+
+def test_the_default_says_what_it_ran(square, capsys):
+    rc = main(["vlm", str(square), "--question", "What is in the top-left corner?", "--keep",
+               "0.125", "--json", "--threads", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and (out["method"], out["ran"], out["kept"]) == ("default", "learned", 32)
 
 
 def test_bad_image_and_method_are_one_line_errors(square, tmp_path, capsys):

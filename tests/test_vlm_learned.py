@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from vlm_models import build
 
 from tokensieve import vlm
+from tokensieve.bench.vlm_eval import inputs_for
 from tokensieve.bench.vlm_look import LookSet, _Recorder, fit, kl, validate
 from tokensieve.errors import ModelNotFoundError, UsageError
 from tokensieve.vlm.look_head import (
     HEAD_NAME,
     LookHead,
     coordinates,
+    fingerprint,
     load_head,
     pool_text,
     save_head,
@@ -61,10 +64,10 @@ def test_exact_budget_and_share(count, share):
 def test_the_question_changes_what_is_kept():
     torch.manual_seed(1)
     head = LookHead(8, hidden=16, heads=2)
-    a = Learned(head=head).select(_visual(4, seed=0))
+    a = Learned(head=head, share=1.0).select(_visual(4, seed=0))
     v = _visual(4, seed=0)
     v.text = -v.text * 3
-    b = Learned(head=head).select(v)
+    b = Learned(head=head, share=1.0).select(v)
     assert not torch.equal(a, b)
 
 
@@ -81,10 +84,17 @@ def test_bad_settings_and_inputs_are_one_line_errors(tmp_path):
         get_method("learned:share=2")
     with pytest.raises(UsageError, match="question"):
         Learned(head=LookHead(8, 16, 2)).select(_visual(2, text=0))
-    with pytest.raises(UsageError, match="8-wide.*12-wide.*train-look"):
+    with pytest.raises(UsageError, match="8-wide.*train-look"):
         Learned(head=LookHead(8, 16, 2)).select(_visual(2, dim=12))
     with pytest.raises(ModelNotFoundError, match="train-look"):
         Learned(head=str(tmp_path)).select(_visual(2))
+    for bad in ("learned:fallback=learned", "learned:fallback=default", "learned:fallback=fastv",
+                "learned:fallback=nosuch", "learned:fallback=5"):
+        with pytest.raises(UsageError):
+            get_method(bad)
+    assert get_method("default:fallback=none").fallback is None
+    assert get_method("learned:fallback=dart").fallback.name == "dart"
+    assert get_method("default").fallback.name == "todre" and get_method("learned").fallback is None
     with pytest.raises(UsageError, match="multiple of heads"):
         LookHead(8, hidden=10, heads=4)
     with pytest.raises(ModelNotFoundError) as info:
@@ -102,6 +112,55 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.equal(loaded.scores(v.features, v.text, v.grid),
                        head.eval().scores(v.features, v.text, v.grid))
     assert torch.equal(Learned(head=str(tmp_path)).select(v), Learned(head=head).select(v))
+
+
+def test_fingerprint_names_the_architecture():
+    a, b = build("llava_clip"), build("qwen2_vl")
+    fa, fb = fingerprint(a.model), fingerprint(b.model)
+    assert fa.startswith("LlavaForConditionalGeneration:") and fa != fb
+    assert fingerprint(build("llava_clip").model) == fa
+
+
+@torch.no_grad()
+def test_default_runs_the_shipped_head_on_the_small_vlm_and_todre_elsewhere():
+    model, processor = vlm.load("default")
+    head, record = load_head()
+    assert record["fingerprint"] == fingerprint(model)
+    img = np.zeros((224, 224, 3), dtype=np.uint8)
+    img[:112, :112] = 255                               # something in the top-left corner
+    inputs = inputs_for(processor, [img], ["What is in the top-left corner?"])
+
+    def kept(method, **kw):
+        with vlm.prune(model, method, keep=0.125, **kw) as r:
+            model(**inputs)
+        (rec,) = r.last
+        return rec.method, rec.kept.tolist()
+
+    used, idx = kept("default")
+    assert used == "learned" and len(idx) == 32
+    assert kept("learned") == (used, idx)
+    # the head's own top 16 (share 0.5 of 32) are among the kept tokens
+    text_pos = kept("learned:share=1")[1]
+    assert len(set(text_pos) & set(idx)) >= 16
+    assert kept("default", question_aware=False) == kept("todre", question_aware=False)
+    assert kept("default", question_aware=False)[0] == "todre"
+
+
+@pytest.mark.parametrize("kind", ["llava_clip", "idefics3"])
+@torch.no_grad()
+def test_elsewhere_default_is_todre_and_learned_refuses_in_one_line(kind):
+    tiny = build(kind)
+    inputs = tiny.inputs([(1, 3, 5)])
+    with vlm.prune(tiny.model, "default", count=3) as r:
+        tiny.model(**inputs)
+    with vlm.prune(tiny.model, "todre", count=3) as t:
+        tiny.model(**inputs)
+    assert [x.method for x in r.last] == ["todre"] * len(r.last)
+    assert [x.kept.tolist() for x in r.last] == [x.kept.tolist() for x in t.last]
+    with pytest.raises(UsageError, match="train-look") as info:
+        with vlm.prune(tiny.model, "learned", count=3):
+            tiny.model(**inputs)
+    assert "\n" not in str(info.value)
 
 
 def test_the_shipped_head_fits_the_small_vlm():

@@ -41,7 +41,7 @@ KEEPS = (0.25, 0.125, 0.0625)
 BEFORE = ("visionzip", "vtc-cls", "hiprune", "dart", "todre", "zeroth", "visiondrop", "mmtok",
           "recover", "probe", "learned", "random", "grid")
 INSIDE = ("fastv", "transprune", "visiondrop", "random")
-QUICK_BEFORE = ("visionzip", "todre", "mmtok", "random")
+QUICK_BEFORE = ("visionzip", "todre", "mmtok", "learned", "random")
 QUICK_INSIDE = ("fastv",)
 
 

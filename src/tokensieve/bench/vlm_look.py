@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..vlm.look_head import LookHead, coordinates, pool_text, save_head
+from ..vlm.look_head import LookHead, coordinates, fingerprint, pool_text, save_head
 from ..vlm.methods.base import Visual, VLMMethod
 
 
@@ -189,7 +189,7 @@ def train_look(out, *, model=None, processor=None, single: int = 150, grids: int
     head, curve = fit(train, hidden=hidden, epochs=epochs, lr=lr, seed=seed, progress=progress)
     t2 = time.perf_counter()
     record = {
-        "depth": depth, "model": type(model).__name__,
+        "depth": depth, "model": type(model).__name__, "fingerprint": fingerprint(model),
         "layer_count": int(model.config.get_text_config().num_hidden_layers),
         "train": {"split": "train", "single": single, "grids": grids, "questions": len(train),
                   "images": len(train.features), "seed": seed},

@@ -46,17 +46,18 @@ def _ask(args: argparse.Namespace) -> int:
     rec = r.last[0] if r.last else None
     total = rec.tokens if rec else int(model.config.image_seq_length)
     kept = len(rec.kept) if rec else total
+    ran = rec.method if rec and rec.method else args.method   # what "default" resolved to
     if args.png:
         _draw(images[0], processor, rec.kept.tolist() if rec else list(range(total)), total,
               args.png)
     if args.json:
         print(json.dumps({"answer": text.strip(), "visual_tokens": total, "kept": kept,
                           "kept_indices": rec.kept.tolist() if rec else None,
-                          "method": args.method, "stage": args.stage,
+                          "method": args.method, "ran": ran, "stage": args.stage,
                           "seconds": round(seconds, 3)}, indent=2))
     else:
         print(text.strip())
-        print(f"[{kept} of {total} visual tokens kept ({args.method}, {args.stage}), "
+        print(f"[{kept} of {total} visual tokens kept ({ran}, {args.stage}), "
               f"{seconds:.2f} s]", file=__import__("sys").stderr)
     return EXIT_OK
 
@@ -162,8 +163,9 @@ def add(sub) -> None:
                         "--question Q)")
     a.add_argument("image", help="an image file (PNG, JPEG, ...)")
     a.add_argument("--question", required=True, help="the question to answer")
-    a.add_argument("--method", default="default", help="VLM method, e.g. default, visionzip, "
-                   "mmtok, probe (question-aware, slower), 'dart:pivots=4' (see the README)")
+    a.add_argument("--method", default="default", help="VLM method, e.g. default (learned on "
+                   "the small VLM), todre, visionzip, probe (question-aware, slower), "
+                   "'dart:pivots=4' (see the README)")
     ab = a.add_mutually_exclusive_group()
     ab.add_argument("--keep", type=fraction, metavar="FRACTION",
                     help="fraction of visual tokens kept, in (0, 1] (default 0.25)")

@@ -212,7 +212,8 @@ class InsideHandle:
         """The last prefill's records in ``vlm.prune``'s format."""
         return [ImageRecord(r.row, r.before, r.kept, r.into,
                             {"vision": r.before, "llm": r.before,
-                             f"after layer {self.layer}": r.after}, r.seconds)
+                             f"after layer {self.layer}": r.after}, r.seconds,
+                            self.method.used())
                 for r in self.records]
 
     @staticmethod

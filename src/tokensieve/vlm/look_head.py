@@ -33,6 +33,21 @@ _lock = threading.Lock()
 _cache: dict[str, tuple[LookHead, dict]] = {}
 
 
+def fingerprint(model) -> str:
+    """A short id of a VLM's architecture, which a look head is tied to: its class, the
+    language model's width, depth and vocabulary, the vision tower's type and width, and the
+    visual tokens per image. (A head stays tied to the projector it was trained with; the id
+    cannot see the weights: retrain the head after retraining the projector.)"""
+    cfg = model.config
+    text = cfg.get_text_config()
+    vision = getattr(cfg, "vision_config", None)
+    parts = (type(model).__name__, getattr(text, "hidden_size", None),
+             getattr(text, "num_hidden_layers", None), getattr(text, "vocab_size", None),
+             getattr(vision, "model_type", None), getattr(vision, "hidden_size", None),
+             getattr(cfg, "image_seq_length", None))
+    return ":".join(map(str, parts))
+
+
 def coordinates(n: int, grid: tuple[int, int] | None) -> torch.Tensor:
     """(n, 2) positions in [0, 1]: (row, column) on a patch grid in raster order; without a
     grid, the token's place in the sequence and 0."""

@@ -13,6 +13,7 @@ import torch
 from .. import kv
 from ..errors import UsageError
 from .layer_attention import language_model
+from .look_head import fingerprint
 from .methods import Visual
 from .probe import Probe
 from .records import ImageRecord
@@ -59,6 +60,7 @@ class Before(Wrapper):
                 raise UsageError("an image's tokens span two batch rows; check the prompt.")
             probe = self._probe(embeds, positions, mask, row, cols)
             into, seconds = self._select(im, n, embeds, is_image, mask, row, probe)
+            used = self.method.used()
             fixed = into == torch.arange(n)
             merged = bool(((into >= 0) & ~fixed).any())
             if merged:
@@ -66,7 +68,7 @@ class Before(Wrapper):
             keep[row, cols[(~fixed).to(cols.device)]] = False
             records.append(ImageRecord(row, n, fixed.nonzero().flatten(),
                                        into if merged else None,
-                                       {"vision": n, "llm": int(fixed.sum())}, seconds))
+                                       {"vision": n, "llm": int(fixed.sum())}, seconds, used))
         kept = compact(keep)
         text = positions if positions.dim() == 2 else positions[-3:].amax(0)  # (B, L); M-RoPE
         kept.next_position = text.masked_fill(~mask.bool(), -1).amax(1) + 1
@@ -103,7 +105,7 @@ class Before(Wrapper):
             text = embeds[row, after]
         v = Visual(features=im.features, count=count, grid=im.grid, text=text,
                    vision=im.vision, attention=im.attention, cls_attention=im.cls_attention,
-                   project=self.adapter.project, probe=probe,
+                   project=self.adapter.project, probe=probe, model=fingerprint(self.model),
                    generator=torch.Generator().manual_seed(self.seed))
         for need in sorted(self.method.needs):
             if getattr(v, need, None) is None:

@@ -16,7 +16,8 @@ class ImageRecord:
     language model sees; ``into``: (tokens,) merge map when the method merged (``into[i]``
     the kept token i was averaged into, -1 dropped), else ``None``; ``stages``: visual
     tokens of this image at each stage ("vision": from the vision side, "llm": entering the
-    language model); ``seconds``: time spent selecting."""
+    language model); ``seconds``: time spent selecting; ``method``: the method that selected
+    (``"default"`` names the one it resolved to on this model)."""
 
     row: int
     tokens: int
@@ -24,6 +25,7 @@ class ImageRecord:
     into: torch.Tensor | None
     stages: dict[str, int]
     seconds: float
+    method: str = ""
 
 
 @dataclass

@@ -43,7 +43,9 @@ class Visual:
     ``probe``: ``probe(idx, depth) -> (len(idx),)``, the attention the prompt's last token
     pays to visual tokens ``idx`` at the decoder layer at ``depth`` (0..1) when only those of
     this image's tokens are in the sequence (:mod:`tokensieve.vlm.probe`); ``None`` when the
-    call is question-agnostic.
+    call is question-agnostic. ``model``: a short id of the model's architecture
+    (:func:`tokensieve.vlm.look_head.fingerprint`), for methods whose trained parts fit one
+    model only; ``None`` when unknown.
     """
 
     features: torch.Tensor
@@ -55,6 +57,7 @@ class Visual:
     cls_attention: list[torch.Tensor] | None = None
     project: Callable[[torch.Tensor], torch.Tensor] | None = None
     probe: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    model: str | None = None
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
     @property
@@ -103,6 +106,10 @@ class VLMMethod:
     stages: frozenset[str] = frozenset({"before"})
     needs: frozenset[str] = frozenset()
     question_aware = False
+
+    def used(self) -> str:
+        """The name of the method that made the last selection (itself, unless it delegates)."""
+        return self.name
 
     def select(self, v: Visual | Inside) -> torch.Tensor:
         """Boolean (N,) keep mask with exactly ``v.count`` True entries, or a long (N,)
