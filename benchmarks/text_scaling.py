@@ -8,6 +8,11 @@ to reach the length (repeats change nothing for a per-token scorer's speed).
 
     .venv/bin/python benchmarks/text_scaling.py                       # 10k, 100k, 1M
     .venv/bin/python benchmarks/text_scaling.py --lengths 10000 --lm-max 10000   # quick
+    .venv/bin/python benchmarks/text_scaling.py --anchors llmlingua --anchor-max 10000
+
+``--anchors``: the established compressors (``benchmarks/text/anchors/setup_anchors.sh``
+builds their venv), timed in the same run on the same text and target, on SmolLM2 as every
+method here; their seconds are the compression call alone (the model loads before).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from pathlib import Path
 import torch
 
 from tokensieve import compress
-from tokensieve.models import load_tokenizer
+from tokensieve.bench.data import Item
+from tokensieve.bench.methods import ANCHORS, anchors_available, run_anchor
+from tokensieve.models import converted_default_lm_dir, load_tokenizer
 
 OUT = Path(__file__).parent / "results" / "text-scaling"
 
@@ -57,8 +64,16 @@ def main() -> None:
     ap.add_argument("--lm-max", type=int, default=100_000,
                     help="longest input the LM path runs on (it is ~10x slower)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--anchors", nargs="*", default=[], choices=sorted(ANCHORS),
+                    help="anchor compressors timed in the same run (their venv must exist)")
+    ap.add_argument("--anchor-max", type=int, default=10_000,
+                    help="longest input the anchors run on (LLMLingua is ~20x slower)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    if args.anchors:
+        ok, why = anchors_available()
+        if not ok:
+            ap.error(why)
     torch.set_num_threads(args.threads)
     tok = load_tokenizer()
     compress("Warm up the models once, so loading is not timed. " * 20, keep=0.5,
@@ -82,6 +97,26 @@ def main() -> None:
                          "kept": r.compressed_tokens, "target": r.target_tokens,
                          "peak_rss_mib_so_far": round(peak_rss_mib())})
             print(rows[-1], flush=True)
+        for name in args.anchors if n <= args.anchor_max else ():
+            target = rows[-1]["target"]
+            item = Item(f"scaling-{n}", "scaling", [text], "", "")
+            t = time.perf_counter()
+            (got,) = run_anchor(ANCHORS[name], [item], [target], [n],
+                                str(converted_default_lm_dir()) + "-tf4")
+            if got["error"]:
+                raise SystemExit(f"{name} failed: {got['error']}")
+            kept = len(tok(got["compressed"], add_special_tokens=False)["input_ids"])
+            secs = got["seconds"]
+            rows.append({"method": name, "tokens": rows[-1]["tokens"], "seconds": round(secs, 2),
+                         "tokens_per_s": round(rows[-1]["tokens"] / secs),
+                         "score_select_s": float("nan"), "score_select_tokens_per_s": "–",
+                         "kept": kept, "target": target, "peak_rss_mib_so_far": "(own process)",
+                         "process_seconds": round(time.perf_counter() - t, 1)})
+            print(rows[-1], flush=True)
+    base = {r["tokens"]: r["seconds"] for r in rows if r["method"] in args.anchors}
+    for r in rows:
+        if r["tokens"] in base and r["method"] not in args.anchors:
+            r["faster_than_anchor"] = round(base[r["tokens"]] / r["seconds"], 1)
     result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
               "torch": torch.__version__, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -89,12 +124,13 @@ def main() -> None:
     lines = [f"Question-free compression at keep 0.25 of pydoc topics (repeated), "
              f"{args.threads} threads; tokens are SmolLM2 tokens; whole `compress` calls.", "",
              "| method | tokens | seconds | tokens/s | scoring + selection tokens/s | "
-             "kept / target | peak RSS so far (MiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "kept / target | peak RSS so far (MiB) | x faster than "
+             f"{'/'.join(args.anchors) or 'anchor'} (same run) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
                      f"{r['score_select_tokens_per_s']} | {r['kept']} / {r['target']} | "
-                     f"{r['peak_rss_mib_so_far']} |")
+                     f"{r['peak_rss_mib_so_far']} | {r.get('faster_than_anchor', '–')} |")
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
