@@ -144,6 +144,14 @@ def test_default_runs_the_shipped_head_on_the_small_vlm_and_todre_elsewhere():
     assert len(set(text_pos) & set(idx)) >= 16
     assert kept("default", question_aware=False) == kept("todre", question_aware=False)
     assert kept("default", question_aware=False)[0] == "todre"
+    threads = torch.get_num_threads()
+    try:   # same tokens whatever the thread count
+        torch.set_num_threads(1)
+        one = kept("learned:share=1")
+        torch.set_num_threads(2)
+        assert kept("learned:share=1") == one
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("kind", ["llava_clip", "idefics3"])
@@ -161,6 +169,20 @@ def test_elsewhere_default_is_todre_and_learned_refuses_in_one_line(kind):
         with vlm.prune(tiny.model, "learned", count=3):
             tiny.model(**inputs)
     assert "\n" not in str(info.value)
+
+
+def test_a_model_of_the_same_width_but_another_architecture_is_refused():
+    _, record = load_head()
+    v = _visual(8, dim=576, n=256, grid=(16, 16), text=5)
+    v.model = record["fingerprint"]
+    assert int(get_method("learned").select(v).sum()) == 8
+    assert get_method("default").used() == "learned"
+    v.model = "Idefics3ForConditionalGeneration:576:30:49280:idefics3:768:64"   # SmolVLM-like
+    with pytest.raises(UsageError, match="trained for LlavaForConditionalGeneration"):
+        get_method("learned").select(v)
+    default = get_method("default")
+    assert torch.equal(default.select(v), get_method("todre").select(v))
+    assert default.used() == "todre"
 
 
 def test_the_shipped_head_fits_the_small_vlm():
