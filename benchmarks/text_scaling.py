@@ -113,10 +113,11 @@ def main() -> None:
                          "kept": kept, "target": target, "peak_rss_mib_so_far": "(own process)",
                          "process_seconds": round(time.perf_counter() - t, 1)})
             print(rows[-1], flush=True)
-    base = {r["tokens"]: r["seconds"] for r in rows if r["method"] in args.anchors}
+    base = {(r["method"], r["tokens"]): r["seconds"] for r in rows if r["method"] in args.anchors}
     for r in rows:
-        if r["tokens"] in base and r["method"] not in args.anchors:
-            r["faster_than_anchor"] = round(base[r["tokens"]] / r["seconds"], 1)
+        if r["method"] not in args.anchors:
+            r["faster_than"] = {a: round(base[(a, r["tokens"])] / r["seconds"], 1)
+                                for a in args.anchors if (a, r["tokens"]) in base}
     result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
               "torch": torch.__version__, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -124,13 +125,15 @@ def main() -> None:
     lines = [f"Question-free compression at keep 0.25 of pydoc topics (repeated), "
              f"{args.threads} threads; tokens are SmolLM2 tokens; whole `compress` calls.", "",
              "| method | tokens | seconds | tokens/s | scoring + selection tokens/s | "
-             "kept / target | peak RSS so far (MiB) | x faster than "
-             f"{'/'.join(args.anchors) or 'anchor'} (same run) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "kept / target | peak RSS so far (MiB) |"
+             + "".join(f" x faster than {a} (same run) |" for a in args.anchors),
+             "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(args.anchors)]
     for r in rows:
         lines.append(f"| {r['method']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
                      f"{r['score_select_tokens_per_s']} | {r['kept']} / {r['target']} | "
-                     f"{r['peak_rss_mib_so_far']} | {r.get('faster_than_anchor', '–')} |")
+                     f"{r['peak_rss_mib_so_far']} |"
+                     + "".join(f" {r.get('faster_than', {}).get(a, '–')} |"
+                               for a in args.anchors))
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
