@@ -92,6 +92,8 @@ def test_bad_settings_and_inputs_are_one_line_errors(tmp_path):
                 "learned:fallback=nosuch", "learned:fallback=5"):
         with pytest.raises(UsageError):
             get_method(bad)
+    with pytest.raises(UsageError, match="folder"):
+        get_method("learned:head=5")
     assert get_method("default:fallback=none").fallback is None
     assert get_method("learned:fallback=dart").fallback.name == "dart"
     assert get_method("default").fallback.name == "todre" and get_method("learned").fallback is None

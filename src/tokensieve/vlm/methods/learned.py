@@ -41,6 +41,11 @@ class Learned(VLMMethod):
     question_aware = True
 
     def __init__(self, head=None, share: float = 0.5, fallback: VLMMethod | None = None):
+        from ..look_head import LookHead
+
+        if head is not None and not isinstance(head, (str, LookHead)):
+            raise UsageError(f"learned: head is a folder holding a trained look head, got "
+                             f"{head!r}.")
         self.head = head if head not in (None, "", "default") else None
         self.share = fraction("learned", "share", share)
         if fallback is not None and (not isinstance(fallback, VLMMethod)
