@@ -256,3 +256,31 @@ def test_runs_in_generate_with_a_head_of_the_models_width(kind):
     with pytest.raises(UsageError, match="question"):
         with vlm.prune(model, method, count=3, question_aware=False):
             pass
+
+
+def test_targets_are_cached_by_data_depth_and_weights(tmp_path, monkeypatch):
+    from tokensieve.bench import vlm_look
+
+    calls = []
+
+    def fake_collect(model, processor, data, *, depth, progress):
+        calls.append(depth)
+        return _synthetic(3, len(calls))
+
+    class Data:
+        def key(self):
+            return "data-1"
+
+    monkeypatch.setattr(vlm_look, "collect", fake_collect)
+    model = build("llava_clip").model
+    a = vlm_look.cached_collect(model, None, Data(), depth=0.5, folder=tmp_path)
+    b = vlm_look.cached_collect(model, None, Data(), depth=0.5, folder=tmp_path)
+    assert calls == [0.5] and len(b) == 3
+    assert all(torch.equal(x, y) for x, y in zip(a.target, b.target, strict=True))
+    assert b.qtype == a.qtype and b.image == a.image
+    vlm_look.cached_collect(model, None, Data(), depth=0.7, folder=tmp_path)
+    assert calls == [0.5, 0.7]
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)          # a retrained model misses the cache
+    vlm_look.cached_collect(model, None, Data(), depth=0.5, folder=tmp_path)
+    assert calls == [0.5, 0.7, 0.5]

@@ -1,10 +1,11 @@
 """``tokensieve vlm train-look``: distil where the language model looks into a look head.
 
-1. **Targets.** For each question of a split, run the VLM with ``vlm.prune`` and a recording
-   method: the pruner hands it the image's visual tokens, the question's embeddings and the
-   language-model probe, which returns the attention the prompt's last token pays to every
-   visual token at the decoder layer at ``depth`` (the ``probe`` method's signal, on all the
-   tokens). The method keeps one token, so the forward after it is cheap.
+1. **Targets** (cached by data, depth and model weights). For each question of a split,
+   run the VLM with ``vlm.prune`` and a recording method: the pruner hands it the image's
+   visual tokens, the question's embeddings and the language-model probe, which returns the
+   attention the prompt's last token pays to every visual token at the decoder layer at
+   ``depth`` (the ``probe`` method's signal, on all the tokens). The method keeps one token,
+   so the forward after it is cheap.
 2. **Fit.** :class:`~tokensieve.vlm.look_head.LookHead` learns those distributions (KL
    divergence, AdamW) on the train split.
 3. **Validate** on the dev split (no shared source image): the target's attention mass that
@@ -14,9 +15,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,6 +64,40 @@ class _Recorder(VLMMethod):
         keep = torch.zeros(v.n, dtype=torch.bool)
         keep[:v.count] = True
         return keep
+
+
+def weights_digest(model) -> str:
+    """A digest of the model's weights (sums per tensor), so cached targets follow a
+    retrained projector."""
+    h = hashlib.sha256(fingerprint(model).encode())
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict().items()):
+            h.update(f"{name}:{tuple(p.shape)}:{float(p.double().sum()):.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def cached_collect(model, processor, data, *, depth: float = 0.7, folder: Path | None = None,
+                   progress: bool = True) -> LookSet:
+    """:func:`collect`, kept under ``folder`` (default ``cache_dir()/vlm``) by the data, the
+    depth and the model's weights, so refitting the head skips the language model."""
+    from ..assets.cache import cache_dir
+
+    folder = Path(folder) if folder else cache_dir() / "vlm"
+    key = hashlib.sha256(f"{data.key()}:{depth}:{weights_digest(model)}".encode()).hexdigest()
+    path = folder / f"look-targets-{key[:16]}.pt"
+    if path.is_file():
+        return LookSet(**torch.load(path, weights_only=True))
+    out = collect(model, processor, data, depth=depth, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(vars(out), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
 
 
 @torch.no_grad()
@@ -180,11 +219,12 @@ def train_look(out, *, model=None, processor=None, single: int = 150, grids: int
 
         model, processor = load_small_vlm()
     t0 = time.perf_counter()
-    train = collect(model, processor, vlm_data.build("train", single, grids, seed=seed,
-                                                     questions="all"),
-                    depth=depth, progress=progress)
-    dev = collect(model, processor, vlm_data.build("dev", dev_single, dev_grids, seed=seed),
-                  depth=depth, progress=progress)
+    train = cached_collect(model, processor, vlm_data.build("train", single, grids, seed=seed,
+                                                            questions="all"),
+                           depth=depth, progress=progress)
+    dev = cached_collect(model, processor, vlm_data.build("dev", dev_single, dev_grids,
+                                                          seed=seed),
+                         depth=depth, progress=progress)
     t1 = time.perf_counter()
     head, curve = fit(train, hidden=hidden, epochs=epochs, lr=lr, seed=seed, progress=progress)
     t2 = time.perf_counter()
