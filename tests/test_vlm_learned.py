@@ -284,3 +284,12 @@ def test_targets_are_cached_by_data_depth_and_weights(tmp_path, monkeypatch):
         next(model.parameters()).add_(1.0)          # a retrained model misses the cache
     vlm_look.cached_collect(model, None, Data(), depth=0.5, folder=tmp_path)
     assert calls == [0.5, 0.7, 0.5]
+
+
+def test_fit_refuses_images_of_different_token_counts_in_one_line():
+    ds = _synthetic(2, 0)
+    ds.features[1] = ds.features[1][:8]
+    ds.coords[1] = ds.coords[1][:8]
+    with pytest.raises(UsageError, match="one visual token count") as info:
+        fit(ds, epochs=1, progress=False)
+    assert "\n" not in str(info.value)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..vlm.look_head import LookHead, coordinates, fingerprint, pool_text, save_head
 from ..vlm.methods.base import Visual, VLMMethod
 
@@ -156,7 +157,8 @@ def fit(train: LookSet, *, hidden: int = 128, heads: int = 4, freqs: int = 4,
 
     sizes = {f.shape[0] for f in train.features}
     if len(sizes) != 1:
-        raise ValueError(f"train-look needs one visual token count per image, got {sorted(sizes)}")
+        raise UsageError(f"train-look needs one visual token count per image (a fixed image "
+                         f"size), got {sorted(sizes)[:5]}; resize the images to one size.")
     torch.manual_seed(seed)
     head = LookHead(train.features[0].shape[1], hidden, heads, freqs)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
