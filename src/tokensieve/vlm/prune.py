@@ -52,6 +52,7 @@ class Before(Wrapper):
         keep = mask.bool().clone()
         positions = self.adapter.positions(kw, ids, mask)
         records, at = [], 0
+        model_id = fingerprint(self.model)   # once per prefill, for every image
         for im, n in zip(images, sizes, strict=True):
             rows, cols = where[at:at + n].unbind(1)
             at += n
@@ -59,7 +60,7 @@ class Before(Wrapper):
             if bool((rows != row).any()):
                 raise UsageError("an image's tokens span two batch rows; check the prompt.")
             probe = self._probe(embeds, positions, mask, row, cols)
-            into, seconds = self._select(im, n, embeds, is_image, mask, row, probe)
+            into, seconds = self._select(im, n, embeds, is_image, mask, row, probe, model_id)
             used = self.method.used()
             fixed = into == torch.arange(n)
             merged = bool(((into >= 0) & ~fixed).any())
@@ -94,7 +95,8 @@ class Before(Wrapper):
         pos = positions[rows] if positions.dim() == 2 else positions[:, rows]
         return Probe(language_model(self.model), embeds[rows], pos, mask[rows], cols)
 
-    def _select(self, im, n: int, embeds, is_image, mask, row: int, probe=None):
+    def _select(self, im, n: int, embeds, is_image, mask, row: int, probe=None,
+                model_id: str | None = None):
         """(into vector, seconds) of one image. Its ``text``: the input embeddings of the
         row's tokens after its last image (the question)."""
         count = self.target(n)
@@ -105,7 +107,7 @@ class Before(Wrapper):
             text = embeds[row, after]
         v = Visual(features=im.features, count=count, grid=im.grid, text=text,
                    vision=im.vision, attention=im.attention, cls_attention=im.cls_attention,
-                   project=self.adapter.project, probe=probe, model=fingerprint(self.model),
+                   project=self.adapter.project, probe=probe, model=model_id,
                    generator=torch.Generator().manual_seed(self.seed))
         for need in sorted(self.method.needs):
             if getattr(v, need, None) is None:

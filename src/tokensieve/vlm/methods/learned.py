@@ -17,18 +17,11 @@ from __future__ import annotations
 import torch
 
 from ...errors import UsageError
+from ..look_head import LookHead, load_head
 from .base import Visual, VLMMethod, top
-from .relevance import fraction, share_of, text_of, visual
+from .relevance import fraction, share_of, spread, text_of, visual
 
-
-def spread(keep: torch.Tensor, count: int) -> torch.Tensor:
-    """``keep`` plus evenly spaced tokens among those not kept, up to ``count`` in all."""
-    rest = count - int(keep.sum())
-    if rest > 0:
-        free = (~keep).nonzero().flatten()
-        keep = keep.clone()
-        keep[free[torch.linspace(0, len(free) - 1, rest).round().long()]] = True
-    return keep
+NO_TEXT = "VLM method 'learned' reads the question; the prompt has no text after the image."
 
 
 class Learned(VLMMethod):
@@ -41,8 +34,6 @@ class Learned(VLMMethod):
     question_aware = True
 
     def __init__(self, head=None, share: float = 0.5, fallback: VLMMethod | None = None):
-        from ..look_head import LookHead
-
         if head is not None and not isinstance(head, (str, LookHead)):
             raise UsageError(f"learned: head is a folder holding a trained look head, got "
                              f"{head!r}.")
@@ -64,8 +55,6 @@ class Learned(VLMMethod):
     def _head(self, v: Visual):
         """The look head for this image's model, or ``None`` when it does not fit (and a
         fallback exists), else a one-line error."""
-        from ..look_head import LookHead, load_head
-
         if isinstance(self.head, LookHead):
             fits, model = self.head.dim == v.features.shape[-1], self.head
             why = f"the look head was trained for {self.head.dim}-wide visual tokens"
@@ -87,8 +76,7 @@ class Learned(VLMMethod):
         """(N,) the head's logits for this image and question."""
         text = text_of(self, v)
         if text is None:
-            raise UsageError("VLM method 'learned' reads the question; the prompt has no text "
-                             "after the image.")
+            raise UsageError(NO_TEXT)
         head = self._head(v)
         if head is None:
             raise UsageError("no look head fits this model")
@@ -96,12 +84,18 @@ class Learned(VLMMethod):
 
     def select(self, v: Visual) -> torch.Tensor:
         v = visual(self, v)
-        if self.fallback is not None and (text_of(self, v) is None or self._head(v) is None):
+        text = text_of(self, v)
+        head = self._head(v) if text is not None else None   # resolved once per image
+        if head is None and self.fallback is not None:
             self._used = self.fallback.name
             return self.fallback.select(v)
+        if text is None:
+            raise UsageError(NO_TEXT)
         self._used = self.name
         n_rel = share_of(v.count, self.share)
-        keep = top(self.scores(v), n_rel) if n_rel else torch.zeros(v.n, dtype=torch.bool)
+        keep = torch.zeros(v.n, dtype=torch.bool)
+        if n_rel:
+            keep = top(head.scores(v.features, text, v.grid), n_rel)
         return spread(keep, v.count)
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ import torch
 
 from ...errors import UsageError
 from .base import Visual, VLMMethod, top
-from .relevance import fraction, share_of, visual, whole
+from .relevance import fraction, share_of, spread, visual, whole
 
 
 class Probe(VLMMethod):
@@ -62,12 +62,7 @@ class Probe(VLMMethod):
         score = att[block]   # ties keep the earlier token: a block's probed one first
         n_rel = share_of(v.count, self.share)
         keep = top(score, n_rel) if n_rel else torch.zeros(v.n, dtype=torch.bool)
-        rest = v.count - int(keep.sum())
-        if rest:
-            free = (~keep).nonzero().flatten()
-            pick = free[torch.linspace(0, len(free) - 1, rest).round().long()]
-            keep[pick] = True
-        return keep
+        return spread(keep, v.count)
 
     def __repr__(self) -> str:
         return f"Probe(depth={self.depth}, stride={self.stride}, share={self.share})"

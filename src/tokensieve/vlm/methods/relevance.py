@@ -114,3 +114,14 @@ def attention_of(method: VLMMethod, v: Inside, field: str) -> torch.Tensor:
         raise UsageError(f"VLM method {method.name!r} needs {field} as one value per visual "
                          f"token ({v.n}), got {got}.")
     return a
+
+
+def spread(keep: torch.Tensor, count: int) -> torch.Tensor:
+    """``keep`` plus evenly spaced tokens among those not kept, up to ``count`` in all
+    (coverage for the part of a budget a score does not fill)."""
+    rest = count - int(keep.sum())
+    if rest > 0:
+        free = (~keep).nonzero().flatten()
+        keep = keep.clone()
+        keep[free[torch.linspace(0, len(free) - 1, rest).round().long()]] = True
+    return keep
