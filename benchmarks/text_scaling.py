@@ -109,7 +109,7 @@ def main() -> None:
             secs = got["seconds"]
             rows.append({"method": name, "tokens": rows[-1]["tokens"], "seconds": round(secs, 2),
                          "tokens_per_s": round(rows[-1]["tokens"] / secs),
-                         "score_select_s": float("nan"), "score_select_tokens_per_s": "–",
+                         "score_select_s": None, "score_select_tokens_per_s": "–",
                          "kept": kept, "target": target, "peak_rss_mib_so_far": "(own process)",
                          "process_seconds": round(time.perf_counter() - t, 1)})
             print(rows[-1], flush=True)
