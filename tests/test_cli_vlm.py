@@ -62,3 +62,11 @@ def test_bad_image_and_method_are_one_line_errors(square, tmp_path, capsys):
     assert "unknown VLM method" in capsys.readouterr().err
     assert main(["vlm", str(square), "--question", "  "]) != 0
     assert "--question is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--context", "2"], ["--context", "1"], ["--context", "-3"],
+                                  ["--weight-decay", "-0.1"], ["--epochs", "0"]])
+def test_train_look_refuses_bad_settings_before_loading_anything(argv, capsys):
+    assert main(["vlm", "train-look", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tokensieve: error:") and err.count("\n") == 1

@@ -20,6 +20,7 @@ from tokensieve.vlm.look_head import (
     coordinates,
     fingerprint,
     load_head,
+    neighbourhood,
     pool_text,
     save_head,
 )
@@ -99,6 +100,9 @@ def test_bad_settings_and_inputs_are_one_line_errors(tmp_path):
     assert get_method("default").fallback.name == "todre" and get_method("learned").fallback is None
     with pytest.raises(UsageError, match="multiple of heads"):
         LookHead(8, hidden=10, heads=4)
+    for bad in (-1, 1, 2, 4):
+        with pytest.raises(UsageError, match="odd window"):
+            LookHead(8, hidden=16, heads=2, context=bad)
     with pytest.raises(ModelNotFoundError) as info:
         Learned(head=str(tmp_path)).select(_visual(2, dim=12))
     assert "\n" not in str(info.value)
@@ -106,14 +110,65 @@ def test_bad_settings_and_inputs_are_one_line_errors(tmp_path):
 
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(2)
-    head = LookHead(8, hidden=16, heads=2, freqs=3)
+    head = LookHead(8, hidden=16, heads=2, freqs=3, context=3)
     save_head(tmp_path, head, {"depth": 0.5})
     loaded, record = load_head(tmp_path)
-    assert record["depth"] == 0.5 and record["freqs"] == 3
+    assert record["depth"] == 0.5 and record["freqs"] == 3 and loaded.context == 3
     v = _visual(5)
     assert torch.equal(loaded.scores(v.features, v.text, v.grid),
                        head.eval().scores(v.features, v.text, v.grid))
     assert torch.equal(Learned(head=str(tmp_path)).select(v), Learned(head=head).select(v))
+
+
+def test_neighbourhood_is_the_mean_over_the_window_inside_the_grid():
+    x = torch.arange(16, dtype=torch.float32).reshape(16, 1).repeat(1, 2)
+    x[:, 1] *= -1
+    out = neighbourhood(x, coordinates(16, (4, 4)), 3)
+    assert out.shape == (16, 2)
+    assert out[0].tolist() == pytest.approx([2.5, -2.5])             # (0, 0): 0, 1, 4, 5
+    assert out[5, 0] == pytest.approx(np.mean([0, 1, 2, 4, 5, 6, 8, 9, 10]))
+    assert out[15, 0] == pytest.approx(np.mean([10, 11, 14, 15]))
+    # no grid: a window along the sequence
+    line = neighbourhood(x, coordinates(16, None), 3)
+    assert line[0, 0] == pytest.approx(0.5) and line[7, 0] == pytest.approx(7.0)
+    # a batch of images gives each image its own windows
+    both = neighbourhood(torch.stack([x, 2 * x]), coordinates(16, (4, 4)).expand(2, 16, 2), 3)
+    assert torch.allclose(both[0], out) and torch.allclose(both[1], 2 * out)
+
+
+def test_context_lets_the_head_find_the_surroundings_of_a_marked_token():
+    """The target covers the 3x3 window around one marked token: without context the
+    head sees only the marker, with ``context=3`` it finds the whole window."""
+    def data(n_items, seed, n=36, dim=16):
+        g = torch.Generator().manual_seed(seed)
+        marker = torch.tensor([2.0, -2.0]).repeat_interleave(dim // 2)
+        ds = LookSet()
+        for i in range(n_items):
+            # a background that varies little inside an image, so a window's mean shows
+            # whether the marker is in it
+            f = torch.randn(dim, generator=g) + 0.2 * torch.randn(n, dim, generator=g)
+            r, c = (int(t) for t in torch.randint(1, 5, (2,), generator=g))
+            f[r * 6 + c] = marker
+            target = torch.full((n,), 0.002)
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    target[(r + dr) * 6 + c + dc] = 1.0
+            ds.features.append(f.half())
+            ds.coords.append(coordinates(n, (6, 6)))
+            ds.image.append(i)
+            ds.question.append(pool_text(torch.ones(2, dim)))
+            ds.target.append(target / target.sum())
+            ds.qtype.append("q")
+        return ds
+
+    train, dev = data(384, 0), data(64, 1)
+    mass = {}
+    for context in (0, 3):
+        head, _ = fit(train, hidden=32, heads=2, context=context, epochs=30, lr=5e-3,
+                      progress=False)
+        mass[context] = validate(head, dev, counts=(9,))["all"]
+    assert mass[3]["mass@9"] > 0.8 * mass[3]["best@9"]
+    assert mass[3]["mass@9"] > mass[0]["mass@9"] + 0.2
 
 
 def test_fingerprint_names_the_architecture():

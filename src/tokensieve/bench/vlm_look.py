@@ -150,8 +150,8 @@ def kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def fit(train: LookSet, *, hidden: int = 128, heads: int = 4, freqs: int = 4,
-        epochs: int = 30, lr: float = 2e-3, batch: int = 32, seed: int = 0,
-        progress: bool = True) -> tuple[LookHead, list[list[float]]]:
+        context: int = 0, epochs: int = 30, lr: float = 2e-3, weight_decay: float = 0.01,
+        batch: int = 32, seed: int = 0, progress: bool = True) -> tuple[LookHead, list[list[float]]]:
     """A head fitted to ``train`` (all its images must have the same token count)."""
     from tqdm.auto import tqdm
 
@@ -160,8 +160,8 @@ def fit(train: LookSet, *, hidden: int = 128, heads: int = 4, freqs: int = 4,
         raise UsageError(f"train-look needs one visual token count per image (a fixed image "
                          f"size), got {sorted(sizes)[:5]}; resize the images to one size.")
     torch.manual_seed(seed)
-    head = LookHead(train.features[0].shape[1], hidden, heads, freqs)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    head = LookHead(train.features[0].shape[1], hidden, heads, freqs, context)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(train) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
                                                 pct_start=0.1)
@@ -210,8 +210,8 @@ def validate(head: LookHead, ds: LookSet, counts: tuple[int, ...] = (64, 32, 16)
 
 def train_look(out, *, model=None, processor=None, single: int = 150, grids: int = 150,
                dev_single: int = 60, dev_grids: int = 40, depth: float = 0.7,
-               hidden: int = 128, epochs: int = 30, lr: float = 2e-3, seed: int = 0,
-               progress: bool = True) -> dict:
+               hidden: int = 128, context: int = 0, epochs: int = 30, lr: float = 2e-3,
+               weight_decay: float = 0.01, seed: int = 0, progress: bool = True) -> dict:
     """Collect targets on train / dev, fit, validate, save the head and its record in ``out``;
     returns the record."""
     from . import vlm_data
@@ -228,7 +228,8 @@ def train_look(out, *, model=None, processor=None, single: int = 150, grids: int
                                                           seed=seed),
                          depth=depth, progress=progress)
     t1 = time.perf_counter()
-    head, curve = fit(train, hidden=hidden, epochs=epochs, lr=lr, seed=seed, progress=progress)
+    head, curve = fit(train, hidden=hidden, context=context, epochs=epochs, lr=lr,
+                      weight_decay=weight_decay, seed=seed, progress=progress)
     t2 = time.perf_counter()
     record = {
         "depth": depth, "model": type(model).__name__, "fingerprint": fingerprint(model),
@@ -237,7 +238,7 @@ def train_look(out, *, model=None, processor=None, single: int = 150, grids: int
                   "images": len(train.features), "seed": seed},
         "dev": {"split": "dev", "single": dev_single, "grids": dev_grids,
                 "questions": len(dev)},
-        "fit": {"epochs": epochs, "lr": lr, "loss_curve": curve},
+        "fit": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "loss_curve": curve},
         "valid": validate(head, dev),
         "train_fit": validate(head, train)["all"],
         "seconds": {"targets": round(t1 - t0, 1), "fit": round(t2 - t1, 1)},

@@ -137,6 +137,11 @@ def _train_look(args: argparse.Namespace) -> int:
         print("tokensieve: error: --single + --grids must be >= 1 and --depth in (0, 1]",
               file=sys.stderr)
         return EXIT_USAGE
+    if args.context < 0 or args.context == 1 or (args.context and args.context % 2 == 0) \
+            or args.weight_decay < 0:
+        print("tokensieve: error: --context must be 0 or an odd window >= 3 (e.g. 3), and "
+              "--weight-decay >= 0", file=sys.stderr)
+        return EXIT_USAGE
     torch.set_num_threads(args.threads)
     model = processor = None
     if args.model:
@@ -146,7 +151,8 @@ def _train_look(args: argparse.Namespace) -> int:
     out = args.out or DATA_DIR
     record = train_look(out, model=model, processor=processor, single=args.single,
                         grids=args.grids, dev_single=args.dev_single, dev_grids=args.dev_grids,
-                        depth=args.depth, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
+                        depth=args.depth, hidden=args.hidden, context=args.context,
+                        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                         seed=args.seed, progress=not args.quiet)
     print(json.dumps(record["valid"], indent=1))
     print(f"wrote {out}", file=sys.stderr)
@@ -249,6 +255,9 @@ def add(sub) -> None:
                    "attention is learned, as a fraction of the depth (default 0.7: layer 21 "
                    "of the small VLM, where it finds the asked corner)")
     k.add_argument("--hidden", type=int, default=128)
+    k.add_argument("--context", type=int, default=0, help="also read each token's CONTEXT x "
+                   "CONTEXT neighbourhood (odd, >= 3; default 0: the token alone)")
+    k.add_argument("--weight-decay", type=float, default=0.01)
     k.add_argument("--epochs", type=int, default=30)
     k.add_argument("--lr", type=float, default=2e-3)
     k.add_argument("--seed", type=int, default=0)

@@ -67,6 +67,21 @@ def fourier(coords: torch.Tensor, freqs: int) -> torch.Tensor:
     return torch.cat([x.sin(), x.cos()], -1).flatten(-2)
 
 
+def neighbourhood(features: torch.Tensor, coords: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., N, D): each token's mean over the ``size`` x ``size`` window of the patch grid
+    around it (the grid read from ``coords``; without a grid, a window of ``size`` along the
+    sequence), so a token knows what its surroundings show."""
+    n, d = features.shape[-2:]
+    rows = int(torch.unique(coords.reshape(-1, n, 2)[0, :, 0]).numel())
+    h, w = (rows, n // rows) if rows * (n // rows) == n else (n, 1)
+    lead = features.shape[:-2]
+    x = features.reshape(-1, h, w, d).permute(0, 3, 1, 2)
+    kh, kw = (size, size) if w > 1 else (size, 1)
+    x = F.avg_pool2d(x, (kh, kw), stride=1, padding=(kh // 2, kw // 2),
+                     count_include_pad=False)[..., :h, :w]
+    return x.permute(0, 2, 3, 1).reshape(*lead, n, d)
+
+
 def pool_text(text: torch.Tensor) -> torch.Tensor:
     """(2 * D,): the mean and the max over the question's tokens of their normalised input
     embeddings (what the head reads of the question)."""
@@ -78,14 +93,21 @@ class LookHead(torch.nn.Module):
     """(visual tokens (N, D), their coordinates (N, 2), pooled question (2D,)) -> (N,)
     logits of the deep layer's attention: ``heads`` bilinear matches between a visual key
     (an MLP of the token and its place) and a question query, log-sum-exp over heads, plus
-    a question-free prior per token."""
+    a question-free prior per token. With ``context`` > 1 the key also reads the mean of the
+    token's ``context`` x ``context`` neighbourhood (0: the token alone)."""
 
-    def __init__(self, dim: int, hidden: int = 128, heads: int = 4, freqs: int = 4) -> None:
+    def __init__(self, dim: int, hidden: int = 128, heads: int = 4, freqs: int = 4,
+                 context: int = 0) -> None:
         super().__init__()
         if hidden % heads:
             raise UsageError(f"LookHead: hidden ({hidden}) must be a multiple of heads ({heads}).")
+        if context < 0 or context == 1 or (context and context % 2 == 0):
+            raise UsageError(f"LookHead: context must be 0 (none) or an odd window of at "
+                             f"least 3, not {context}.")
         self.dim, self.hidden, self.heads, self.freqs = dim, hidden, heads, freqs
-        self.visual = torch.nn.Sequential(torch.nn.Linear(dim + 4 * freqs, hidden),
+        self.context = context
+        width = dim * (2 if context else 1) + 4 * freqs
+        self.visual = torch.nn.Sequential(torch.nn.Linear(width, hidden),
                                           torch.nn.GELU(), torch.nn.Linear(hidden, hidden))
         self.question = torch.nn.Sequential(torch.nn.Linear(2 * dim, hidden), torch.nn.GELU(),
                                             torch.nn.Linear(hidden, hidden))
@@ -93,14 +115,17 @@ class LookHead(torch.nn.Module):
 
     def config(self) -> dict:
         return {"dim": self.dim, "hidden": self.hidden, "heads": self.heads,
-                "freqs": self.freqs}
+                "freqs": self.freqs, "context": self.context}
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor,
                 question: torch.Tensor) -> torch.Tensor:
         """``features`` (..., N, D), ``coords`` (..., N, 2), ``question`` (..., 2D) ->
         (..., N) logits."""
         v = F.layer_norm(features.float(), features.shape[-1:])
-        k = self.visual(torch.cat([v, fourier(coords.float(), self.freqs)], -1))
+        parts = [v, fourier(coords.float(), self.freqs)]
+        if self.context:
+            parts.insert(1, neighbourhood(v, coords, self.context))
+        k = self.visual(torch.cat(parts, -1))
         q = self.question(question.float())
         e = self.hidden // self.heads
         qh = q.unflatten(-1, (self.heads, e))[..., None, :, :]          # (..., 1, H, e)
@@ -150,7 +175,7 @@ def load_head(folder: str | Path | None = None) -> tuple[LookHead, dict]:
 
             record = json.loads(meta.read_text())
             head = LookHead(int(record["dim"]), int(record["hidden"]), int(record["heads"]),
-                            int(record["freqs"]))
+                            int(record["freqs"]), int(record.get("context", 0)))
             head.load_state_dict(load_file(str(weights)))
             _cache[key] = (head.eval(), record)
         return _cache[key]
