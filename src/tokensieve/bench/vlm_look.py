@@ -151,7 +151,8 @@ def kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def fit(train: LookSet, *, hidden: int = 128, heads: int = 4, freqs: int = 4,
         context: int = 0, epochs: int = 30, lr: float = 2e-3, weight_decay: float = 0.01,
-        batch: int = 32, seed: int = 0, progress: bool = True) -> tuple[LookHead, list[list[float]]]:
+        batch: int = 32, seed: int = 0,
+        progress: bool = True) -> tuple[LookHead, list[list[float]]]:
     """A head fitted to ``train`` (all its images must have the same token count)."""
     from tqdm.auto import tqdm
 
