@@ -209,7 +209,7 @@ def validate(head: LookHead, ds: LookSet, counts: tuple[int, ...] = (64, 32, 16)
     return out
 
 
-def train_look(out, *, model=None, processor=None, single: int = 150, grids: int = 150,
+def train_look(out, *, model=None, processor=None, single: int = 300, grids: int = 300,
                dev_single: int = 60, dev_grids: int = 40, depth: float = 0.7,
                hidden: int = 128, context: int = 0, epochs: int = 30, lr: float = 2e-3,
                weight_decay: float = 0.01, seed: int = 0, progress: bool = True) -> dict:

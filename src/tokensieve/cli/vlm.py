@@ -243,12 +243,12 @@ def add(sub) -> None:
     e.set_defaults(func=_eval)
     k = vsub.add_parser("train-look", help="train the look head of method 'learned': it "
                         "predicts the attention a deep decoder layer pays to each visual "
-                        "token from the question (targets from the model itself; about 15 "
+                        "token from the question (targets from the model itself; about 30 "
                         "min on 2 cores)")
     k.add_argument("--model", default=None, metavar="FOLDER", help="a local VLM folder "
                    "(default: the small VLM)")
-    k.add_argument("--single", type=int, default=150, help="train single-image questions")
-    k.add_argument("--grids", type=int, default=150, help="train 2x2 grids (every question)")
+    k.add_argument("--single", type=int, default=300, help="train single-image questions")
+    k.add_argument("--grids", type=int, default=300, help="train 2x2 grids (every question)")
     k.add_argument("--dev-single", type=int, default=60)
     k.add_argument("--dev-grids", type=int, default=40)
     k.add_argument("--depth", type=float, default=0.7, help="the decoder layer whose "
