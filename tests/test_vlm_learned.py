@@ -134,6 +134,9 @@ def test_neighbourhood_is_the_mean_over_the_window_inside_the_grid():
     # a batch of images gives each image its own windows
     both = neighbourhood(torch.stack([x, 2 * x]), coordinates(16, (4, 4)).expand(2, 16, 2), 3)
     assert torch.allclose(both[0], out) and torch.allclose(both[1], 2 * out)
+    mixed = torch.stack([coordinates(16, (4, 4)), coordinates(16, (2, 8))])
+    with pytest.raises(UsageError, match="one patch grid"):
+        neighbourhood(torch.stack([x, x]), mixed, 3)
 
 
 def test_context_lets_the_head_find_the_surroundings_of_a_marked_token():

@@ -72,7 +72,11 @@ def neighbourhood(features: torch.Tensor, coords: torch.Tensor, size: int) -> to
     around it (the grid read from ``coords``; without a grid, a window of ``size`` along the
     sequence), so a token knows what its surroundings show."""
     n, d = features.shape[-2:]
-    rows = int(torch.unique(coords.reshape(-1, n, 2)[0, :, 0]).numel())
+    flat = coords.reshape(-1, n, 2)
+    rows = int(torch.unique(flat[0, :, 0]).numel())
+    if flat.shape[0] > 1 and not torch.equal(flat, flat[:1].expand_as(flat)):
+        raise UsageError("the look head's context needs one patch grid for every image of a "
+                         "batch; resize the images to one size.")
     h, w = (rows, n // rows) if rows * (n // rows) == n else (n, 1)
     lead = features.shape[:-2]
     x = features.reshape(-1, h, w, d).permute(0, 3, 1, 2)
