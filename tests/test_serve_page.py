@@ -209,9 +209,25 @@ def test_compress_in_the_browser(page, real_server, report_text):
     page.fill("#keep", "0.4")
     expect(page.locator("#keep-value")).to_have_text("0.40")
     expect(page.locator("#results")).to_be_hidden()
+    # hold the request until the busy state has been seen: a warm server on an idle machine
+    # answers before a check could catch the spinner
+    held = []
+
+    def hold(route):
+        held.append(route)
+
+    page.route("**/v1/compress", hold)
     page.click("#compress")
     expect(page.locator("#busy")).to_be_visible()
     expect(page.locator("#compress")).to_be_disabled()
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(25)
+    assert len(held) == 1, "the page did not send one compress request"
+    expect(page.locator("#results")).to_be_hidden()
+    held[0].continue_()
+    page.unroute("**/v1/compress")
     expect(page.locator("#results")).to_be_visible()
     expect(page.locator("#busy")).to_be_hidden()
     expect(page.locator("#error")).to_be_hidden()
