@@ -9,12 +9,12 @@ token. Writes ``benchmarks/results/text-lm-speed/results.json``.
 
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import torch  # noqa: E402
+from throughput import best_time  # noqa: E402  (benchmarks/ is on the path)
 
 from tokensieve.models import load_causal_lm  # noqa: E402
 from tokensieve.scoring.surprisal import text_surprisal  # noqa: E402
@@ -27,12 +27,7 @@ WINDOW, D, FF, KV, LAYERS, VOCAB = 1024, 576, 1536, 192, 30, 49152
 def best(f, n: int = 3) -> float:
     """The fastest of ``n`` timed calls after one warm-up call."""
     f()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best_time(f, n)
 
 
 def measure(dtype: str, text: str) -> dict:
