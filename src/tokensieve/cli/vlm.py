@@ -126,7 +126,8 @@ def _train_look(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench.vlm_look import train_look
-    from ..vlm.look_head import DATA_DIR
+    from ..errors import UsageError
+    from ..vlm.look_head import DATA_DIR, check_context
     from .common import EXIT_USAGE
 
     for name in ("single", "grids", "dev_single", "dev_grids", "hidden", "epochs"):
@@ -137,10 +138,13 @@ def _train_look(args: argparse.Namespace) -> int:
         print("tokensieve: error: --single + --grids must be >= 1 and --depth in (0, 1]",
               file=sys.stderr)
         return EXIT_USAGE
-    if args.context < 0 or args.context == 1 or (args.context and args.context % 2 == 0) \
-            or args.weight_decay < 0:
-        print("tokensieve: error: --context must be 0 or an odd window >= 3 (e.g. 3), and "
-              "--weight-decay >= 0", file=sys.stderr)
+    if args.weight_decay < 0:
+        print("tokensieve: error: --weight-decay must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        check_context(args.context)
+    except UsageError as e:
+        print(f"tokensieve: error: --context: {e}", file=sys.stderr)
         return EXIT_USAGE
     torch.set_num_threads(args.threads)
     model = processor = None

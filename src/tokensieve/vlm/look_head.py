@@ -86,6 +86,13 @@ def neighbourhood(features: torch.Tensor, coords: torch.Tensor, size: int) -> to
     return x.permute(0, 2, 3, 1).reshape(*lead, n, d)
 
 
+def check_context(context: int) -> None:
+    """A look head's ``context``: 0 (none) or an odd window of at least 3."""
+    if context < 0 or context == 1 or (context and context % 2 == 0):
+        raise UsageError(f"the look head's context must be 0 (none) or an odd window of at "
+                         f"least 3, not {context}.")
+
+
 def pool_text(text: torch.Tensor) -> torch.Tensor:
     """(2 * D,): the mean and the max over the question's tokens of their normalised input
     embeddings (what the head reads of the question)."""
@@ -105,9 +112,7 @@ class LookHead(torch.nn.Module):
         super().__init__()
         if hidden % heads:
             raise UsageError(f"LookHead: hidden ({hidden}) must be a multiple of heads ({heads}).")
-        if context < 0 or context == 1 or (context and context % 2 == 0):
-            raise UsageError(f"LookHead: context must be 0 (none) or an odd window of at "
-                             f"least 3, not {context}.")
+        check_context(context)
         self.dim, self.hidden, self.heads, self.freqs = dim, hidden, heads, freqs
         self.context = context
         width = dim * (2 if context else 1) + 4 * freqs
